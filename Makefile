@@ -1,0 +1,41 @@
+# Two set-up commands for a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+PIP_QUIET ?= -q
+
+.PHONY: install install-test install-doc demo test docs benchmarks clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first: the pinned CPU wheel lies on disk; a bare `torch` would pull a CUDA build.
+install: $(PY)
+	$(PIP) install $(PIP_QUIET) torch==2.13.0 2>&1 | sed "/is ignored: it is neither/d"
+	$(PIP) install $(PIP_QUIET) -e . 2>&1 | sed "/is ignored: it is neither/d"
+	$(PY) -c "import smoother, torch; print('smoother', smoother.__version__, '| torch', torch.__version__)"
+
+install-test: $(PY)
+	$(PIP) install $(PIP_QUIET) torch==2.13.0 2>&1 | sed "/is ignored: it is neither/d"
+	$(PIP) install $(PIP_QUIET) -e ".[test]" 2>&1 | sed "/is ignored: it is neither/d"
+	$(PY) -c "import smoother, torch, pytest; print('smoother', smoother.__version__, '| torch', torch.__version__)"
+
+install-doc: install-test
+	$(PIP) install $(PIP_QUIET) -e ".[test,doc]" 2>&1 | sed "/is ignored: it is neither/d"
+
+demo: install
+	$(PY) -m smoother demo
+
+test: install-test
+	MPLBACKEND=agg $(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
+
+docs: install-doc
+	$(VENV)/bin/sphinx-build -M html docs docs/_build -W --keep-going
+
+benchmarks: install-test
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf docs/_build demo_out .pytest_cache

@@ -1,0 +1,35 @@
+"""Every AnnData key name smoother reads or writes, built in one place."""
+
+from __future__ import annotations
+
+PRIORS = ("sma", "sar", "isar", "car", "icar")
+
+SPATIAL_KEY = "spatial"  # obsm key of coordinates (squidpy / scanpy convention)
+
+
+def conn_key(key_added: str = "spatial") -> str:
+    """obsp key of a spatial graph's connectivities (squidpy: ``{key}_connectivities``)."""
+    return key_added if key_added.endswith("_connectivities") else f"{key_added}_connectivities"
+
+
+def dist_key(key_added: str = "spatial") -> str:
+    """obsp key of a spatial graph's distances (squidpy: ``{key}_distances``)."""
+    base = key_added[: -len("_connectivities")] if key_added.endswith("_connectivities") else key_added
+    return f"{base}_distances"
+
+
+def neighbors_key(key_added: str = "spatial") -> str:
+    """uns key describing a spatial graph (squidpy: ``{key}_neighbors``)."""
+    base = key_added[: -len("_connectivities")] if key_added.endswith("_connectivities") else key_added
+    return f"{base}_neighbors"
+
+
+DEFAULT_CONN = conn_key("spatial")  # 'spatial_connectivities'
+SCALED_CONN = conn_key("smoother")  # 'smoother_connectivities', written by sm.pp.scale_by_*
+
+SMOOTHED = "smoothed"  # layers key of sm.tl.smooth
+CORR_DECAY = "corr_decay"  # uns key of sm.tl.corr_decay / similarity_decay
+PROPS = "props"  # obsm key of sm.tl.deconvolve
+PROPS_TRUTH = "props_truth"  # obsm key of simulated true proportions
+TRUTH = "truth"  # layers key of simulated noise-free expression
+SPATIAL_PCA = "spatial_pca"  # sm.tl.spatial_pca -> obsm['X_spatial_pca'], varm['spatial_PCs']

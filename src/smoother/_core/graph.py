@@ -1,0 +1,175 @@
+"""Spatial graphs from coordinates: arrays in, scipy CSR out.
+
+All builders are vectorized (scikit-learn's KD-tree neighbour search, no Python loop over spots).
+Conventions shared with the classic API:
+
+- no self edges, except that a spot left without any neighbour gets a self edge of weight 1, so that no row of
+  the weight matrix is empty (:func:`fill_isolated`);
+- ``row_scale=True`` divides each row by its sum (the result is then asymmetric in general).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._validation import check_coords
+
+Symmetrize = Literal["mutual", "union", "none"]
+
+
+def fill_isolated(W: sp.spmatrix) -> sp.csr_matrix:
+    """Give every spot whose row of ``W`` sums to zero a self edge of weight 1."""
+    W = sp.csr_matrix(W, dtype=np.float64)
+    rowsum = np.asarray(W.sum(axis=1)).ravel()
+    iso = np.flatnonzero(rowsum == 0)
+    if iso.size:
+        n = W.shape[0]
+        W = (W + sp.csr_matrix((np.ones(iso.size), (iso, iso)), shape=(n, n))).tocsr()
+    return W
+
+
+def row_normalize(W: sp.spmatrix) -> sp.csr_matrix:
+    """Scale each row of ``W`` to sum to 1 (rows summing to 0 are left at 0)."""
+    W = sp.csr_matrix(W, dtype=np.float64)
+    rowsum = np.asarray(W.sum(axis=1)).ravel()
+    inv = np.divide(1.0, rowsum, out=np.zeros_like(rowsum), where=rowsum != 0)
+    return sp.diags(inv).dot(W).tocsr()
+
+
+def _knn_indices(coords: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and distances of the ``k`` nearest *other* spots of every spot, shape ``(n, k)``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n = coords.shape[0]
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(coords)
+    dist, idx = nn.kneighbors(coords)
+    is_self = idx == np.arange(n)[:, None]
+    # duplicated coordinates can push the spot itself out of its own list: then drop the farthest instead
+    no_self = ~is_self.any(axis=1)
+    is_self[no_self, -1] = True
+    keep = ~is_self
+    return idx[keep].reshape(n, k), dist[keep].reshape(n, k)
+
+
+def knn_graph(
+    coords,
+    k: int = 6,
+    *,
+    symmetrize: Symmetrize = "mutual",
+    row_scale: bool = False,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Binary k-nearest-neighbour graph.
+
+    Parameters
+    ----------
+    coords
+        Spot coordinates, shape ``(n_spots, 2)`` or ``(n_spots, 3)``.
+    k
+        Number of nearest neighbours of each spot (the spot itself excluded).
+    symmetrize
+        ``'mutual'`` keeps an edge only when each spot is among the other's ``k`` nearest (the classic
+        ``symmetric=True``); ``'union'`` keeps it when either is (squidpy's symmetric kNN); ``'none'`` keeps
+        the directed kNN relation (row ``i`` lists the neighbours of ``i``).
+    row_scale
+        Divide every row by its sum.
+
+    Returns
+    -------
+    connectivities
+        CSR ``(n_spots, n_spots)`` weights (1 on edges; self edge 1 for isolated spots; then row-scaled).
+    distances
+        CSR ``(n_spots, n_spots)`` euclidean distances on the same edges (no self entries).
+    """
+    coords = check_coords(coords)
+    n = coords.shape[0]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        msg = f"Expected `k` to be a positive integer, found `{k!r}`."
+        raise ValueError(msg)
+    if n < k + 1:
+        msg = f"Need at least k + 1 = {k + 1} spots for a {k}-nearest-neighbour graph, found {n}; lower `k`."
+        raise ValueError(msg)
+    if symmetrize not in ("mutual", "union", "none"):
+        msg = f"Expected `symmetrize` in ['mutual', 'union', 'none'], found `{symmetrize!r}`."
+        raise ValueError(msg)
+    idx, dist = _knn_indices(coords, int(k))
+    rows = np.repeat(np.arange(n), k)
+    A = sp.csr_matrix((np.ones(n * k), (rows, idx.ravel())), shape=(n, n))
+    D = sp.csr_matrix((dist.ravel(), (rows, idx.ravel())), shape=(n, n))
+    if symmetrize == "mutual":
+        A = A.multiply(A.T).tocsr()
+    elif symmetrize == "union":
+        A = A.maximum(A.T).tocsr()
+    if symmetrize != "none":
+        D = D.maximum(D.T).tocsr()
+    D = D.multiply(A > 0).tocsr()  # distances only on kept edges
+    A.eliminate_zeros()
+    D.eliminate_zeros()
+    W = fill_isolated(A)
+    if row_scale:
+        W = row_normalize(W)
+    W.sort_indices()
+    D.sort_indices()
+    return W, D
+
+
+def radius_graph(
+    coords,
+    radius: float,
+    *,
+    bandwidth: float | None = None,
+    row_scale: bool = False,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Graph of all pairs closer than ``radius``, with Gaussian weights.
+
+    The weight of an edge of length ``d`` is ``exp(-d**2 / (2 * bandwidth**2))`` (1 when ``bandwidth`` is None).
+
+    Parameters
+    ----------
+    coords
+        Spot coordinates, shape ``(n_spots, 2)`` or ``(n_spots, 3)``.
+    radius
+        Distance cutoff, in the unit of ``coords`` (pairs with ``d <= radius`` are joined).
+    bandwidth
+        Width of the Gaussian kernel, same unit; ``None`` gives binary weights.
+    row_scale
+        Divide every row by its sum.
+
+    Returns
+    -------
+    connectivities, distances
+        CSR ``(n_spots, n_spots)`` matrices, as in :func:`knn_graph`.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    coords = check_coords(coords)
+    if isinstance(radius, bool) or not np.isscalar(radius) or not np.isfinite(radius) or radius <= 0:
+        msg = f"Expected `radius` to be a positive number, found `{radius!r}`."
+        raise ValueError(msg)
+    if bandwidth is not None and (not np.isfinite(bandwidth) or bandwidth <= 0):
+        msg = f"Expected `bandwidth` to be a positive number or None, found `{bandwidth!r}`."
+        raise ValueError(msg)
+    n = coords.shape[0]
+    nn = NearestNeighbors(radius=float(radius)).fit(coords)
+    dist_list, idx_list = nn.radius_neighbors(coords, return_distance=True)
+    counts = np.fromiter(map(len, idx_list), dtype=np.int64, count=n)
+    rows = np.repeat(np.arange(n), counts)
+    cols = np.concatenate(idx_list).astype(np.int64) if n else np.zeros(0, np.int64)
+    d = np.concatenate(dist_list).astype(np.float64) if n else np.zeros(0)
+    off = rows != cols
+    rows, cols, d = rows[off], cols[off], d[off]
+    if bandwidth is None:
+        w = np.ones_like(d)
+    else:
+        w = np.exp(-(d**2) / (2.0 * float(bandwidth) ** 2))
+    W = sp.csr_matrix((w, (rows, cols)), shape=(n, n))
+    D = sp.csr_matrix((d, (rows, cols)), shape=(n, n))
+    W.eliminate_zeros()
+    W = fill_isolated(W)
+    if row_scale:
+        W = row_normalize(W)
+    W.sort_indices()
+    D.sort_indices()
+    return W, D

@@ -1,0 +1,144 @@
+"""Sparse symmetric positive definite (SPD) linear algebra: factor once, solve many.
+
+Solver choice (measured on this project's 2-core machine, 5-point grid ``I + Q_icar``, 50 right-hand sides,
+float64; see ``benchmarks/``):
+
+============  ==================  =================  ==================
+n             cholespy (CHOLMOD)  scipy SuperLU      note
+============  ==================  =================  ==================
+10,000        0.03 s + 0.03 s     0.01 s + 0.01 s    both fine
+100,000       0.48 s + 0.23 s     0.39 s + 0.28 s    comparable
+1,000,000     12.8 s + 4.2 s      (fill too large)   CHOLMOD supernodal
+============  ==================  =================  ==================
+
+CHOLMOD (through the maintained ``cholespy`` wheel) is the default: it scales to 10^6 spots and reports a
+matrix that is not positive definite, which we turn into an actionable error. SuperLU with a symmetric
+fill-reducing ordering and diagonal pivoting is used where the factors themselves are needed (inertia,
+selected inversion).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class NotPositiveDefiniteError(ValueError):
+    """Raised when a matrix that must be symmetric positive definite is not."""
+
+
+class SPDFactor:
+    """Cholesky factorization of a sparse SPD matrix ``A``, reused for many right-hand sides.
+
+    Parameters
+    ----------
+    A
+        Sparse symmetric positive definite matrix, shape ``(n, n)``.
+    backend
+        ``'cholmod'`` (cholespy), ``'superlu'`` (scipy) or ``'auto'`` (cholmod when installed).
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        When the factorization finds ``A`` is not positive definite.
+    """
+
+    def __init__(self, A: sp.spmatrix, *, backend: str = "auto") -> None:
+        A = sp.csr_matrix(A, dtype=np.float64)
+        if A.shape[0] != A.shape[1]:
+            msg = f"Expected a square matrix, found shape {A.shape}."
+            raise ValueError(msg)
+        self.n = A.shape[0]
+        if backend == "auto":
+            try:
+                import cholespy  # noqa: F401
+
+                backend = "cholmod"
+            except ImportError:  # pragma: no cover - cholespy is a declared dependency
+                backend = "superlu"
+        self.backend = backend
+        if backend == "cholmod":
+            import torch
+            from cholespy import CholeskySolverD, MatrixType
+
+            C = A.tocoo()
+            try:
+                self._solver = CholeskySolverD(
+                    self.n,
+                    torch.from_numpy(C.row.astype(np.int32)),
+                    torch.from_numpy(C.col.astype(np.int32)),
+                    torch.from_numpy(C.data.astype(np.float64)),
+                    MatrixType.COO,
+                )
+            except ValueError as e:
+                raise NotPositiveDefiniteError(str(e)) from e
+        elif backend == "superlu":
+            self._lu = superlu_symmetric(A)
+            d = self._lu.U.diagonal()
+            if not (d > 0).all():
+                msg = "Matrix is not positive definite!"
+                raise NotPositiveDefiniteError(msg)
+        else:
+            msg = f"Unknown backend `{backend!r}`: expected 'auto', 'cholmod' or 'superlu'."
+            raise ValueError(msg)
+
+    def solve(self, B: np.ndarray) -> np.ndarray:
+        """Return ``A^{-1} B`` for ``B`` of shape ``(n,)`` or ``(n, k)`` (float64)."""
+        B = np.asarray(B, dtype=np.float64)
+        if B.shape[0] != self.n:
+            msg = f"Right-hand side has {B.shape[0]} rows, expected {self.n}."
+            raise ValueError(msg)
+        if self.backend == "superlu":
+            return self._lu.solve(B)
+        import torch
+
+        b = torch.from_numpy(np.ascontiguousarray(B))
+        x = torch.zeros_like(b)
+        if B.ndim == 2 and B.shape[1] == 0:
+            return B.copy()
+        self._solver.solve(b, x)
+        return x.numpy()
+
+
+def superlu_symmetric(A: sp.spmatrix):
+    """SuperLU factorization with a symmetric fill-reducing ordering and diagonal pivoting.
+
+    For a symmetric matrix this is ``P A P^T = L U`` with unit-lower ``L`` and ``U = diag(U) L^T``; the signs of
+    ``diag(U)`` give the inertia of ``A`` (Sylvester).
+    """
+    from scipy.sparse.linalg import splu
+
+    return splu(
+        sp.csc_matrix(A, dtype=np.float64),
+        permc_spec="MMD_AT_PLUS_A",
+        diag_pivot_thresh=0.0,
+        options={"SymmetricMode": True},
+    )
+
+
+def is_positive_definite(A: sp.spmatrix) -> bool:
+    """Whether the sparse symmetric matrix ``A`` is positive definite (by attempting a Cholesky factorization)."""
+    try:
+        SPDFactor(A)
+    except NotPositiveDefiniteError:
+        return False
+    return True
+
+
+def inv_diag(A: sp.spmatrix, *, factor: SPDFactor | None = None, batch_size: int = 256) -> np.ndarray:
+    """Exact diagonal of ``A^{-1}`` for a sparse SPD matrix, without forming ``A^{-1}``.
+
+    Solves for unit vectors in batches of ``batch_size`` columns (memory ``n x batch_size``); the cost grows as
+    ``n`` solves, so prefer :func:`selected_inverse_diag` when it is available for large ``n``.
+    """
+    A = sp.csr_matrix(A, dtype=np.float64)
+    n = A.shape[0]
+    factor = factor if factor is not None else SPDFactor(A)
+    out = np.empty(n)
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        E = np.zeros((n, stop - start))
+        E[np.arange(start, stop), np.arange(stop - start)] = 1.0
+        X = factor.solve(E)
+        out[start:stop] = X[np.arange(start, stop), np.arange(stop - start)]
+    return out

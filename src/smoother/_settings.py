@@ -1,0 +1,78 @@
+"""Package-wide settings and the ``smoother`` logger.
+
+``sm.settings.verbosity`` follows scanpy's scale (0 errors, 1 warnings, 2 info, 3 hints/debug);
+``sm.settings.progress_bar`` switches tqdm bars on long work on or off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+logger = logging.getLogger("smoother")
+if not logger.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(_handler)
+logger.propagate = False
+
+_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+
+@dataclass
+class _Settings:
+    """Settings of smoother (``sm.settings``)."""
+
+    _verbosity: int = 1
+    progress_bar: bool = True
+
+    @property
+    def verbosity(self) -> int:
+        """Logging verbosity: 0 errors, 1 warnings (default), 2 info, 3 debug."""
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value not in _LEVELS:
+            msg = f"Expected `verbosity` to be one of {sorted(_LEVELS)}, found `{value!r}`."
+            raise ValueError(msg)
+        self._verbosity = value
+        logger.setLevel(_LEVELS[value])
+
+    @contextmanager
+    def verbosity_context(self, value: int):
+        """Temporarily set the verbosity."""
+        old = self.verbosity
+        self.verbosity = value
+        try:
+            yield
+        finally:
+            self.verbosity = old
+
+
+settings = _Settings()
+logger.setLevel(_LEVELS[settings.verbosity])
+
+
+def progress(iterable=None, *, total=None, desc=None, disable=None, **kwargs):
+    """A tqdm progress bar that respects ``sm.settings.progress_bar`` (and ``disable=`` when given)."""
+    from tqdm.auto import tqdm
+
+    if disable is None:
+        disable = not settings.progress_bar
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kwargs)
+
+
+def log_start(msg: str) -> float:
+    """Log the start of a step at info level and return the start time."""
+    logger.info(msg)
+    return time.perf_counter()
+
+
+def log_finish(start: float, added: list[str] | None = None) -> None:
+    """Log the end of a step with its elapsed time and the AnnData fields it added."""
+    for field in added or []:
+        logger.info("    added %s", field)
+    logger.info("    finished (%.2fs)", time.perf_counter() - start)

@@ -1,0 +1,1 @@
+"""Models of the classic API: deconvolution, imputation and dimension reduction."""

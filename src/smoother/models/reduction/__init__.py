@@ -1,0 +1,1 @@
+"""Spatially aware dimension reduction models."""

@@ -1,0 +1,3 @@
+from .._stub import not_yet
+
+props = not_yet("sm.pl.props", "deconvolution issue")
