@@ -29,7 +29,7 @@ demo: install
 	$(PY) -m smoother demo
 
 test: install-test
-	MPLBACKEND=agg $(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
+	MPLBACKEND=agg $(PY) -m pytest -n 2 --durations=15 --nbmake tests tutorials $(PYTEST_ARGS)
 
 docs: install-doc
 	$(VENV)/bin/sphinx-build -M html docs docs/_build -W --keep-going
