@@ -33,3 +33,10 @@ PROPS = "props"  # obsm key of sm.tl.deconvolve
 PROPS_TRUTH = "props_truth"  # obsm key of simulated true proportions
 TRUTH = "truth"  # layers key of simulated noise-free expression
 SPATIAL_PCA = "spatial_pca"  # sm.tl.spatial_pca -> obsm['X_spatial_pca'], varm['spatial_PCs']
+
+# sm.datasets (simulated data)
+SIMULATION = "simulation"  # uns key with the parameters of a simulation
+ZONE = "zone"  # obs key of the true zone / layer (simulate_field(pattern='zones'))
+SIGNATURE_TRUTH = "signature_truth"  # varm key of the true signatures (n_genes, n_types)
+CELL_TYPE = "cell_type"  # obs key of the single-cell reference's cell types
+CELL_TYPES = "cell_types"  # uns key listing the simulated cell types in column order
