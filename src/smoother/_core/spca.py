@@ -1,0 +1,367 @@
+r"""Exact spatially aware PCA: the top eigenvectors of a feature x feature matrix.
+
+With the expression matrix :math:`X` (``n_spots x n_features``, AnnData orientation), a spatial precision
+matrix :math:`Q` (``n_spots x n_spots``) and a penalty :math:`\lambda \ge 0`, spatial PCA looks for orthonormal
+loadings :math:`U` (``n_features x k``) that maximise the projected variance minus :math:`\lambda` times the
+spatial loss of the projection :math:`H = X U`:
+
+.. math::
+
+    \max_{U^T U = I_k} \; \mathrm{tr}(U^T X^T X U) - \lambda\, \mathrm{tr}(U^T X^T Q X U)
+    = \mathrm{tr}\big(U^T C U\big), \qquad C = X^T (I - \lambda Q) X .
+
+This is the classic SpatialPCA objective (in the classic feature x spot orientation, the matrix is
+:math:`X (I - \lambda Q) X^T`). By the Ky Fan theorem its maximum over orthonormal ``U`` is the sum of the
+``k`` largest eigenvalues of the symmetric ``C``, reached by the corresponding eigenvectors — so the problem
+is solved exactly, without gradient descent.
+
+``zero_center=True`` replaces :math:`X` by :math:`X - \mathbf{1}\mu^T` (column means :math:`\mu`) as
+``sc.pp.pca`` does; for sparse ``X`` the centring is applied implicitly (``X`` is never densified whole).
+
+Two solvers:
+
+* ``'dense'``: form ``C`` (``n_features x n_features``) from row chunks of ``X`` (one matrix product per chunk,
+  never an ``n_spots x n_spots`` matrix) and take its top eigenpairs (LAPACK ``eigh`` with
+  ``subset_by_index``, or Lanczos on the small dense ``C`` when ``k`` is much smaller than ``n_features``).
+* ``'arpack'`` / ``'lobpcg'``: never form ``C``; apply it implicitly,
+  :math:`v \mapsto X^T (u - \lambda Q u)` with :math:`u = X v`, in a Lanczos (ARPACK ``eigsh``) or LOBPCG
+  eigensolver. Use it when ``n_features`` is so large that a dense ``C`` does not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
+
+#: Above this many features the 'auto' solver does not form the dense feature x feature matrix.
+DENSE_MAX_FEATURES = 6000
+#: Target memory (bytes) of the dense float64 row chunks used to build ``C``.
+CHUNK_BYTES = 256 * 2**20
+
+SOLVERS = ("auto", "dense", "arpack", "lobpcg")
+
+
+class TooFewPositiveDirectionsError(ValueError):
+    """Fewer than ``n_comps`` directions have a positive spatial PCA objective at this ``lambda``."""
+
+
+@dataclass
+class SpatialPCAResult:
+    """Result of :func:`spatial_pca`.
+
+    Attributes
+    ----------
+    loadings
+        ``(n_features, n_comps)`` orthonormal loadings :math:`U`, columns ordered by decreasing objective.
+    scores
+        ``(n_spots, n_comps)`` projections :math:`H = (X - \\mathbf{1}\\mu^T) U` (or :math:`X U`).
+    objective
+        ``(n_comps,)`` per-component objective :math:`u_k^T C u_k = v_k - \\lambda s_k` (the eigenvalues).
+    variance
+        ``(n_comps,)`` :math:`v_k = \\lVert h_k \\rVert^2`, the projected sum of squares.
+    spatial_loss
+        ``(n_comps,)`` :math:`s_k = h_k^T Q h_k`.
+    mean
+        ``(n_features,)`` column means that were subtracted, or ``None`` when not centred.
+    solver
+        The eigensolver that was used.
+    """
+
+    loadings: np.ndarray
+    scores: np.ndarray
+    objective: np.ndarray
+    variance: np.ndarray
+    spatial_loss: np.ndarray
+    mean: np.ndarray | None
+    solver: str
+    info: dict = field(default_factory=dict)
+
+
+def _as_matrix(X):
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        if not np.issubdtype(X.dtype, np.floating):
+            X = X.astype(np.float64)
+        return X
+    X = np.asarray(X)
+    if X.ndim != 2:
+        msg = f"Expected a 2D data matrix (n_spots, n_features), found {X.ndim} dimensions."
+        raise ValueError(msg)
+    if not np.issubdtype(X.dtype, np.floating):
+        X = X.astype(np.float64)
+    return X
+
+
+def _chunk_rows(n_rows: int, n_cols: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        return max(1, int(chunk_size))
+    return max(1, min(n_rows, CHUNK_BYTES // (8 * max(n_cols, 1) * 2)))
+
+
+def _dense_rows(M) -> np.ndarray:
+    return np.asarray(M.toarray() if sp.issparse(M) else M, dtype=np.float64)
+
+
+def _apply_Q(Q, U):
+    """``Q @ U`` for sparse or dense ``Q`` and dense ``U`` (returns a dense float64 array)."""
+    out = Q @ U
+    return np.asarray(out, dtype=np.float64)
+
+
+def column_means(X) -> np.ndarray:
+    """Column means of a dense or sparse matrix as a float64 vector."""
+    return np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+
+
+def spatial_gram(X, Q, lambda_spatial: float, *, zero_center: bool = True, chunk_size: int | None = None):
+    r"""The dense ``n_features x n_features`` matrix :math:`C = X_c^T (I - \lambda Q) X_c`.
+
+    Built from row chunks: for the rows ``r`` of a chunk, ``C += X[r]^T (X[r] - lambda (Q X)[r])``, so only
+    ``chunk x n_features`` blocks are dense at any time. With ``zero_center`` the rank-2 centring correction
+    :math:`-b\mu^T - \mu b^T + c\,\mu\mu^T` with :math:`b = X^T r`, :math:`r = (I - \lambda Q)\mathbf{1}`,
+    :math:`c = \mathbf{1}^T r` is added, so sparse ``X`` stays sparse.
+
+    Returns
+    -------
+    C
+        ``(n_features, n_features)`` symmetric float64 array.
+    mean
+        ``(n_features,)`` column means, or ``None`` when ``zero_center=False``.
+    """
+    X = _as_matrix(X)
+    n, g = X.shape
+    step = _chunk_rows(n, g, chunk_size)
+    C = np.zeros((g, g), dtype=np.float64)
+    Qcsr = sp.csr_matrix(Q) if sp.issparse(Q) else np.asarray(Q)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        Xr = _dense_rows(X[rows])
+        if lambda_spatial != 0.0:
+            QXr = Qcsr[rows] @ X
+            Mr = Xr - lambda_spatial * _dense_rows(QXr)
+            C += Xr.T @ Mr
+        else:
+            C += Xr.T @ Xr
+    C = 0.5 * (C + C.T)
+    mean = None
+    if zero_center:
+        mean = column_means(X)
+        ones = np.ones(n)
+        r = ones - lambda_spatial * _apply_Q(Qcsr, ones) if lambda_spatial != 0.0 else ones
+        b = np.asarray(X.T @ r, dtype=np.float64).ravel()
+        c = float(r.sum())
+        C -= np.outer(b, mean) + np.outer(mean, b)
+        C += c * np.outer(mean, mean)
+    return C, mean
+
+
+def spatial_operator(X, Q, lambda_spatial: float, *, mean: np.ndarray | None = None) -> LinearOperator:
+    r"""The matrix :math:`C = X_c^T (I - \lambda Q) X_c` as an implicit ``LinearOperator``.
+
+    Each product costs two passes over ``X`` and one over ``Q``; ``X`` is never densified and no
+    ``n_features x n_features`` or ``n_spots x n_spots`` matrix is formed. ``mean`` (when given) centres the
+    columns implicitly: :math:`X_c v = X v - \mathbf{1}(\mu^T v)`, :math:`X_c^T w = X^T w - \mu (\mathbf{1}^T w)`.
+    """
+    X = _as_matrix(X)
+    g = X.shape[1]
+
+    def matmat(V):
+        V = np.asarray(V, dtype=np.float64)
+        one_d = V.ndim == 1
+        if one_d:
+            V = V[:, None]
+        U = np.asarray(X @ V, dtype=np.float64)
+        if mean is not None:
+            U -= mean @ V
+        W = U - lambda_spatial * _apply_Q(Q, U) if lambda_spatial != 0.0 else U
+        out = np.asarray(X.T @ W, dtype=np.float64)
+        if mean is not None:
+            out -= np.outer(mean, W.sum(axis=0))
+        return out[:, 0] if one_d else out
+
+    return LinearOperator((g, g), matvec=matmat, matmat=matmat, rmatvec=matmat, dtype=np.float64)
+
+
+def _flip_signs(U: np.ndarray) -> np.ndarray:
+    """Deterministic signs: the entry of largest magnitude in each column is positive."""
+    idx = np.argmax(np.abs(U), axis=0)
+    s = np.sign(U[idx, np.arange(U.shape[1])])
+    s[s == 0] = 1.0
+    return U * s
+
+
+def _pick_solver(solver: str, g: int) -> str:
+    if solver not in SOLVERS:
+        msg = f"Unknown solver `{solver!r}`: expected one of {list(SOLVERS)}."
+        raise ValueError(msg)
+    if solver == "auto":
+        return "dense" if g <= DENSE_MAX_FEATURES else "arpack"
+    return solver
+
+
+def _top_eigs_dense(C: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    g = C.shape[0]
+    if k <= g // 20 and g >= 400:
+        # Lanczos on the small dense matrix: cheaper than a full tridiagonalisation when k << g
+        v0 = np.ones(g) / np.sqrt(g)
+        w, V = eigsh(C, k=k, which="LA", v0=v0, tol=0)
+    else:
+        w, V = sla.eigh(C, subset_by_index=[g - k, g - 1], driver="evr")
+    order = np.argsort(w)[::-1]
+    return w[order], V[:, order]
+
+
+def _top_eigs_implicit(op: LinearOperator, k: int, solver: str, tol: float, random_state) -> tuple[np.ndarray, np.ndarray]:
+    g = op.shape[0]
+    rng = np.random.default_rng(random_state)
+    if solver == "arpack":
+        v0 = rng.standard_normal(g)
+        w, V = eigsh(op, k=k, which="LA", v0=v0, tol=tol)
+    else:
+        X0 = rng.standard_normal((g, k))
+        w, V = lobpcg(op, X0, largest=True, tol=tol if tol > 0 else None, maxiter=max(200, 20 * k))
+    order = np.argsort(w)[::-1]
+    return w[order], V[:, order]
+
+
+def _scores(X, U: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    H = np.asarray(X @ U, dtype=np.float64)
+    if mean is not None:
+        H -= mean @ U
+    return H
+
+
+def lambda_upper_bound(X, Q, n_comps: int, *, zero_center: bool = True, chunk_size: int | None = None) -> float:
+    r"""Largest ``lambda`` for which :math:`X_c^T (I - \lambda Q) X_c` still has ``n_comps`` positive eigenvalues.
+
+    With :math:`A = X_c^T X_c` and :math:`B = X_c^T Q X_c` (``Q`` positive semi-definite) the number of positive
+    eigenvalues of :math:`A - \lambda B` is the number of generalized eigenvalues :math:`\mu` of
+    :math:`B v = \mu A v` below :math:`1/\lambda` (Sylvester's law of inertia), so the bound is
+    :math:`1/\mu_{(k)}` with the ``k``-th smallest :math:`\mu`. Needs dense ``n_features x n_features`` matrices.
+    Returns ``inf`` when every ``lambda`` works.
+    """
+    A, _ = spatial_gram(X, Q, 0.0, zero_center=zero_center, chunk_size=chunk_size)
+    AmB, _ = spatial_gram(X, Q, 1.0, zero_center=zero_center, chunk_size=chunk_size)
+    B = A - AmB
+    B = 0.5 * (B + B.T)
+    g = A.shape[0]
+    jitter = 1e-12 * max(np.trace(A) / g, 1e-300)
+    try:
+        mu = sla.eigh(B, A + jitter * np.eye(g), eigvals_only=True)
+    except np.linalg.LinAlgError:
+        return float("nan")
+    mu = np.sort(mu)
+    if n_comps > g:
+        return 0.0
+    mk = mu[n_comps - 1]
+    return float("inf") if mk <= 0 else float(1.0 / mk)
+
+
+def spatial_pca(
+    X,
+    Q,
+    n_comps: int = 20,
+    lambda_spatial: float = 1.0,
+    *,
+    zero_center: bool = True,
+    solver: str = "auto",
+    chunk_size: int | None = None,
+    tol: float = 0.0,
+    random_state: int | None = 0,
+) -> SpatialPCAResult:
+    r"""Exact spatial PCA: top eigenvectors of :math:`C = X_c^T (I - \lambda Q) X_c`.
+
+    Parameters
+    ----------
+    X
+        ``(n_spots, n_features)`` dense array or scipy sparse matrix (never densified whole).
+    Q
+        ``(n_spots, n_spots)`` symmetric positive semi-definite spatial precision (scipy sparse or dense).
+    n_comps
+        Number of components ``k`` (``1 <= k < n_features``).
+    lambda_spatial
+        Strength :math:`\lambda \ge 0` of the spatial penalty; ``0`` gives ordinary PCA.
+    zero_center
+        Subtract column means first (implicitly for sparse ``X``), as ``sc.pp.pca`` does.
+    solver
+        ``'auto'`` (``'dense'`` up to :data:`DENSE_MAX_FEATURES` features, else ``'arpack'``), ``'dense'``,
+        ``'arpack'`` or ``'lobpcg'`` (see the module docstring).
+    chunk_size
+        Rows per chunk when building ``C`` (default: about 256 MiB per dense chunk).
+    tol
+        Eigensolver tolerance of the implicit solvers (``0``: machine precision for ARPACK).
+    random_state
+        Seed of the starting vectors of the implicit solvers.
+
+    Returns
+    -------
+    SpatialPCAResult
+        Loadings ``(n_features, k)``, scores ``(n_spots, k)`` and the per-component objective, projected
+        sum of squares and spatial loss, with :math:`\text{objective}_k = \text{variance}_k - \lambda\,
+        \text{spatial\_loss}_k`.
+
+    Raises
+    ------
+    TooFewPositiveDirectionsError
+        When fewer than ``n_comps`` directions have a positive objective; the message names the largest
+        ``lambda`` that works (when it can be computed densely).
+    """
+    X = _as_matrix(X)
+    n, g = X.shape
+    if not isinstance(n_comps, (int, np.integer)) or isinstance(n_comps, bool) or n_comps < 1:
+        msg = f"Expected `n_comps` to be a positive integer, found `{n_comps!r}`."
+        raise ValueError(msg)
+    if n_comps >= g:
+        msg = f"`n_comps` ({n_comps}) must be smaller than the number of features ({g}); use n_comps <= {g - 1}."
+        raise ValueError(msg)
+    if Q.shape != (n, n):
+        msg = f"The precision has shape {Q.shape} but the data have {n} spots."
+        raise ValueError(msg)
+    lam = float(lambda_spatial)
+    if not np.isfinite(lam) or lam < 0:
+        msg = f"Expected `lambda_spatial` to be a finite number >= 0, found `{lambda_spatial!r}`."
+        raise ValueError(msg)
+    used = _pick_solver(solver, g)
+    if used == "dense":
+        C, mean = spatial_gram(X, Q, lam, zero_center=zero_center, chunk_size=chunk_size)
+        w, U = _top_eigs_dense(C, int(n_comps))
+    else:
+        mean = column_means(X) if zero_center else None
+        op = spatial_operator(X, Q, lam, mean=mean)
+        w, U = _top_eigs_implicit(op, int(n_comps), used, tol, random_state)
+        U, _ = np.linalg.qr(U)  # LOBPCG returns B-orthonormal up to round-off; make it exact
+    U = _flip_signs(U)
+    H = _scores(X, U, mean)
+    variance = np.einsum("ij,ij->j", H, H)
+    spatial = np.einsum("ij,ij->j", H, _apply_Q(Q, H))
+    objective = variance - lam * spatial
+    scale = max(float(np.abs(w).max()), 1e-300)
+    if w[-1] <= 1e-10 * scale:
+        n_pos = int((w > 1e-10 * scale).sum())
+        hint = ""
+        if g <= DENSE_MAX_FEATURES:
+            ub = lambda_upper_bound(X, Q, int(n_comps), zero_center=zero_center, chunk_size=chunk_size)
+            if np.isfinite(ub) and ub > 0:
+                hint = f" It has {n_comps} for lambda_spatial < {ub:.4g}; e.g. lambda_spatial={0.9 * ub:.3g}."
+        else:
+            hint = f" Try a smaller lambda_spatial, e.g. {lam / 10:.3g}."
+        msg = (
+            f"Only {n_pos} of the requested {n_comps} directions have a positive spatial PCA objective at "
+            f"lambda_spatial = {lam:g} (the matrix X^T (I - lambda Q) X is too indefinite).{hint} "
+            "Or ask for fewer components."
+        )
+        raise TooFewPositiveDirectionsError(msg)
+    return SpatialPCAResult(
+        loadings=U,
+        scores=H,
+        objective=objective,
+        variance=variance,
+        spatial_loss=spatial,
+        mean=mean,
+        solver=used,
+        info={"eigenvalues": w},
+    )
