@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .linalg import NotPositiveDefiniteError, SPDFactor
+from .linalg import NotPositiveDefiniteError
+from .selinv import LDLFactor
 
 #: Quantile levels and the column names of the classic decay tables.
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -108,31 +109,26 @@ def _as_sparse_spd(Q) -> sp.csr_matrix:
 
 
 def neighbor_covariances(
-    Q, nbrs: np.ndarray, spots: np.ndarray | None = None, *, factor=None, batch_size: int = 256
+    Q, nbrs: np.ndarray, spots: np.ndarray | None = None, *, factor: LDLFactor | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""Entries :math:`(Q^{-1})_{i, nbrs[i, c]}` for the spots used, and the exact diagonal of :math:`Q^{-1}`.
+
+    ``Q`` is factored once (:class:`~smoother._core.selinv.LDLFactor`); the diagonal comes from selected
+    inversion and each spot's entries from a sparse solve restricted to the elimination-tree paths involved.
 
     Returns
     -------
     cov
-        Shape ``(n_used, nbrs.shape[1])``.
+        Shape ``(n_used, nbrs.shape[1])``; row ``r`` belongs to spot ``spots[r]`` (all spots when ``None``).
     var
         ``diag(Q^{-1})``, shape ``(n,)``.
     """
-    from .selinv import inv_diag_exact
-
     Q = _as_sparse_spd(Q)
     n = Q.shape[0]
-    factor = factor if factor is not None else SPDFactor(Q)
-    var = inv_diag_exact(Q, factor=factor)
-    spots = np.arange(n) if spots is None else np.asarray(spots)
-    cov = np.empty((len(spots), nbrs.shape[1]))
-    for start in range(0, len(spots), batch_size):
-        idx = spots[start : start + batch_size]
-        E = np.zeros((n, len(idx)))
-        E[idx, np.arange(len(idx))] = 1.0
-        X = factor.solve(E)  # columns of Q^{-1}
-        cov[start : start + len(idx)] = X[nbrs[idx], np.arange(len(idx))[:, None]]
+    factor = factor if factor is not None else LDLFactor(Q)
+    var = factor.inv_diag()
+    spots = np.arange(n) if spots is None else np.asarray(spots, dtype=np.int64)
+    cov = factor.inv_entries(spots, nbrs[spots])
     return cov, var
 
 

@@ -1,15 +1,498 @@
-"""Diagonal (and selected entries) of the inverse of a sparse SPD matrix, without a dense inverse."""
+r"""Selected entries of the inverse of a sparse SPD matrix, without a dense inverse.
+
+The matrix is reordered by nested dissection (:func:`nested_dissection`), factored as
+:math:`P A P^T = L D L^T` (unit lower-triangular ``L``, diagonal ``D > 0``; :class:`LDLFactor`), and then
+
+* the diagonal of :math:`A^{-1}` (in fact every entry of :math:`Z = A^{-1}` on the pattern of ``L``) comes
+  from the Takahashi recurrences, processed from the last column to the first,
+
+  .. math::
+
+      Z_{ij} = -\sum_{k \in \mathcal{L}_j} Z_{ik} L_{kj} \quad (i \in \mathcal{L}_j), \qquad
+      Z_{jj} = \frac{1}{D_{jj}} - \sum_{k \in \mathcal{L}_j} L_{kj} Z_{kj},
+
+  where :math:`\mathcal{L}_j` is the row pattern of column ``j`` of ``L`` below the diagonal (a clique in the
+  filled graph, so every :math:`Z_{ik}` needed is on the pattern) — :meth:`LDLFactor.inv_diag`;
+* any few entries :math:`(A^{-1})_{ts}` for a source ``s`` and targets ``t`` come from a *sparse* solve:
+  :math:`L^{-1} e_s` lives on the elimination-tree path from ``s`` to the root, and the back-substitution is
+  needed only on the union of the paths of the targets — :meth:`LDLFactor.inv_entries`.
+
+All loops are compiled with numba; nothing of size ``n x n`` is ever formed. On a 2D spatial graph of ``n`` spots
+the factor has :math:`O(n \log n)` entries and costs :math:`O(n^{3/2})` operations.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit, prange
 
-from .linalg import SPDFactor, inv_diag
+from .linalg import NotPositiveDefiniteError
+
+# ----------------------------------------------------------------------------------------------------------------
+# nested dissection ordering (level-structure separators)
+# ----------------------------------------------------------------------------------------------------------------
 
 
-def inv_diag_exact(Q: sp.spmatrix, *, factor: SPDFactor | None = None) -> np.ndarray:
-    """Exact ``diag(Q^{-1})`` of a sparse SPD ``Q``; raises :class:`NotPositiveDefiniteError` otherwise."""
-    Q = sp.csr_matrix(Q, dtype=np.float64)
-    factor = factor if factor is not None else SPDFactor(Q)
-    return inv_diag(Q, factor=factor)
+@njit(cache=True)
+def _bfs(indptr, indices, start, sub, stamp, lev, queue):
+    """BFS from ``start`` inside the vertices with ``sub == stamp``; fills ``lev`` and ``queue``; returns size."""
+    head = 0
+    tail = 1
+    queue[0] = start
+    lev[start] = 0
+    # mark visited by flipping sub to -stamp - 2 (restored by caller)
+    sub[start] = -stamp - 2
+    while head < tail:
+        v = queue[head]
+        head += 1
+        lv = lev[v] + 1
+        for p in range(indptr[v], indptr[v + 1]):
+            w = indices[p]
+            if sub[w] == stamp:
+                sub[w] = -stamp - 2
+                lev[w] = lv
+                queue[tail] = w
+                tail += 1
+    return tail
+
+
+@njit(cache=True)
+def _nd_order(n, indptr, indices, leaf_size):
+    order = np.arange(n).astype(np.int64)
+    sub = np.zeros(n, dtype=np.int64)
+    lev = np.zeros(n, dtype=np.int64)
+    queue = np.empty(n, dtype=np.int64)
+    tmp = np.empty(n, dtype=np.int64)
+    stack_lo = np.empty(4 * 64 + n // max(leaf_size, 1) * 2 + 16, dtype=np.int64)
+    stack_hi = np.empty_like(stack_lo)
+    top = 0
+    stack_lo[0] = 0
+    stack_hi[0] = n
+    top = 1
+    stamp = 0
+    while top > 0:
+        top -= 1
+        lo = stack_lo[top]
+        hi = stack_hi[top]
+        size = hi - lo
+        if size <= leaf_size:
+            continue
+        stamp += 1
+        for i in range(lo, hi):
+            sub[order[i]] = stamp
+        # BFS from the first vertex; find the component
+        start = order[lo]
+        cnt = _bfs(indptr, indices, start, sub, stamp, lev, queue)
+        if cnt < size:
+            # disconnected: component first, rest after; no separator
+            a = 0
+            for i in range(cnt):
+                tmp[a] = queue[i]
+                a += 1
+            for i in range(lo, hi):
+                v = order[i]
+                if sub[v] == stamp:
+                    tmp[a] = v
+                    a += 1
+            for i in range(size):
+                order[lo + i] = tmp[i]
+            for i in range(lo, hi):
+                sub[order[i]] = 0
+            if top + 2 > stack_lo.shape[0]:
+                stack_lo = np.concatenate((stack_lo, np.empty_like(stack_lo)))
+                stack_hi = np.concatenate((stack_hi, np.empty_like(stack_hi)))
+            stack_lo[top] = lo
+            stack_hi[top] = lo + cnt
+            top += 1
+            stack_lo[top] = lo + cnt
+            stack_hi[top] = hi
+            top += 1
+            continue
+        # pseudo-peripheral vertex: restart from a min-degree vertex of the last level, a few times
+        best_depth = lev[queue[cnt - 1]]
+        for _ in range(3):
+            last = lev[queue[cnt - 1]]
+            cand = queue[cnt - 1]
+            cdeg = indptr[cand + 1] - indptr[cand]
+            for i in range(cnt - 1, -1, -1):
+                v = queue[i]
+                if lev[v] != last:
+                    break
+                d = indptr[v + 1] - indptr[v]
+                if d < cdeg:
+                    cdeg = d
+                    cand = v
+            for i in range(cnt):
+                sub[queue[i]] = stamp
+            cnt = _bfs(indptr, indices, cand, sub, stamp, lev, queue)
+            depth = lev[queue[cnt - 1]]
+            if depth <= best_depth:
+                break
+            best_depth = depth
+        nlev = lev[queue[cnt - 1]] + 1
+        if nlev < 3:
+            for i in range(cnt):
+                sub[queue[i]] = 0
+            continue
+        # middle level by count
+        half = size // 2
+        m = 0
+        for i in range(cnt):
+            if i >= half:
+                m = lev[queue[i]]
+                break
+        if m < 1:
+            m = 1
+        if m > nlev - 2:
+            m = nlev - 2
+        # separator: vertices of level m with a neighbour in level m + 1; others join part A
+        na = 0
+        nb = 0
+        ns = 0
+        # count first
+        for i in range(cnt):
+            v = queue[i]
+            lv = lev[v]
+            if lv < m:
+                na += 1
+            elif lv > m:
+                nb += 1
+            else:
+                needed = False
+                for p in range(indptr[v], indptr[v + 1]):
+                    w = indices[p]
+                    if sub[w] == -stamp - 2 and lev[w] == m + 1:
+                        needed = True
+                        break
+                if needed:
+                    ns += 1
+                    lev[v] = -1  # mark separator
+                else:
+                    na += 1
+                    lev[v] = m - 1
+        ia = lo
+        ib = lo + na
+        iss = lo + na + nb
+        for i in range(cnt):
+            v = queue[i]
+            lv = lev[v]
+            if lv == -1:
+                order[iss] = v
+                iss += 1
+            elif lv < m:
+                order[ia] = v
+                ia += 1
+            else:
+                order[ib] = v
+                ib += 1
+        for i in range(cnt):
+            sub[queue[i]] = 0
+        if top + 2 > stack_lo.shape[0]:
+            stack_lo = np.concatenate((stack_lo, np.empty_like(stack_lo)))
+            stack_hi = np.concatenate((stack_hi, np.empty_like(stack_hi)))
+        stack_lo[top] = lo
+        stack_hi[top] = lo + na
+        top += 1
+        stack_lo[top] = lo + na
+        stack_hi[top] = lo + na + nb
+        top += 1
+    return order
+
+
+def nested_dissection(A: sp.spmatrix, *, leaf_size: int = 32) -> np.ndarray:
+    """A fill-reducing ordering of the symmetric sparse matrix ``A`` (nested dissection on its graph).
+
+    Each connected subgraph larger than ``leaf_size`` is split by the middle level of a breadth-first search
+    from a pseudo-peripheral vertex (a vertex separator); the two halves are ordered first, the separator last.
+
+    Returns
+    -------
+    perm
+        ``(n,)`` int64, new position -> original index (``A[perm][:, perm]`` is the reordered matrix).
+    """
+    A = sp.csr_matrix(A)
+    n = A.shape[0]
+    G = (abs(A) + abs(A).T).tocsr()
+    G.setdiag(0)
+    G.eliminate_zeros()
+    G.sort_indices()
+    return _nd_order(n, G.indptr.astype(np.int64), G.indices.astype(np.int64), int(leaf_size))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sparse LDL^T (up-looking, after T. Davis' LDL)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _ldl_symbolic(n, Ap, Ai):
+    parent = np.full(n, -1, dtype=np.int64)
+    flag = np.empty(n, dtype=np.int64)
+    lnz = np.zeros(n, dtype=np.int64)
+    for k in range(n):
+        flag[k] = k
+        for p in range(Ap[k], Ap[k + 1]):
+            i = Ai[p]
+            if i < k:
+                while flag[i] != k:
+                    if parent[i] == -1:
+                        parent[i] = k
+                    lnz[i] += 1
+                    flag[i] = k
+                    i = parent[i]
+    Lp = np.zeros(n + 1, dtype=np.int64)
+    for k in range(n):
+        Lp[k + 1] = Lp[k] + lnz[k]
+    return parent, Lp
+
+
+@njit(cache=True)
+def _ldl_numeric(n, Ap, Ai, Ax, Lp, parent, tol):
+    nnz = Lp[n]
+    Li = np.empty(nnz, dtype=np.int32)
+    Lx = np.empty(nnz, dtype=np.float64)
+    D = np.empty(n, dtype=np.float64)
+    Y = np.zeros(n, dtype=np.float64)
+    pattern = np.empty(n, dtype=np.int64)
+    flag = np.empty(n, dtype=np.int64)
+    lnz = np.zeros(n, dtype=np.int64)
+    for k in range(n):
+        top = n
+        flag[k] = k
+        akk = 0.0
+        for p in range(Ap[k], Ap[k + 1]):
+            i = Ai[p]
+            if i > k:
+                continue
+            Y[i] += Ax[p]
+            if i == k:
+                akk += Ax[p]
+            ln = 0
+            while flag[i] != k:
+                pattern[ln] = i
+                ln += 1
+                flag[i] = k
+                i = parent[i]
+            while ln > 0:
+                top -= 1
+                ln -= 1
+                pattern[top] = pattern[ln]
+        dk = Y[k]
+        Y[k] = 0.0
+        while top < n:
+            i = pattern[top]
+            top += 1
+            yi = Y[i]
+            Y[i] = 0.0
+            p2 = Lp[i] + lnz[i]
+            for p in range(Lp[i], p2):
+                Y[Li[p]] -= Lx[p] * yi
+            lki = yi / D[i]
+            dk -= lki * yi
+            Li[p2] = k
+            Lx[p2] = lki
+            lnz[i] += 1
+        if not (dk > tol * abs(akk)):
+            return Li, Lx, D, k
+        D[k] = dk
+    return Li, Lx, D, -1
+
+
+@njit(cache=True)
+def _takahashi_diag(n, Lp, Li, Lx, D):
+    Zx = np.empty_like(Lx)
+    Zd = np.empty(n, dtype=np.float64)
+    pos = np.full(n, -1, dtype=np.int64)
+    acc = np.zeros(n, dtype=np.float64)
+    for j in range(n - 1, -1, -1):
+        p0 = Lp[j]
+        m = Lp[j + 1] - p0
+        for a in range(m):
+            pos[Li[p0 + a]] = a
+            acc[a] = 0.0
+        for b in range(m):
+            k = Li[p0 + b]
+            lkj = Lx[p0 + b]
+            s = Zd[k] * lkj
+            for q in range(Lp[k], Lp[k + 1]):
+                a = pos[Li[q]]
+                if a >= 0:
+                    z = Zx[q]
+                    acc[a] += z * lkj
+                    s += z * Lx[p0 + a]
+            acc[b] += s
+        zjj = 1.0 / D[j]
+        for a in range(m):
+            Zx[p0 + a] = -acc[a]
+            zjj += Lx[p0 + a] * acc[a]
+            pos[Li[p0 + a]] = -1
+        Zd[j] = zjj
+    return Zd, Zx
+
+
+@njit(cache=True)
+def _inv_entries_chunk(n, Lp, Li, Lx, D, parent, src, tgt, out, lo, hi):
+    y = np.zeros(n, dtype=np.float64)
+    x = np.zeros(n, dtype=np.float64)
+    mark = np.full(n, -1, dtype=np.int64)
+    path = np.empty(n, dtype=np.int64)
+    ulist = np.empty(n, dtype=np.int64)
+    m = tgt.shape[1]
+    for r in range(lo, hi):
+        s = src[r]
+        # forward: y = L^{-1} e_s on the path s -> root, then v = D^{-1} y
+        npath = 0
+        j = s
+        while j != -1:
+            path[npath] = j
+            npath += 1
+            j = parent[j]
+        y[s] = 1.0
+        for a in range(npath):
+            j = path[a]
+            yj = y[j]
+            if yj != 0.0:
+                for q in range(Lp[j], Lp[j + 1]):
+                    y[Li[q]] -= Lx[q] * yj
+        for a in range(npath):
+            j = path[a]
+            y[j] /= D[j]
+        # backward on the union of the targets' paths, in decreasing order
+        nu = 0
+        for c in range(m):
+            j = tgt[r, c]
+            while j != -1 and mark[j] != r:
+                mark[j] = r
+                ulist[nu] = j
+                nu += 1
+                j = parent[j]
+        u = np.sort(ulist[:nu])
+        for a in range(nu - 1, -1, -1):
+            j = u[a]
+            sj = y[j]
+            for q in range(Lp[j], Lp[j + 1]):
+                sj -= Lx[q] * x[Li[q]]
+            x[j] = sj
+        for c in range(m):
+            out[r, c] = x[tgt[r, c]]
+        for a in range(nu):
+            x[u[a]] = 0.0
+        for a in range(npath):
+            y[path[a]] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def _inv_entries(n, Lp, Li, Lx, D, parent, src, tgt, nchunks):
+    nrow = src.shape[0]
+    out = np.empty(tgt.shape, dtype=np.float64)
+    step = (nrow + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        lo = c * step
+        hi = min(nrow, lo + step)
+        if lo < hi:
+            _inv_entries_chunk(n, Lp, Li, Lx, D, parent, src, tgt, out, lo, hi)
+    return out
+
+
+class LDLFactor:
+    r"""Sparse :math:`P A P^T = L D L^T` of a symmetric positive definite ``A`` (nested-dissection ordering).
+
+    Parameters
+    ----------
+    A
+        Sparse symmetric matrix, shape ``(n, n)`` (only its symmetric part is used).
+    leaf_size
+        Subgraphs up to this size are not dissected further.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        When a pivot is not positive (``A`` singular or indefinite), naming the first failing row.
+    """
+
+    def __init__(self, A: sp.spmatrix, *, leaf_size: int = 32) -> None:
+        A = sp.csr_matrix(A, dtype=np.float64)
+        if A.shape[0] != A.shape[1]:
+            msg = f"Expected a square matrix, found shape {A.shape}."
+            raise ValueError(msg)
+        A = (0.5 * (A + A.T)).tocsr()
+        n = A.shape[0]
+        self.n = n
+        self.perm = nested_dissection(A, leaf_size=leaf_size)
+        self.iperm = np.empty(n, dtype=np.int64)
+        self.iperm[self.perm] = np.arange(n)
+        Ap = sp.triu(A[self.perm][:, self.perm]).tocsc()
+        Ap.sort_indices()
+        indptr, indices = Ap.indptr.astype(np.int64), Ap.indices.astype(np.int64)
+        self.parent, self.Lp = _ldl_symbolic(n, indptr, indices)
+        tol = max(n, 1000) * np.finfo(np.float64).eps
+        self.Li, self.Lx, self.D, bad = _ldl_numeric(n, indptr, indices, Ap.data, self.Lp, self.parent, tol)
+        if bad >= 0:
+            msg = (
+                "Matrix is not positive definite: a pivot of its LDL^T factorization is not positive "
+                f"(row {int(self.perm[bad])})."
+            )
+            raise NotPositiveDefiniteError(msg)
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored off-diagonal entries of ``L``."""
+        return int(self.Lp[-1])
+
+    def inv_diag(self) -> np.ndarray:
+        """Exact ``diag(A^{-1})`` in the original order, shape ``(n,)`` (Takahashi selected inversion)."""
+        Zd, _ = _takahashi_diag(self.n, self.Lp, self.Li, self.Lx, self.D)
+        out = np.empty(self.n)
+        out[self.perm] = Zd
+        return out
+
+    def inv_entries(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Entries ``(A^{-1})[targets[r, c], sources[r]]``, shape ``targets.shape`` (sparse solves, parallel)."""
+        sources = np.asarray(sources, dtype=np.int64).ravel()
+        targets = np.asarray(targets, dtype=np.int64)
+        if targets.ndim != 2 or targets.shape[0] != sources.shape[0]:
+            msg = f"Expected targets of shape ({sources.shape[0]}, m), found {targets.shape}."
+            raise ValueError(msg)
+        if sources.size == 0:
+            return np.empty(targets.shape)
+        import numba
+
+        nchunks = max(1, min(sources.size, 8 * numba.get_num_threads()))
+        return _inv_entries(
+            self.n,
+            self.Lp,
+            self.Li,
+            self.Lx,
+            self.D,
+            self.parent,
+            self.iperm[sources],
+            np.ascontiguousarray(self.iperm[targets]),
+            nchunks,
+        )
+
+
+def inv_diag_exact(Q: sp.spmatrix, *, factor: LDLFactor | None = None) -> np.ndarray:
+    """Exact ``diag(Q^{-1})`` of a sparse SPD ``Q`` by selected inversion; never forms ``Q^{-1}``.
+
+    Parameters
+    ----------
+    Q
+        Sparse (or dense) symmetric positive definite matrix, shape ``(n, n)``.
+    factor
+        An :class:`LDLFactor` of ``Q`` to reuse (any other factor object is ignored: selected inversion needs the
+        explicit triangular factor).
+
+    Returns
+    -------
+    diag
+        ``(n,)`` float64.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        When ``Q`` is singular or not positive definite.
+    """
+    if not isinstance(factor, LDLFactor):
+        factor = LDLFactor(sp.csr_matrix(Q, dtype=np.float64))
+    return factor.inv_diag()
