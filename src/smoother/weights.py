@@ -1,6 +1,735 @@
-"""Spatial weight matrices from coordinates, expression and histology (classic API)."""
+r"""Spatial weight matrices from coordinates, expression and histology (classic API of smoother-omics 1.1.0).
+
+Everything here is a thin layer over :mod:`smoother._core`: graphs come from
+:func:`smoother._core.knn_graph` / :func:`smoother._core.radius_graph`, precision matrices from
+:func:`smoother._core.precision`. The classic API hands out torch tensors (sparse COO, float32, as smoother-omics
+1.1.0 did); internally the weights are kept as scipy CSR float64. The ``*_dense`` functions densify the sparse
+result (they exist for backward compatibility; use them on small problems only).
+
+Spatial process models (``W`` = weights clipped at 0, ``D = diag(row sums of W)``):
+
+========  ==========================================================
+model     precision :math:`Q`
+========  ==========================================================
+``sma``   :math:`[(I + \rho W)(I + \rho W)^T]^{-1}` (dense)
+``sar``   :math:`(I - \rho W)^T (I - \rho W)`
+``isar``  as ``sar`` with ``W`` row-scaled first
+``car``   :math:`I - \rho W`
+``icar``  :math:`D - \rho W`
+========  ==========================================================
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from . import _similarity as _sim
+from ._core.graph import fill_isolated, knn_graph, radius_graph, row_normalize
+from ._core.precision import not_pd_message, precision
+from ._core.quadratic import to_torch_sparse
+from ._settings import logger
+from ._validation import check_coords, check_prior, check_rho, check_square_graph
+
+__all__ = [
+    "SpatialWeightMatrix",
+    "coordinate_to_weights_dist_dense",
+    "coordinate_to_weights_dist_sparse",
+    "coordinate_to_weights_knn_dense",
+    "coordinate_to_weights_knn_sparse",
+    "normalize_minmax",
+    "sparse_weights_to_inv_cov",
+    "weights_to_inv_cov",
+]
+
+#: Above this many spots the dense variants warn (they hold an n x n dense matrix).
+DENSE_WARN = 10_000
 
 
-class SpatialWeightMatrix:  # placeholder until the classic weights land
-    def __init__(self):
-        raise NotImplementedError("SpatialWeightMatrix is being built.")
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------
+def _to_torch(W: sp.spmatrix) -> torch.Tensor:
+    """CSR -> coalesced torch sparse COO float32 (the classic representation)."""
+    return to_torch_sparse(W, dtype=torch.float32)
+
+
+def _warn_dense(n: int, what: str) -> None:
+    if n > DENSE_WARN:
+        warnings.warn(
+            f"{what} of {n} spots builds a dense {n} x {n} matrix; use the sparse variant instead.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        msg = f"Expected `{name}` to be True or False, found `{value!r}`."
+        raise TypeError(msg)
+    return bool(value)
+
+
+def normalize_minmax(x, min_zero: bool = True, return_scale: bool = False):
+    """Shift columns to start at 0 (``min_zero``) and divide by the global largest absolute value.
+
+    Parameters
+    ----------
+    x
+        2D array or tensor.
+    min_zero
+        Subtract the column minima first.
+    return_scale
+        Also return the divisor.
+
+    Returns
+    -------
+    The normalized data as a torch tensor (and the scale, a 0-d tensor, when ``return_scale``).
+    """
+    t = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+    t = t - t.min(dim=0, keepdim=True).values if min_zero else t.clone()
+    scale = t.abs().max()
+    t = t / scale
+    return (t, scale) if return_scale else t
+
+
+def _scale_coords(coords: np.ndarray) -> tuple[np.ndarray, float]:
+    """Classic coordinate scaling: columns shifted to start at 0, then divided by the largest value."""
+    shifted = coords - coords.min(axis=0)
+    scale = float(np.abs(shifted).max())
+    if scale == 0:
+        msg = "All spots share the same coordinates; cannot scale them (pass distinct coordinates)."
+        raise ValueError(msg)
+    return shifted / scale, scale
+
+
+def _check_metric_euclidean(dist_metric: str) -> None:
+    if not isinstance(dist_metric, str) or dist_metric.lower() not in ("euclidean", "eu"):
+        msg = f"Only the 'euclidean' `dist_metric` is supported for spatial distances, found {dist_metric!r}."
+        raise ValueError(msg)
+
+
+def _check_positive(value, name: str) -> float:
+    if isinstance(value, bool) or not np.isscalar(value) or not np.isfinite(value) or value <= 0:
+        msg = f"Expected `{name}` to be a positive number, found `{value!r}`."
+        raise ValueError(msg)
+    return float(value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# module functions (classic names)
+# --------------------------------------------------------------------------------------------------------------
+def _knn_csr(coords, k, symmetric, row_scale) -> sp.csr_matrix:
+    _check_bool(symmetric, "symmetric")
+    _check_bool(row_scale, "row_scale")
+    W, _ = knn_graph(coords, k, symmetrize="mutual" if symmetric else "none", row_scale=row_scale)
+    return W
+
+
+def _dist_csr(coords, scale_coords, radius_cutoff, band_width, dist_metric, row_scale) -> sp.csr_matrix:
+    coords = check_coords(coords)
+    _check_bool(scale_coords, "scale_coords")
+    _check_bool(row_scale, "row_scale")
+    radius = _check_positive(radius_cutoff.item() if torch.is_tensor(radius_cutoff) else radius_cutoff,
+                             "radius_cutoff")
+    bw = _check_positive(band_width, "band_width")
+    _check_metric_euclidean(dist_metric)
+    if scale_coords:
+        coords, scale = _scale_coords(coords)
+        radius = radius / scale
+    W, _ = radius_graph(coords, radius, bandwidth=bw, row_scale=row_scale)
+    return W
+
+
+def coordinate_to_weights_knn_sparse(coords, k=6, symmetric=True, row_scale=True) -> torch.Tensor:
+    """Binary k-nearest-neighbour spatial weights (no self edges).
+
+    Parameters
+    ----------
+    coords
+        Spatial coordinates, ``num_spot x 2`` (or 3).
+    k
+        Number of nearest neighbours of each spot (the spot itself excluded).
+    symmetric
+        Keep only mutual neighbours (the matrix is then symmetric).
+    row_scale
+        Scale every row to sum to 1.
+
+    Returns
+    -------
+    Sparse COO float32 tensor, ``num_spot x num_spot``. A spot left without neighbours gets a self edge of
+    weight 1.
+    """
+    return _to_torch(_knn_csr(coords, k, symmetric, row_scale))
+
+
+def coordinate_to_weights_dist_sparse(
+    coords, scale_coords=True, radius_cutoff=1.0, band_width=0.1, dist_metric="euclidean", row_scale=True
+) -> torch.Tensor:
+    r"""Gaussian spatial weights between spots closer than ``radius_cutoff`` (no self edges).
+
+    The weight of a pair at distance :math:`d` is :math:`\exp(-d^2 / (2 h^2))` with :math:`h` = ``band_width``.
+
+    Parameters
+    ----------
+    coords
+        Spatial coordinates, ``num_spot x 2`` (or 3).
+    scale_coords
+        Shift the coordinates to start at 0 and divide them by their largest value first; ``radius_cutoff``
+        (given in the unit of ``coords``) is divided by the same factor, while ``band_width`` applies to the
+        scaled coordinates (as in smoother-omics 1.1.0).
+    radius_cutoff
+        Pairs with distance ``<= radius_cutoff`` are joined.
+    band_width
+        Width of the Gaussian kernel.
+    dist_metric
+        Only ``'euclidean'``.
+    row_scale
+        Scale every row to sum to 1.
+
+    Returns
+    -------
+    Sparse COO float32 tensor, ``num_spot x num_spot``; isolated spots get a self edge of weight 1.
+    """
+    return _to_torch(_dist_csr(coords, scale_coords, radius_cutoff, band_width, dist_metric, row_scale))
+
+
+def coordinate_to_weights_knn_dense(coords, k=6, symmetric=True, row_scale=True) -> torch.Tensor:
+    """Dense version of :func:`coordinate_to_weights_knn_sparse` (the same matrix, densified)."""
+    W = _knn_csr(coords, k, symmetric, row_scale)
+    _warn_dense(W.shape[0], "coordinate_to_weights_knn_dense")
+    return torch.from_numpy(W.toarray()).float()
+
+
+def coordinate_to_weights_dist_dense(
+    coords, scale_coords=True, q_threshold=0.001, band_width=0.1, dist_metric="euclidean", row_scale=True
+) -> torch.Tensor:
+    """Dense Gaussian weights of pairs whose distance is below the ``q_threshold`` quantile of all distances.
+
+    The quantile is taken over all ``num_spot^2`` entries of the pairwise distance matrix (diagonal included),
+    as in smoother-omics 1.1.0; the weights are then those of :func:`coordinate_to_weights_dist_sparse` with
+    that radius. Dense: for small problems only.
+
+    Returns
+    -------
+    Dense float32 tensor, ``num_spot x num_spot``.
+    """
+    from scipy.spatial.distance import pdist
+
+    coords = check_coords(coords)
+    _check_bool(scale_coords, "scale_coords")
+    _check_metric_euclidean(dist_metric)
+    if isinstance(q_threshold, bool) or not np.isscalar(q_threshold) or not 0 <= q_threshold <= 1:
+        msg = f"Expected `q_threshold` in [0, 1], found `{q_threshold!r}`."
+        raise ValueError(msg)
+    n = coords.shape[0]
+    _warn_dense(n, "coordinate_to_weights_dist_dense")
+    if scale_coords:
+        coords, _ = _scale_coords(coords)
+    d = pdist(coords)
+    # quantile of the n^2 entries of the square distance matrix: n zeros plus every pair twice
+    radius = float(np.quantile(np.concatenate([np.zeros(n), d, d]), q_threshold))
+    radius = max(radius, np.finfo(np.float64).tiny)
+    W = _dist_csr(coords, False, radius, band_width, dist_metric, row_scale)
+    return torch.from_numpy(W.toarray()).float()
+
+
+def sparse_weights_to_inv_cov(weights, model, rho=1, standardize=False, return_sparse=False) -> torch.Tensor:
+    """Precision (inverse covariance) matrix of a spatial process model from spatial weights.
+
+    Parameters
+    ----------
+    weights
+        Spatial weights, ``num_spot x num_spot`` (torch sparse/dense tensor, scipy sparse or numpy array).
+    model
+        One of ``'sma'``, ``'sar'``, ``'isar'``, ``'car'``, ``'icar'`` (see the module docstring).
+    rho
+        Spatial autocorrelation in ``[0, 1]``.
+    standardize
+        Rescale so that the implied covariance has unit variance at every spot (for a singular precision:
+        unit diagonal, with a warning). Computed from a sparse factorization, not a dense inverse.
+    return_sparse
+        Return a sparse COO tensor (for ``'sma'``, whose precision is dense, the dense matrix in sparse form).
+
+    Returns
+    -------
+    float32 tensor ``num_spot x num_spot``.
+    """
+    Q = precision(weights, model, rho, standardize=standardize)
+    if return_sparse:
+        return _to_torch(Q)
+    if sp.issparse(Q):
+        _warn_dense(Q.shape[0], "A dense precision")
+        Q = Q.toarray()
+    return torch.from_numpy(np.asarray(Q)).float()
+
+
+def weights_to_inv_cov(weights, model, rho=1, standardize=False) -> torch.Tensor:
+    """Dense precision matrix of a spatial process model (see :func:`sparse_weights_to_inv_cov`).
+
+    Like smoother-omics 1.1.0, warns when the precision of a proper model is not positive definite (checked
+    below 5,000 spots).
+
+    Returns
+    -------
+    Dense float32 tensor ``num_spot x num_spot``.
+    """
+    model = check_prior(model)
+    rho = check_rho(rho, model)
+    W = check_square_graph(weights, name="weights")
+    Q = precision(W, model, rho, standardize=standardize)
+    Qd = Q.toarray() if sp.issparse(Q) else np.asarray(Q)
+    n = Qd.shape[0]
+    _warn_dense(n, "weights_to_inv_cov")
+    singular = model in ("icar", "isar") and rho == 1.0
+    if not standardize and not singular and n < 5000:
+        try:
+            np.linalg.cholesky(0.5 * (Qd + Qd.T))
+        except np.linalg.LinAlgError:
+            warnings.warn(not_pd_message(model, rho, W), UserWarning, stacklevel=2)
+    return torch.from_numpy(Qd).float()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SpatialWeightMatrix
+# --------------------------------------------------------------------------------------------------------------
+class SpatialWeightMatrix:
+    """Spatial weight matrix of one sample: which spots interact, and how strongly.
+
+    Attributes
+    ----------
+    swm
+        Unscaled spatial weights, torch sparse COO float32, ``num_spot x num_spot``.
+    swm_scaled
+        Weights after scaling by expression / histology / identity / an external similarity; equal to ``swm``
+        until scaled.
+    inv_covs
+        Cache of precision matrices returned by :meth:`get_inv_cov` (``cached=True``), keyed
+        ``'{model}_{rho}_{sd|nsd}_{sp|ds}'``; cleared whenever the weights change.
+    config
+        Settings used to build (``'weight'``) and scale (``'similarity'``) the weights.
+
+    Examples
+    --------
+    >>> swm = SpatialWeightMatrix()
+    >>> swm.calc_weights_knn(coords, k=6)
+    >>> swm.scale_by_expr(expr)  # expr: num_gene x num_spot
+    >>> Q = swm.get_inv_cov("icar", rho=0.99)
+    """
+
+    def __init__(self) -> None:
+        self._W: sp.csr_matrix | None = None
+        self._W_scaled: sp.csr_matrix | None = None
+        self._swm_t: torch.Tensor | None = None
+        self._swm_scaled_t: torch.Tensor | None = None
+        self.inv_covs: dict = {}
+        self.config: dict = {}
+
+    # ---- constructors and state ---------------------------------------------------------------------------
+    @classmethod
+    def from_graph(cls, W, *, verbose: bool = False) -> SpatialWeightMatrix:
+        """A weight matrix from an existing graph (e.g. ``adata.obsp['spatial_connectivities']``).
+
+        Spots without any edge get a self edge of weight 1, as for graphs built here.
+        """
+        obj = cls()
+        W = check_square_graph(W, name="W")
+        obj._set_weights(fill_isolated(W))
+        obj.config["weight"] = {"method": "graph"}
+        obj._check_swm_stats(scaled=False, verbose=verbose)
+        return obj
+
+    def _set_weights(self, W: sp.csr_matrix) -> None:
+        W = sp.csr_matrix(W, dtype=np.float64)
+        W.sort_indices()
+        self._W = W
+        self._W_scaled = W
+        self._swm_t = None
+        self._swm_scaled_t = None
+        self.inv_covs = {}
+        self.config.pop("similarity", None)
+
+    def _set_scaled(self, W: sp.csr_matrix) -> None:
+        W = sp.csr_matrix(W, dtype=np.float64)
+        W.sort_indices()
+        self._W_scaled = W
+        self._swm_scaled_t = None
+        self.inv_covs = {}
+
+    @property
+    def swm(self) -> torch.Tensor | None:
+        """Unscaled weights, torch sparse COO float32 ``num_spot x num_spot``."""
+        if self._W is None:
+            return None
+        if self._swm_t is None:
+            self._swm_t = _to_torch(self._W)
+        return self._swm_t
+
+    @swm.setter
+    def swm(self, value) -> None:
+        if value is None:
+            self._W = self._W_scaled = self._swm_t = self._swm_scaled_t = None
+            self.inv_covs = {}
+            return
+        self._set_weights(check_square_graph(value, name="swm"))
+
+    @property
+    def swm_scaled(self) -> torch.Tensor | None:
+        """Scaled weights, torch sparse COO float32 ``num_spot x num_spot``."""
+        if self._W_scaled is None:
+            return None
+        if self._W_scaled is self._W:
+            return self.swm
+        if self._swm_scaled_t is None:
+            self._swm_scaled_t = _to_torch(self._W_scaled)
+        return self._swm_scaled_t
+
+    @swm_scaled.setter
+    def swm_scaled(self, value) -> None:
+        if value is None:
+            self._W_scaled = self._W
+            self._swm_scaled_t = None
+            self.inv_covs = {}
+            return
+        n = None if self._W is None else self._W.shape[0]
+        self._set_scaled(check_square_graph(value, n, name="swm_scaled"))
+
+    @property
+    def num_spot(self) -> int:
+        """Number of spots."""
+        self._require()
+        return self._W.shape[0]
+
+    def _require(self) -> None:
+        if self._W is None:
+            msg = "The spatial weight matrix is not initialized; call `calc_weights_knn` or `calc_weights_dist` first."
+            raise ValueError(msg)
+
+    def weights_csr(self, scaled: bool = True) -> sp.csr_matrix:
+        """The (scaled) weights as scipy CSR float64 (no copy; do not modify in place)."""
+        self._require()
+        return self._W_scaled if scaled else self._W
+
+    def _check_swm_stats(self, scaled: bool = False, verbose: bool = True) -> None:
+        """Log the number of spots and the average number of neighbours (at info level)."""
+        self._require()
+        W = self._W_scaled if scaled else self._W
+        if verbose:
+            n = W.shape[0]
+            logger.info(
+                "Number of spots: %d. Average number of neighbors per spot: %.2f.",
+                n,
+                W.count_nonzero() / max(n, 1),
+            )
+
+    # ---- building ------------------------------------------------------------------------------------------
+    def calc_weights_knn(self, coords, k=6, symmetric=True, row_scale=False, verbose=True) -> None:
+        """Build binary k-nearest-neighbour weights (see :func:`coordinate_to_weights_knn_sparse`).
+
+        Parameters
+        ----------
+        coords
+            Spatial coordinates, ``num_spot x 2`` (or 3).
+        k
+            Number of nearest neighbours to keep.
+        symmetric
+            Keep only mutual neighbours.
+        row_scale
+            Scale every row to sum to 1.
+        verbose
+            Log a summary of the weights (visible with ``sm.settings.verbosity >= 2``).
+        """
+        self._set_weights(_knn_csr(coords, k, symmetric, row_scale))
+        self._check_swm_stats(scaled=False, verbose=verbose)
+        self.config["weight"] = {"method": "knn", "k": int(k), "symmetric": bool(symmetric),
+                                 "row_scale": bool(row_scale)}
+
+    def calc_weights_dist(
+        self,
+        coords,
+        scale_coords=True,
+        radius_cutoff=1.0,
+        band_width=0.1,
+        dist_metric="euclidean",
+        row_scale=True,
+        verbose=True,
+    ) -> None:
+        """Build Gaussian distance-band weights (see :func:`coordinate_to_weights_dist_sparse`).
+
+        Parameters
+        ----------
+        coords
+            Spatial coordinates, ``num_spot x 2`` (or 3).
+        scale_coords
+            Scale the coordinates to [0, 1] first (``radius_cutoff`` stays in the unit of ``coords``).
+        radius_cutoff
+            Distance threshold, in the unit of ``coords``.
+        band_width
+            Width of the Gaussian kernel (in scaled units when ``scale_coords``).
+        dist_metric
+            Only ``'euclidean'``.
+        row_scale
+            Scale every row to sum to 1.
+        verbose
+            Log a summary of the weights.
+        """
+        self._set_weights(_dist_csr(coords, scale_coords, radius_cutoff, band_width, dist_metric, row_scale))
+        self._check_swm_stats(scaled=False, verbose=verbose)
+        self.config["weight"] = {"method": "dist", "scale_coords": bool(scale_coords),
+                                 "radius_cutoff": float(radius_cutoff), "band_width": float(band_width),
+                                 "dist_metric": dist_metric, "row_scale": bool(row_scale)}
+
+    # ---- scaling -------------------------------------------------------------------------------------------
+    def _edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        W = self._W.tocoo()
+        return W.row.astype(np.int64), W.col.astype(np.int64), W.data
+
+    def _finish_scaling(self, values: np.ndarray, row_scale: bool, verbose: bool) -> sp.csr_matrix:
+        rows, cols, _ = self._edges()
+        n = self._W.shape[0]
+        S = sp.csr_matrix((values, (rows, cols)), shape=(n, n))
+        S.eliminate_zeros()
+        S = fill_isolated(S)
+        if row_scale:
+            S = row_normalize(S)
+        self._set_scaled(S)
+        self._check_swm_stats(scaled=True, verbose=verbose)
+        return S
+
+    def scale_by_similarity(self, pairwise_sim, row_scale=False, return_swm=False, verbose=True):
+        """Multiply every edge of ``swm`` by an external pairwise similarity.
+
+        Parameters
+        ----------
+        pairwise_sim
+            Similarity, ``num_spot x num_spot``: dense (numpy / torch) or sparse (scipy / torch). Only its entries
+            on the edges of ``swm`` are read; missing sparse entries count as 0.
+        row_scale
+            Scale every row of the result to sum to 1.
+        return_swm
+            Return ``swm_scaled``.
+        verbose
+            Log a summary of the weights.
+
+        Returns
+        -------
+        ``swm_scaled`` (torch sparse COO) when ``return_swm``, else None. Spots left without any edge get a self
+        edge of weight 1.
+        """
+        self._require()
+        _check_bool(row_scale, "row_scale")
+        n = self._W.shape[0]
+        rows, cols, w = self._edges()
+        S = pairwise_sim
+        if torch.is_tensor(S):
+            S = S.detach().cpu()
+            if S.is_sparse or S.layout != torch.strided:
+                S = check_square_graph(S, name="pairwise_sim")
+            else:
+                S = S.double().numpy()
+        if sp.issparse(S):
+            S = sp.csr_matrix(S, dtype=np.float64)
+            if S.shape != (n, n):
+                msg = f"`pairwise_sim` has shape {S.shape}, expected ({n}, {n}) to match the weights."
+                raise ValueError(msg)
+            vals = np.asarray(S[rows, cols]).ravel()
+        else:
+            S = np.asarray(S, dtype=np.float64)
+            if S.shape != (n, n):
+                msg = f"`pairwise_sim` has shape {S.shape}, expected ({n}, {n}) to match the weights."
+                raise ValueError(msg)
+            vals = S[rows, cols]
+        if not np.isfinite(vals).all():
+            msg = "`pairwise_sim` contains NaN or inf on edges of the spatial graph."
+            raise ValueError(msg)
+        self._finish_scaling(w * vals, row_scale, verbose)
+        return self.swm_scaled if return_swm else None
+
+    def scale_by_identity(self, spot_ids, boundary_connectivity=0, row_scale=False, return_swm=False, verbose=True):
+        """Set the weight of every edge between spots of different labels to ``boundary_connectivity``.
+
+        Parameters
+        ----------
+        spot_ids
+            Label of every spot, length ``num_spot`` (array, list or pandas Series).
+        boundary_connectivity
+            Weight of edges between different labels (0: no interaction across labels).
+        row_scale
+            Scale every row of the result to sum to 1.
+        return_swm
+            Return ``swm_scaled``.
+        verbose
+            Log a summary of the weights.
+        """
+        self._require()
+        _check_bool(row_scale, "row_scale")
+        n = self._W.shape[0]
+        ids = spot_ids.to_numpy() if hasattr(spot_ids, "to_numpy") else np.asarray(spot_ids)
+        if ids.ndim != 1 or ids.shape[0] != n:
+            msg = f"`spot_ids` must have one label per spot ({n}), found shape {ids.shape}."
+            raise ValueError(msg)
+        bc = boundary_connectivity
+        if isinstance(bc, bool) or not np.isscalar(bc) or not np.isfinite(bc):
+            msg = f"Expected `boundary_connectivity` to be a finite number, found `{bc!r}`."
+            raise ValueError(msg)
+        rows, cols, w = self._edges()
+        same = ids[rows] == ids[cols]
+        self._finish_scaling(np.where(same, w, float(bc)), row_scale, verbose)
+        self.config["similarity"] = {"source": "identity", "boundary_connectivity": float(bc)}
+        return self.swm_scaled if return_swm else None
+
+    def _scale_by_features(self, F: np.ndarray, dist_metric, reduce, dim, row_scale, verbose) -> None:
+        F = _sim.reduce_features(F, reduce, dim)
+        rows, cols, w = self._edges()
+        vals = _sim.edge_similarity(F, rows, cols, dist_metric=dist_metric, nonneg=True)
+        self._finish_scaling(w * vals, row_scale, verbose)
+
+    def scale_by_expr(self, expr, dist_metric="cosine", reduce="pca", dim=10, row_scale=False, verbose=True) -> None:
+        r"""Scale the weights by the transcriptional similarity of neighbouring spots.
+
+        Similarities are computed on the edges only: cosine similarity (negatives clipped at 0) or
+        :math:`\exp(-d^2 / (2 \cdot 0.1^2))` of the euclidean distance of features divided by their largest
+        absolute value; with ``reduce='pca'`` on the top ``dim`` principal components of the z-scored genes.
+
+        Parameters
+        ----------
+        expr
+            Expression, ``num_gene x num_spot`` (numpy, torch or scipy sparse, which is densified).
+        dist_metric
+            ``'cosine'`` or ``'euclidean'``.
+        reduce
+            ``'pca'``, ``'mean'`` or ``'none'`` (the last two use the genes as they are).
+        dim
+            Number of principal components.
+        row_scale
+            Scale every row of the result to sum to 1.
+        verbose
+            Log a summary of the weights.
+        """
+        self._require()
+        metric = _sim.check_metric(dist_metric)
+        red = _sim.check_reduce(reduce)
+        dim = _sim.check_dim(dim)
+        _check_bool(row_scale, "row_scale")
+        X = expr
+        if torch.is_tensor(X):
+            X = X.detach().cpu()
+            X = X.to_dense() if X.layout != torch.strided else X
+            X = X.double().numpy()
+        elif sp.issparse(X):
+            X = X.toarray()
+        X = np.asarray(X, dtype=np.float64)
+        n = self._W.shape[0]
+        if X.ndim != 2 or X.shape[1] != n:
+            hint = " (transpose it: the classic API takes num_gene x num_spot)" if X.ndim == 2 and X.shape[0] == n else ""
+            msg = f"`expr` must have shape (num_gene, {n}), found {X.shape}{hint}."
+            raise ValueError(msg)
+        if not np.isfinite(X).all():
+            msg = "`expr` contains NaN or inf values."
+            raise ValueError(msg)
+        self._scale_by_features(X.T, metric, red, dim, row_scale, verbose)
+        self.config["similarity"] = {"source": "expression", "dist_metric": dist_metric, "reduce": reduce, "dim": dim}
+
+    def scale_by_histology(
+        self,
+        coords,
+        image,
+        scale_factors: dict,
+        dist_metric="euclidean",
+        reduce="pca",
+        dim=10,
+        row_scale=False,
+        verbose=True,
+    ) -> None:
+        """Scale the weights by the histological similarity of neighbouring spots.
+
+        Every spot is described by the pixels of the square patch of its diameter around it on ``image``
+        (``reduce='mean'``: by its mean colour); similarities as in :meth:`scale_by_expr`.
+
+        Parameters
+        ----------
+        coords
+            Spot centres in full-resolution pixels, ``num_spot x 2``; ``coords[:, 0]`` indexes the first axis of
+            ``image`` (as in smoother-omics 1.1.0).
+        image
+            Histology image, ``height x width x channel``.
+        scale_factors
+            The dict of 10x Visium's ``scalefactors_json.json``: ``'spot_diameter_fullres'`` (spot size in
+            full-resolution pixels) and ``'tissue_hires_scalef'`` (full resolution -> ``image``).
+        dist_metric
+            ``'euclidean'`` or ``'cosine'``.
+        reduce
+            ``'pca'`` (PCA of the patches), ``'mean'`` (mean colour) or ``'none'`` (raw patches).
+        dim
+            Number of principal components.
+        row_scale
+            Scale every row of the result to sum to 1.
+        verbose
+            Log a summary of the weights.
+        """
+        self._require()
+        metric = _sim.check_metric(dist_metric)
+        red = _sim.check_reduce(reduce)
+        dim = _sim.check_dim(dim)
+        _check_bool(row_scale, "row_scale")
+        if not isinstance(scale_factors, dict):
+            msg = "`scale_factors` must be the dict of 10x Visium's scalefactors_json.json."
+            raise TypeError(msg)
+        xy = check_coords(coords)
+        n = self._W.shape[0]
+        if xy.shape != (n, 2):
+            msg = f"`coords` must have shape ({n}, 2) to match the weights, found {xy.shape}."
+            raise ValueError(msg)
+        F = _sim.histology_features(xy, image, scale_factors, padding=red != "mean")
+        self._scale_by_features(F, metric, red, dim, row_scale, verbose)
+        self.config["similarity"] = {"source": "histology", "scale_factors": dict(scale_factors),
+                                     "dist_metric": dist_metric, "reduce": reduce, "dim": dim}
+
+    # ---- precision -----------------------------------------------------------------------------------------
+    def get_precision(self, model, rho=1, standardize=False):
+        """Precision matrix of ``model`` on the scaled weights as scipy CSR float64 (dense ndarray for 'sma').
+
+        Not cached. See :func:`smoother._core.precision`.
+        """
+        self._require()
+        return precision(self._W_scaled, model, rho, standardize=standardize)
+
+    def get_inv_cov(self, model, rho=1, cached=True, standardize=False, return_sparse=True) -> torch.Tensor:
+        """Precision (inverse covariance) matrix of a spatial process model on ``swm_scaled``.
+
+        Parameters
+        ----------
+        model
+            One of ``'sma'``, ``'sar'``, ``'isar'``, ``'car'``, ``'icar'``.
+        rho
+            Spatial autocorrelation in ``[0, 1]``.
+        cached
+            Reuse (and store) the result in :attr:`inv_covs`.
+        standardize
+            Rescale to unit implied variance (see :func:`sparse_weights_to_inv_cov`).
+        return_sparse
+            Return a sparse COO tensor (else dense).
+
+        Returns
+        -------
+        float32 tensor ``num_spot x num_spot``.
+        """
+        self._require()
+        model = check_prior(model)
+        rho = check_rho(rho, model)
+        if not cached:
+            return sparse_weights_to_inv_cov(self._W_scaled, model, rho, standardize, return_sparse)
+        key = f"{model}_{rho}_{'sd' if standardize else 'nsd'}_{'sp' if return_sparse else 'ds'}"
+        if self.inv_covs.get(key) is None:
+            self.inv_covs[key] = sparse_weights_to_inv_cov(self._W_scaled, model, rho, standardize, return_sparse)
+        return self.inv_covs[key]
+
+    def __repr__(self) -> str:
+        if self._W is None:
+            return "SpatialWeightMatrix(not initialized)"
+        n = self._W.shape[0]
+        scaled = self.config.get("similarity", {}).get("source", "none")
+        return f"SpatialWeightMatrix(num_spot={n}, nnz={self._W.nnz}, method={self.config.get('weight', {}).get('method')}, scaled_by={scaled})"
