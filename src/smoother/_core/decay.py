@@ -18,6 +18,8 @@ neighbours; the variances come from the exact diagonal of :math:`Q^{-1}` (select
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -141,6 +143,7 @@ def corr_decay_quantiles(
     return_var: bool = False,
     n_sample: int | None = None,
     seed: int = 0,
+    nbrs: np.ndarray | None = None,
 ):
     r"""Quantiles of the prior's implied correlation between each spot and its ``k``-th nearest neighbour.
 
@@ -161,6 +164,8 @@ def corr_decay_quantiles(
         unbiased-in-distribution estimate whose error shrinks as ``1 / sqrt(n_sample)``.
     seed
         Seed of the spot sample.
+    nbrs
+        Precomputed :func:`knn_indices` ``(n, >= max_k + 1)`` to reuse across calls.
 
     Returns
     -------
@@ -184,7 +189,7 @@ def corr_decay_quantiles(
         msg = f"The precision matrix has {Q.shape[0]} rows but `coords` has {n} spots."
         raise ValueError(msg)
     check_decay_args(n, min_k, max_k, n_sample)
-    nbrs = knn_indices(coords, max_k)[:, min_k : max_k + 1]
+    nbrs = (knn_indices(coords, max_k) if nbrs is None else nbrs)[:, min_k : max_k + 1]
     spots = choose_spots(n, n_sample, seed)
     cov, var = neighbor_covariances(Q, nbrs, spots)
     rows = np.arange(n) if spots is None else spots
@@ -214,13 +219,14 @@ def corr_decay_quantiles_from_cov(
     return_var: bool = False,
     n_sample: int | None = None,
     seed: int = 0,
+    nbrs: np.ndarray | None = None,
 ):
     """As :func:`corr_decay_quantiles` but from a known sparse covariance (the SMA prior): no solve needed."""
     cov = sp.csr_matrix(cov, dtype=np.float64)
     coords = np.asarray(coords, dtype=np.float64)
     n = coords.shape[0]
     check_decay_args(n, min_k, max_k, n_sample)
-    nbrs = knn_indices(coords, max_k)[:, min_k : max_k + 1]
+    nbrs = (knn_indices(coords, max_k) if nbrs is None else nbrs)[:, min_k : max_k + 1]
     spots = choose_spots(n, n_sample, seed)
     rows = np.arange(n) if spots is None else spots
     var = cov.diagonal()
@@ -230,3 +236,128 @@ def corr_decay_quantiles_from_cov(
     if return_var:
         return df, var_table(var)
     return df
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data similarity between neighbours, and decay-rate fits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean norm (zero rows stay zero, so their cosine similarity is 0)."""
+    X = np.asarray(X, dtype=np.float64)
+    norm = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norm > 0, norm, 1.0)
+
+
+def pair_cosine(Xn: np.ndarray, a: np.ndarray, b: np.ndarray, *, chunk: int = 1_000_000) -> np.ndarray:
+    """Cosine similarity of rows ``a[p]`` and ``b[p]`` of the unit-row matrix ``Xn`` (any matching shapes)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    af, bf = a.ravel(), b.ravel()
+    out = np.empty(af.shape[0])
+    for start in range(0, af.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        out[sl] = np.einsum("ij,ij->i", Xn[af[sl]], Xn[bf[sl]])
+    return out.reshape(a.shape)
+
+
+def similarity_decay_quantiles(
+    X: np.ndarray, nbrs: np.ndarray, *, min_k: int = 0, max_k: int = 50, topk: bool = False
+) -> pd.DataFrame:
+    """Quantiles of the cosine similarity of ``X`` rows between each spot and its ``k``-th nearest neighbour.
+
+    ``nbrs`` from :func:`knn_indices`. With ``topk=True`` the ``k`` row pools all neighbours ``0..k`` (the classic
+    option); otherwise only the ``k``-th. Returns the classic table (``Q10 .. Q90, k``).
+    """
+    Xn = unit_rows(X)
+    n = Xn.shape[0]
+    sims = pair_cosine(Xn, np.repeat(np.arange(n)[:, None], max_k + 1, axis=1), nbrs[:, : max_k + 1])
+    ks = np.arange(min_k, max_k + 1)
+    if not topk:
+        return quantile_table(sims[:, min_k : max_k + 1], ks)
+    q = np.empty((len(ks), len(QUANTILES)))
+    for r, k in enumerate(ks):  # a loop over degrees (<= max_k + 1), not over spots
+        q[r] = np.quantile(sims[:, : k + 1], QUANTILES)
+    df = pd.DataFrame(q, columns=list(QUANTILE_COLUMNS))
+    df["k"] = ks
+    return df
+
+
+def similarity_cdf_table(
+    X: np.ndarray,
+    nbrs: np.ndarray,
+    *,
+    k: int = 6,
+    n_null: int = 100,
+    seed: int = 0,
+    max_null_pairs: int = 2_000_000,
+) -> pd.DataFrame:
+    r"""Quantile functions of neighbour similarity and of a shuffled-pairs null.
+
+    Observed: cosine similarity of every spot with each of its ``k`` nearest neighbours (``k * n`` pairs).
+    Null: the sources and the targets of those pairs shuffled independently, ``n_null`` times (when
+    ``n_null * k * n`` exceeds ``max_null_pairs``, each shuffle keeps a random subset of the pairs so the total
+    is ``max_null_pairs``).
+
+    Returns
+    -------
+    ``pandas.DataFrame`` with columns ``quantile`` (0, 0.01, ..., 1), ``observed`` and ``shuffled`` (the
+    similarity at that quantile), 101 rows.
+    """
+    Xn = unit_rows(X)
+    n = Xn.shape[0]
+    src = np.repeat(np.arange(n), k)
+    tgt = nbrs[:, 1 : k + 1].ravel()
+    obs = pair_cosine(Xn, src, tgt)
+    rng = np.random.default_rng(seed)
+    m = src.shape[0]
+    per = min(m, max(1, max_null_pairs // max(n_null, 1)))
+    a = np.concatenate([rng.permutation(src)[:per] for _ in range(n_null)])
+    b = np.concatenate([rng.permutation(tgt)[:per] for _ in range(n_null)])
+    null = pair_cosine(Xn, a, b)
+    q = np.linspace(0.0, 1.0, 101)
+    return pd.DataFrame({"quantile": q, "observed": np.quantile(obs, q), "shuffled": np.quantile(null, q)})
+
+
+def _mono_exp(x, alpha, beta, theta):
+    return alpha * np.exp(-beta * x) + theta
+
+
+def fit_mono_exp(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    r"""Least-squares fit of :math:`y = \alpha e^{-\beta x} + \theta`; returns ``(alpha, beta, theta)``.
+
+    ``beta`` is the decay rate. Starts from ``alpha = max(y) - min(y)``, ``theta = min(y)`` and ``beta`` from the
+    x at which ``y`` has fallen half-way; NaN values are dropped. Returns NaNs when fewer than 3 points remain or
+    the fit fails.
+    """
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3:
+        return (np.nan, np.nan, np.nan)
+    lo, hi = float(y.min()), float(y.max())
+    if hi - lo <= 1e-12:
+        return (0.0, 0.0, lo)
+    mid = 0.5 * (lo + hi)
+    xh = float(x[np.argmax(y <= mid)]) - float(x.min())
+    beta0 = np.log(2.0) / max(xh, 1e-3)
+    alpha0 = (hi - lo) * np.exp(beta0 * float(x.min()))
+    starts = [(alpha0, beta0, lo), (hi - lo, 0.05, 0.0), (1.0, 1.0, 0.0)]
+    best, best_sse = None, np.inf
+    for p0 in starts:
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", OptimizeWarning)
+                params, _ = curve_fit(_mono_exp, x, y, p0=p0, maxfev=10_000)
+        except (RuntimeError, ValueError, FloatingPointError):
+            continue
+        sse = float(np.sum((_mono_exp(x, *params) - y) ** 2))
+        if np.isfinite(sse) and sse < best_sse:
+            best, best_sse = params, sse
+    if best is None:
+        return (np.nan, np.nan, np.nan)
+    return (float(best[0]), float(best[1]), float(best[2]))

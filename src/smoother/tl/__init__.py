@@ -1,6 +1,6 @@
 """Tools: smoothing, imputation, dependency diagnostics, deconvolution and spatial dimension reduction."""
 
-from ._decay import corr_decay, fit_decay, similarity_decay
+from ._decay import corr_decay, fit_decay, scan_rho, similarity_decay
 from ._deconv import deconvolve
 from ._reduction import spatial_pca, spatial_vae
 from ._smooth import enhance, impute, smooth
@@ -11,6 +11,7 @@ __all__ = [
     "enhance",
     "fit_decay",
     "impute",
+    "scan_rho",
     "similarity_decay",
     "smooth",
     "spatial_pca",
