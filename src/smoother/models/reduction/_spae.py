@@ -1,0 +1,302 @@
+r"""Classic ``SpatialAutoEncoder``: an MLP autoencoder with a spatial loss on its latent space (plain torch).
+
+The loss (classic smoother-omics 1.1.0 terms) is
+
+.. math::
+
+    L = \mathrm{recon}(X, \hat X) + \lambda_{orth} \lVert \tilde Z^T \tilde Z - I \rVert_F
+        + \lambda_{sp}\, \mathrm{SpatialLoss}(Z^T, \text{normalize=True})
+
+with :math:`Z` the ``n_spots x n_latent`` embedding, :math:`\tilde Z` its columns scaled to unit norm (the
+orthogonality term mimics PCA), and ``recon`` the mean squared error or the mean Poisson negative log
+likelihood (``recon_loss_mode``). The network layout follows the classic one (an encoder of ``n_layers``
+fully connected blocks ``Linear -> BatchNorm -> activation -> dropout``; a decoder of the same blocks, a final
+``Linear`` and a ``Softplus``) but is built from torch layers, without scvi-tools.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from copy import deepcopy
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from ..._core.fit import should_stop
+from ..._settings import logger, progress
+from ._sppca import _adata_matrix, quadratic_precision
+
+
+def _empty_logs() -> dict:
+    return {"elapsed_time": None, "total_loss": [], "recon_loss": [], "orth_loss": [], "spatial_loss": []}
+
+
+def fc_layers(
+    n_in: int,
+    n_out: int,
+    *,
+    n_layers: int = 1,
+    n_hidden: int = 128,
+    dropout_rate: float = 0.0,
+    use_batch_norm: bool = True,
+    use_activation: bool = True,
+    activation_fn=nn.ReLU,
+    bias: bool = True,
+) -> nn.Sequential:
+    """``n_layers`` blocks ``Linear -> [BatchNorm1d] -> [activation] -> [Dropout]`` from ``n_in`` to ``n_out``."""
+    dims = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
+    blocks: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
+        blocks.append(nn.Linear(a, b, bias=bias))
+        if use_batch_norm:
+            blocks.append(nn.BatchNorm1d(b, momentum=0.01, eps=1e-3))
+        if use_activation and activation_fn is not None:
+            blocks.append(activation_fn())
+        if dropout_rate > 0:
+            blocks.append(nn.Dropout(p=dropout_rate))
+    return nn.Sequential(*blocks)
+
+
+class SpatialAutoEncoder(nn.Module):
+    """Autoencoder with a spatial loss on the latent embedding (classic API of smoother-omics).
+
+    Parameters
+    ----------
+    adata
+        Data ``(n_spots, n_features)`` (counts for ``recon_loss_mode='poisson'``).
+    layer
+        Layer to use instead of ``adata.X``.
+    spatial_loss
+        Classic :class:`~smoother.losses.SpatialLoss` (or a precision matrix), or ``None``.
+    lambda_spatial_loss, lambda_orth_loss
+        Weights of the spatial and the orthogonality terms.
+    recon_loss_mode
+        ``'poisson'`` (mean Poisson NLL of the softplus output) or ``'mse'``.
+    n_layers, n_hidden, n_latent, dropout_rate, use_batch_norm, use_activation, activation_fn, use_bias
+        Network layout (as the classic model).
+    random_state
+        Seed of the weight initialisation (local; the global torch RNG is left as it was).
+
+    Attributes
+    ----------
+    dr_logs
+        ``{'elapsed_time', 'total_loss', 'recon_loss', 'orth_loss', 'spatial_loss'}`` per epoch.
+    setup_args
+        The layout arguments (used by :meth:`from_rna_model`).
+    """
+
+    def __init__(
+        self,
+        adata,
+        layer: str | None = None,
+        spatial_loss=None,
+        lambda_spatial_loss: float = 0.1,
+        lambda_orth_loss: float = 0.1,
+        recon_loss_mode: str = "poisson",
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        dropout_rate: float = 0.0,
+        use_batch_norm: bool = True,
+        use_activation: bool = True,
+        activation_fn=nn.ReLU,
+        use_bias: bool = True,
+        *,
+        random_state: int | None = 0,
+    ) -> None:
+        super().__init__()
+        if recon_loss_mode not in ("mse", "poisson"):
+            msg = f"Unknown recon_loss_mode `{recon_loss_mode!r}`: expected 'mse' or 'poisson'."
+            raise ValueError(msg)
+        self.n_feature = int(adata.shape[1])
+        self.n_latent = int(n_latent)
+        self.spatial_loss = spatial_loss
+        self.l_sp_loss = float(lambda_spatial_loss)
+        self.l_orth_loss = float(lambda_orth_loss)
+        self.setup_args = {
+            "lambda_orth_loss": lambda_orth_loss,
+            "recon_loss_mode": recon_loss_mode,
+            "n_layers": n_layers,
+            "n_hidden": n_hidden,
+            "n_latent": n_latent,
+            "dropout_rate": dropout_rate,
+            "use_batch_norm": use_batch_norm,
+            "use_activation": use_activation,
+            "activation_fn": activation_fn,
+            "use_bias": use_bias,
+        }
+        self._recon_loss_fn = (
+            nn.MSELoss(reduction="mean") if recon_loss_mode == "mse" else nn.PoissonNLLLoss(log_input=False, reduction="mean")
+        )
+        self._data = None
+        self.load_adata(adata, layer)
+        kw = {
+            "n_layers": n_layers,
+            "n_hidden": n_hidden,
+            "use_batch_norm": use_batch_norm,
+            "use_activation": use_activation,
+            "activation_fn": activation_fn,
+            "bias": use_bias,
+        }
+        with torch.random.fork_rng(devices=[]):
+            if random_state is not None:
+                torch.manual_seed(int(random_state))
+            self.encoder = fc_layers(self.n_feature, self.n_latent, dropout_rate=dropout_rate, **kw)
+            self.decoder = nn.Sequential(
+                fc_layers(self.n_latent, n_hidden, dropout_rate=0.0, **kw),
+                nn.Linear(n_hidden, self.n_feature, bias=use_bias),
+                nn.Softplus(),
+            )
+        self._Q = None
+        self.dr_configs: dict = {}
+        self.dr_logs = _empty_logs()
+
+    def load_adata(self, adata, layer: str | None = None) -> None:
+        """Load the data to embed (same features as the model)."""
+        if adata.shape[1] != self.n_feature:
+            msg = f"The new data have {adata.shape[1]} features but the model has {self.n_feature}."
+            raise ValueError(msg)
+        X = _adata_matrix(adata, layer)
+        X = X.toarray() if sp.issparse(X) else X
+        self._data = torch.as_tensor(np.ascontiguousarray(X.T), dtype=torch.float32)  # n_feature x n_spot
+        self._Q = None
+
+    # ------------------------------------------------------------------ model
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n_features, n_spots)`` -> ``(n_spots, n_latent)``."""
+        return self.encoder(x.T)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``(n_spots, n_latent)`` -> ``(n_features, n_spots)``."""
+        return self.decoder(z).T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def get_latent_representation(self) -> np.ndarray:
+        """Embedding of the loaded data, ``(n_spots, n_latent)`` (evaluation mode)."""
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            z = self.encode(self._data).cpu().numpy()
+        self.train(was)
+        return z
+
+    # ------------------------------------------------------------------ losses
+    def _spatial(self, z: torch.Tensor) -> torch.Tensor:
+        if self.spatial_loss is None or self.l_sp_loss <= 0:
+            return torch.zeros((), dtype=z.dtype)
+        qp = quadratic_precision(self.spatial_loss, z.shape[0])
+        if qp is not None and not callable(getattr(self.spatial_loss, "forward", None)):
+            from ..._core.quadratic import to_torch_sparse
+
+            if self._Q is None:
+                self._Q = to_torch_sparse(sp.csr_matrix(qp[0]), dtype=z.dtype)
+            return self.l_sp_loss * qp[1] * (z * torch.sparse.mm(self._Q, z)).sum() / z.numel()
+        return self.l_sp_loss * self.spatial_loss(z.T, normalize=True)
+
+    def _orth(self, z: torch.Tensor) -> torch.Tensor:
+        if self.l_orth_loss <= 0:
+            return torch.zeros((), dtype=z.dtype)
+        zn = z / (z.norm(dim=0, keepdim=True) + 1e-8)
+        return self.l_orth_loss * torch.linalg.norm(zn.T @ zn - torch.eye(z.shape[1], dtype=z.dtype))
+
+    def _loss_parts(self) -> dict[str, torch.Tensor]:
+        x = self._data
+        z = self.encode(x)
+        recon = self._recon_loss_fn(self.decode(z), x)
+        return {"recon_loss": recon, "orth_loss": self._orth(z), "spatial_loss": self._spatial(z)}
+
+    def get_recon_loss(self) -> torch.Tensor:
+        """Reconstruction loss of the loaded data."""
+        return self._loss_parts()["recon_loss"]
+
+    def get_orth_loss(self) -> torch.Tensor:
+        """Orthogonality loss (weighted by ``lambda_orth_loss``)."""
+        return self._loss_parts()["orth_loss"]
+
+    def get_sp_loss(self) -> torch.Tensor:
+        """Spatial loss (weighted by ``lambda_spatial_loss``)."""
+        return self._loss_parts()["spatial_loss"]
+
+    # ------------------------------------------------------------------ fitting
+    def reduce(
+        self,
+        lr: float = 1e-2,
+        max_epochs: int = 1000,
+        patience: int = 10,
+        tol: float = 1e-5,
+        optimizer: str = "SGD",
+        verbose: bool = True,
+        quite: bool = False,
+        clear_logs: bool = True,
+        *,
+        quiet: bool | None = None,
+    ) -> None:
+        """Train on the loaded data (full batch).
+
+        Stops after ``patience`` consecutive epochs whose loss decreased by less than ``tol`` (relative; the
+        shared rule :func:`smoother._core.fit.should_stop`) or at ``max_epochs``. ``optimizer`` is ``'SGD'``
+        (momentum 0.9) or ``'Adam'``; the learning rate drops tenfold on plateaus as in the classic model.
+        """
+        if quiet is not None:
+            quite = quiet
+        if optimizer not in ("SGD", "Adam"):
+            msg = f"Unknown optimizer `{optimizer!r}`: expected 'SGD' or 'Adam'."
+            raise ValueError(msg)
+        self.dr_configs = {"lr": lr, "max_epochs": max_epochs, "patience": patience, "tol": tol, "optimizer": optimizer}
+        if clear_logs:
+            self.dr_logs = _empty_logs()
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr) if optimizer == "Adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=int(patience / 4) + 1, factor=0.1)
+        max_epochs = 10000 if max_epochs == -1 else int(max_epochs)
+        t0 = time.perf_counter()
+        self.train()
+        prev, stall, converged = np.inf, 0, False
+        bar = progress(total=max_epochs, desc="SpatialAutoEncoder", disable=None if verbose and not quite else True)
+        try:
+            for _ in range(max_epochs):
+                opt.zero_grad()
+                parts = self._loss_parts()
+                loss = parts["recon_loss"] + parts["orth_loss"] + parts["spatial_loss"]
+                loss.backward()
+                opt.step()
+                cur = float(loss.detach())
+                sched.step(cur)
+                self.dr_logs["total_loss"].append(cur)
+                for k, v in parts.items():
+                    self.dr_logs[k].append(float(v.detach()))
+                bar.update(1)
+                if not np.isfinite(cur):
+                    break
+                stop, stall = should_stop(prev, cur, stall, tol=tol, patience=patience)
+                prev = cur
+                if stop:
+                    converged = True
+                    break
+        finally:
+            bar.close()
+        self.eval()
+        self.dr_logs["elapsed_time"] = time.perf_counter() - t0
+        if not quite:
+            logger.info(
+                "SpatialAutoEncoder: %.2fs, %d epochs, loss %.4f",
+                self.dr_logs["elapsed_time"],
+                len(self.dr_logs["total_loss"]),
+                self.dr_logs["total_loss"][-1],
+            )
+        if not converged:
+            warnings.warn("SpatialAutoEncoder did not converge; increase `max_epochs`.", UserWarning, stacklevel=2)
+
+    @classmethod
+    def from_rna_model(cls, rna_model, st_adata, layer: str | None = None, spatial_loss=None, lambda_spatial_loss=0.1):
+        """A spatial autoencoder with the layout and weights of a trained (single-cell) autoencoder."""
+        args = deepcopy(rna_model.setup_args)
+        model = cls(st_adata, layer=layer, spatial_loss=spatial_loss, lambda_spatial_loss=lambda_spatial_loss, **args)
+        state = {k: v for k, v in rna_model.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+        model.load_state_dict(state, strict=False)
+        return model
