@@ -568,6 +568,7 @@ def solve_torch(
     Q=None,
     lam: float = 0.0,
     confidences=1.0,
+    spatial_fn: Callable | None = None,
     bias: bool = True,
     nonneg: bool | None = None,
     top_loss: Callable | None = None,
@@ -603,6 +604,9 @@ def solve_torch(
         One of :data:`MODELS`.
     Q, lam, confidences
         Spatial prior(s), strength and confidences.
+    spatial_fn
+        Instead of ``Q``: any callable on the ``(n_types, n_spots)`` coefficients returning the (normalized)
+        spatial loss, e.g. a classic ``SpatialLoss`` with the KL prior; it is multiplied by ``lam``.
     bias, nonneg
         Per-spot intercept; non-negative coefficients (default: all models but ``'lr'`` and ``'nusvr'``).
     top_loss, lam_top
@@ -682,6 +686,8 @@ def solve_torch(
         return ((torch.log(arg) - log_y) ** 2).mean()
 
     def sp_loss():
+        if spatial_fn is not None and lam > 0:
+            return lam * spatial_fn(Z.T)
         if not Qt:
             return torch.zeros((), dtype=dtype, device=device)
         if len(Qt) == 1:

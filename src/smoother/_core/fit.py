@@ -125,6 +125,9 @@ def fit(
                     opt.zero_grad()
                     total, _ = loss_fn()
                     total.backward()
+                    for p in params:  # L-BFGS flattens gradients with .view()
+                        if p.grad is not None and not p.grad.is_contiguous():
+                            p.grad = p.grad.contiguous()
                     return total
 
                 opt.step(closure)
