@@ -1,4 +1,229 @@
-from .._stub import not_yet
+"""Plots of the dependency diagnostics stored by :func:`smoother.tl.corr_decay` / :func:`smoother.tl.similarity_decay`."""
 
-corr_decay = not_yet("sm.pl.corr_decay", "diagnostics issue")
-similarity_cdf = not_yet("sm.pl.similarity_cdf", "diagnostics issue")
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import _constants as K
+
+__all__ = ["corr_decay", "similarity_cdf"]
+
+_KINDS = ("band", "box", "line")
+_QCOLS = ("Q10", "Q25", "Q50", "Q75", "Q90")
+
+
+def _store(adata, fn: str = "sm.tl.corr_decay"):
+    store = adata.uns.get(K.CORR_DECAY) if hasattr(adata, "uns") else None
+    if not store:
+        msg = f"No results in `adata.uns['corr_decay']`. Please run `{fn}` first."
+        raise KeyError(msg)
+    return store
+
+
+def _select(store, keys, fn: str = "sm.tl.corr_decay") -> list[str]:
+    if keys is None:
+        names = list(store.keys())
+        # the data curve first, then the priors
+        return sorted(names, key=lambda n: 0 if _kind(store[n]) == "data" else 1)
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    missing = [k for k in keys if k not in store]
+    if missing:
+        msg = (
+            f"Result(s) {missing} not found in `adata.uns['corr_decay']` (available: {list(store.keys())}). "
+            f"Please run `{fn}` first."
+        )
+        raise KeyError(msg)
+    return keys
+
+
+def _kind(entry) -> str:
+    params = entry.get("params", {}) if hasattr(entry, "get") else {}
+    return str(params.get("kind", "prior"))
+
+
+def _draw(ax, df, *, kind: str, color, label: str, offset: float = 0.0, width: float = 0.8, alpha: float = 1.0):
+    k = df["k"].to_numpy(dtype=float) + offset
+    q = {c: df[c].to_numpy(dtype=float) for c in _QCOLS}
+    if kind == "band":
+        ax.fill_between(k, q["Q10"], q["Q90"], color=color, alpha=0.15 * alpha, linewidth=0, label=None)
+        ax.fill_between(k, q["Q25"], q["Q75"], color=color, alpha=0.3 * alpha, linewidth=0, label=None)
+        ax.plot(k, q["Q50"], color=color, label=label)
+    elif kind == "line":
+        styles = {"Q10": ":", "Q25": "--", "Q50": "-", "Q75": "--", "Q90": ":"}
+        for c in _QCOLS:
+            ax.plot(k, q[c], color=color, linestyle=styles[c], label=label if c == "Q50" else None, gid=c)
+    else:  # box
+        from matplotlib.collections import LineCollection
+        from matplotlib.patches import Rectangle
+
+        half = width / 2
+        whiskers = [[(x, lo), (x, hi)] for x, lo, hi in zip(k, q["Q10"], q["Q90"], strict=True)]
+        caps = [[(x - half / 2, y), (x + half / 2, y)] for x, y in zip(k, q["Q10"], strict=True)]
+        caps += [[(x - half / 2, y), (x + half / 2, y)] for x, y in zip(k, q["Q90"], strict=True)]
+        ax.add_collection(LineCollection(whiskers + caps, colors=[color], linewidths=0.8, gid="whiskers"))
+        for x, lo, hi in zip(k, q["Q25"], q["Q75"], strict=True):
+            ax.add_patch(Rectangle((x - half, lo), width, hi - lo, facecolor="white", edgecolor=color, zorder=2))
+        medians = [[(x - half, y), (x + half, y)] for x, y in zip(k, q["Q50"], strict=True)]
+        ax.add_collection(LineCollection(medians, colors=[color], linewidths=1.5, zorder=3, gid="medians"))
+        ax.plot([], [], color=color, label=label)  # legend handle
+        ax.autoscale_view()
+
+
+def corr_decay(
+    adata,
+    keys: str | Sequence[str] | None = None,
+    *,
+    kind: str = "band",
+    panels: bool = False,
+    palette: Sequence | None = None,
+    ax=None,
+    figsize: tuple[float, float] | None = None,
+    title: str | None = None,
+    legend: bool = True,
+):
+    """Correlation / similarity decay against neighbourhood degree ``k``.
+
+    Draws, for each stored curve, the median (Q50) against ``k`` with the Q25–Q75 and Q10–Q90 ranges: shaded
+    bands (``kind='band'``), boxes with whiskers (``'box'``) or five lines (``'line'``). The data curve
+    (:func:`smoother.tl.similarity_decay`) and prior curves (:func:`smoother.tl.corr_decay`) are overlaid on one
+    Axes (the main use: pick the prior whose decay matches the data's), or drawn one per panel.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``adata.uns['corr_decay']``.
+    keys
+        Entry name(s) to draw; ``None``: all (the data curve first).
+    kind
+        ``'band'``, ``'box'`` or ``'line'``.
+    panels
+        One panel per key (returns the Figure) instead of overlaying them on one Axes.
+    palette
+        Colours, one per key (default: matplotlib's colour cycle).
+    ax
+        Axes to draw into (overlay only); a new figure otherwise.
+    figsize
+        Size of a new figure.
+    title
+        Axes title.
+    legend
+        Add a legend naming the keys.
+
+    Returns
+    -------
+    :class:`~matplotlib.axes.Axes` (overlay) or :class:`~matplotlib.figure.Figure` (``panels=True``). Never
+    calls ``plt.show()``.
+    """
+    if kind not in _KINDS:
+        msg = f"Expected `kind` to be one of {list(_KINDS)}, found `{kind!r}`."
+        raise ValueError(msg)
+    store = _store(adata)
+    names = _select(store, keys)
+    if panels and ax is not None:
+        msg = "`ax` cannot be used with `panels=True`; pass `panels=False` to draw into `ax`."
+        raise ValueError(msg)
+    import matplotlib.pyplot as plt
+
+    colors = list(palette) if palette is not None else plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(colors) < len(names):
+        colors = [colors[i % len(colors)] for i in range(len(names))]
+
+    def _label(ax_, has_data):
+        ax_.set_xlabel("Neighbourhood degree k")
+        ax_.set_ylabel("Correlation / cosine similarity" if has_data else "Correlation")
+        ax_.axhline(0.0, color="grey", linestyle="--", linewidth=0.8, zorder=0)
+
+    if panels:
+        ncol = min(3, len(names))
+        nrow = int(np.ceil(len(names) / ncol))
+        fig, axes = plt.subplots(
+            nrow, ncol, figsize=figsize or (4 * ncol, 3.2 * nrow), squeeze=False, sharex=True, sharey=True
+        )
+        for i, (name, a) in enumerate(zip(names, axes.ravel(), strict=False)):
+            _draw(a, store[name]["quantiles"], kind=kind, color=colors[i], label=name)
+            _label(a, _kind(store[name]) == "data")
+            a.set_title(name)
+        for a in axes.ravel()[len(names) :]:
+            a.set_visible(False)
+        if title:
+            fig.suptitle(title)
+        return fig
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize or (5, 3.5))
+    n = len(names)
+    width = 0.8 / n if kind == "box" else 0.8
+    for i, name in enumerate(names):
+        offset = (i - (n - 1) / 2) * width if kind == "box" else 0.0
+        _draw(ax, store[name]["quantiles"], kind=kind, color=colors[i], label=name, offset=offset, width=width)
+    _label(ax, any(_kind(store[nm]) == "data" for nm in names))
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(frameon=False)
+    return ax
+
+
+def similarity_cdf(
+    adata,
+    key: str = "data",
+    *,
+    ax=None,
+    figsize: tuple[float, float] | None = None,
+    title: str | None = None,
+    palette: Sequence | None = None,
+    legend: bool = True,
+):
+    """Cumulative distribution of neighbour similarity in the data against the shuffled-pairs null.
+
+    Two curves from ``adata.uns['corr_decay'][key]['similarity_cdf']`` (:func:`smoother.tl.similarity_decay`):
+    x = cosine similarity, y = fraction of pairs with at most that similarity, for the observed neighbour pairs
+    (label ``'observed'``) and the shuffled pairs (``'shuffled'``); a dashed line marks the median (y = 0.5). A
+    curve to the right of the null means neighbours are more alike than random pairs.
+
+    Parameters
+    ----------
+    adata
+        AnnData with the results of :func:`smoother.tl.similarity_decay`.
+    key
+        Entry name (``key_added`` of :func:`smoother.tl.similarity_decay`).
+    ax
+        Axes to draw into; a new figure otherwise.
+    figsize
+        Size of a new figure.
+    title
+        Axes title.
+    palette
+        Two colours (observed, shuffled).
+    legend
+        Add a legend.
+
+    Returns
+    -------
+    :class:`~matplotlib.axes.Axes`. Never calls ``plt.show()``.
+    """
+    store = _store(adata, "sm.tl.similarity_decay")
+    _select(store, key, "sm.tl.similarity_decay")
+    entry = store[key]
+    if "similarity_cdf" not in entry:
+        msg = f"`adata.uns['corr_decay'][{key!r}]` has no similarity CDF. Please run `sm.tl.similarity_decay` first."
+        raise KeyError(msg)
+    import matplotlib.pyplot as plt
+
+    df = entry["similarity_cdf"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize or (4.5, 3.5))
+    colors = list(palette) if palette is not None else ["tab:red", "tab:grey"]
+    q = df["quantile"].to_numpy(dtype=float)
+    ax.plot(df["observed"].to_numpy(dtype=float), q, color=colors[0], label="observed")
+    ax.plot(df["shuffled"].to_numpy(dtype=float), q, color=colors[1], label="shuffled")
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8, zorder=0)
+    ax.set_xlabel("Cosine similarity between neighbouring spots")
+    ax.set_ylabel("Cumulative fraction of pairs")
+    ax.set_ylim(0, 1)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(frameon=False)
+    return ax
