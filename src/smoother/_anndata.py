@@ -34,6 +34,7 @@ __all__ = [
     "get_matrix",
     "get_precision",
     "log_added",
+    "symmetrize_for_prior",
     "to_writable",
     "write_params",
 ]
@@ -257,6 +258,7 @@ def get_precision(
         raise TypeError(msg)
     if W is None:
         W = get_graph(adata, connectivity_key)
+    W = symmetrize_for_prior(W, prior)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*singular.*", category=UserWarning)
         if standardize:
@@ -269,6 +271,24 @@ def get_precision(
             msg = not_pd_message(prior, rho, W) + " `standardize=True` needs a proper (positive definite) prior."
             raise ValueError(msg) from e
     return Q
+
+
+def symmetrize_for_prior(W: sp.csr_matrix, prior: str) -> sp.csr_matrix:
+    """For 'car'/'icar', replace an asymmetric graph by ``max(W, W^T)`` (logged at info level).
+
+    CAR/ICAR need a symmetric weight matrix. squidpy's generic kNN graph is directed (row ``i`` lists the
+    ``n_neighs`` nearest spots of ``i``); its symmetrization keeps an edge when either spot is among the other's
+    nearest, like ``sm.pp.spatial_graph(mutual=False)``. 'sar', 'isar' and 'sma' take ``W`` as it is.
+    """
+    if prior not in ("car", "icar"):
+        return W
+    diff = W - W.T
+    if diff.nnz == 0 or np.abs(diff.data).max() <= 1e-12 * max(1.0, np.abs(W.data).max()):
+        return W
+    logger.info("    the graph is not symmetric; using max(W, W.T) for the '%s' prior", prior)
+    out = W.maximum(W.T).tocsr()
+    out.sort_indices()
+    return out
 
 
 def to_writable(value: Any) -> Any:
