@@ -127,7 +127,8 @@ def test_sparse_and_dense_loss_agree(swm, prior):
     ls = SpatialLoss(prior, swm, rho=RHO[prior], use_sparse=True)
     ld = SpatialLoss(prior, swm, rho=RHO[prior], use_sparse=False)
     assert ld.inv_cov_2d_sp is None and ld.inv_cov.layout == torch.strided
-    ref = np.einsum("gi,ij,gj->", beta.double().numpy(), dense_Q(dense_W(swm), prior, RHO[prior]), beta.double().numpy())
+    b = beta.double().numpy()
+    ref = np.einsum("gi,ij,gj->", b, dense_Q(dense_W(swm), prior, RHO[prior]), b)
     for normalize, denom in ((True, beta.numel()), (False, 1)):
         a = float(ls(beta, normalize=normalize))
         b = float(ld(beta, normalize=normalize))

@@ -38,7 +38,9 @@ CLASSES = {
             "_sanity_check": [],
             "estimate_confidence": [("ref_exp", _), ("st_exp", _), ("method", "lr")],
             "forward": [("coefs", _), ("normalize", True)],
-            "calc_corr_decay_stats": [("coords", _), ("min_k", 0), ("max_k", 50), ("cov_ind", 0), ("return_var", False)],
+            "calc_corr_decay_stats": [
+                ("coords", _), ("min_k", 0), ("max_k", 50), ("cov_ind", 0), ("return_var", False)
+            ],
         },
         "attributes": ["prior", "spatial_weights", "rho", "use_sparse", "standardize_cov", "inv_cov",
                        "inv_cov_2d_sp", "confidences"],

@@ -156,6 +156,10 @@ def kl_loss(p, weights=None) -> torch.Tensor:
     return (w * kl).sum() / count
 
 
+def _is_index(i, size: int) -> bool:
+    return not isinstance(i, bool) and isinstance(i, (int, np.integer)) and 0 <= i < size
+
+
 def _group_scales(group_scales, beta: torch.Tensor):
     """Scalar or ``(num_group,)`` scales; a length-1 tensor is broadcast to all groups (classic)."""
     s = torch.as_tensor(group_scales, dtype=beta.dtype, device=beta.device)
@@ -426,7 +430,7 @@ class SpatialLoss(nn.Module):
         if self.prior == "kl":
             msg = "The 'kl' prior has no precision matrix; use a Gaussian prior ('icar', 'car', ...)."
             raise ValueError(msg)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self._precisions):
+        if not _is_index(index, len(self._precisions)):
             msg = f"`index` must be an integer in [0, {len(self._precisions)}), found `{index!r}`."
             raise ValueError(msg)
         return self._precisions[int(index)]
@@ -523,7 +527,7 @@ class SpatialLoss(nn.Module):
         if self.prior == "kl":
             msg = "Covariance is not defined for the 'kl' prior; use a Gaussian prior such as 'icar' with rho < 1."
             raise ValueError(msg)
-        if isinstance(cov_ind, bool) or not isinstance(cov_ind, (int, np.integer)) or not 0 <= cov_ind < self.n_precisions:
+        if not _is_index(cov_ind, self.n_precisions):
             msg = f"`cov_ind` must be an integer in [0, {self.n_precisions}), found `{cov_ind!r}`."
             raise ValueError(msg)
         xy = check_coords(coords)

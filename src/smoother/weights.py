@@ -624,7 +624,9 @@ class SpatialWeightMatrix:
         X = np.asarray(X, dtype=np.float64)
         n = self._W.shape[0]
         if X.ndim != 2 or X.shape[1] != n:
-            hint = " (transpose it: the classic API takes num_gene x num_spot)" if X.ndim == 2 and X.shape[0] == n else ""
+            hint = ""
+            if X.ndim == 2 and X.shape[0] == n:
+                hint = " (transpose it: the classic API takes num_gene x num_spot)"
             msg = f"`expr` must have shape (num_gene, {n}), found {X.shape}{hint}."
             raise ValueError(msg)
         if not np.isfinite(X).all():
@@ -732,4 +734,5 @@ class SpatialWeightMatrix:
             return "SpatialWeightMatrix(not initialized)"
         n = self._W.shape[0]
         scaled = self.config.get("similarity", {}).get("source", "none")
-        return f"SpatialWeightMatrix(num_spot={n}, nnz={self._W.nnz}, method={self.config.get('weight', {}).get('method')}, scaled_by={scaled})"
+        method = self.config.get("weight", {}).get("method")
+        return f"SpatialWeightMatrix(num_spot={n}, nnz={self._W.nnz}, method={method}, scaled_by={scaled})"
