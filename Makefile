@@ -19,11 +19,11 @@ install: $(PY)
 
 install-test: $(PY)
 	$(PIP) install $(PIP_QUIET) torch==2.13.0 2>&1 | sed "/is ignored: it is neither/d"
-	$(PIP) install $(PIP_QUIET) -e ".[test]" 2>&1 | sed "/is ignored: it is neither/d"
+	$(PIP) install $(PIP_QUIET) -e ".[test,doc]" 2>&1 | sed "/is ignored: it is neither/d"
 	$(PY) -c "import smoother, torch, pytest; print('smoother', smoother.__version__, '| torch', torch.__version__)"
 
+# the doc extra comes with install-test (tests/test_docs.py builds the docs in `make test`)
 install-doc: install-test
-	$(PIP) install $(PIP_QUIET) -e ".[test,doc]" 2>&1 | sed "/is ignored: it is neither/d"
 
 demo: install
 	$(PY) -m smoother demo
