@@ -220,7 +220,138 @@ def spatial_pca(
     return adata if copy else None
 
 
-def spatial_vae(adata, **kwargs):  # replaced below once the scvi-based models are in place
-    from .._stub import not_yet
+def spatial_vae(
+    adata,
+    *,
+    n_latent: int = 10,
+    lambda_spatial: float = 0.1,
+    prior: Literal["sma", "sar", "isar", "car", "icar"] = "icar",
+    rho: float = 0.99,
+    standardize: bool = True,
+    connectivity_key: str = K.DEFAULT_CONN,
+    layer: str | None = None,
+    sp_loss_as_kl: bool = False,
+    batch_size: int | None = None,
+    max_epochs: int = 400,
+    lr: float = 0.01,
+    coords_key: str = K.SPATIAL_KEY,
+    random_state: int | None = 0,
+    key_added: str = "spatial_vae",
+    copy: bool = False,
+    **model_kwargs,
+):
+    r"""Spatially aware scVI embedding (:class:`smoother.models.reduction.SpatialVAE`; needs scvi-tools).
 
-    return not_yet("sm.tl.spatial_vae", "dimension reduction issue")(adata, **kwargs)
+    Trains an scVI model on the counts with the spatial loss
+    :math:`\frac{\lambda}{|B|}\mathrm{tr}(M^T Q_{BB} M)` of the latent means :math:`M` of each batch
+    :math:`B` added to its objective, where :math:`Q` is the prior's precision on the graph
+    ``adata.obsp[connectivity_key]``. ``batch_size=None`` trains full batch (as the published package);
+    an integer trains on spatial tiles of about that many contiguous spots (coordinates in
+    ``adata.obsm[coords_key]``), each with the spatial loss on its own sub-graph.
+
+    Parameters
+    ----------
+    adata
+        AnnData with raw counts (``X`` or ``layer``) and a spatial graph.
+    n_latent
+        Dimension of the embedding.
+    lambda_spatial
+        Weight of the spatial loss.
+    prior, rho, standardize, connectivity_key
+        The spatial prior and its graph.
+    layer
+        Layer of counts instead of ``adata.X``.
+    sp_loss_as_kl
+        Replace the standard normal KL term by the KL to the spatial prior.
+    batch_size
+        ``None`` (full batch) or the approximate number of spots per spatial tile.
+    max_epochs, lr
+        Training length and learning rate.
+    coords_key
+        Coordinates used for the tiles.
+    random_state
+        Seed of the weights, the tiles and the batch order (the global torch RNG is restored afterwards).
+    key_added
+        Name of the result.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+    **model_kwargs
+        Passed to ``SpatialVAE`` (e.g. ``n_hidden``, ``gene_likelihood``).
+
+    Returns
+    -------
+    Returns ``None`` (or the changed copy) and sets ``adata.obsm['X_' + key_added]`` ``(n_obs, n_latent)`` and
+    ``adata.uns[key_added]`` with ``params`` and the per-epoch ``history`` (``total_loss``, ``recon_loss``,
+    ``spatial_loss``) and ``time_per_epoch``.
+    """
+    check_adata(adata)
+    lam = check_lambda(lambda_spatial)
+    prior, rho = check_precision_args(prior, rho)
+    check_bool(standardize, "standardize")
+    check_bool(copy, "copy")
+    check_key(key_added, "key_added")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2):
+        msg = f"Expected `batch_size` to be None or an integer >= 2, found `{batch_size!r}`."
+        raise ValueError(msg)
+    if batch_size is not None and coords_key not in adata.obsm:
+        msg = f"`batch_size` tiles need coordinates in `adata.obsm[{coords_key!r}]`; or pass batch_size=None."
+        raise KeyError(msg)
+    W = get_graph(adata, connectivity_key)
+    X, _ = get_matrix(adata, layer)
+    vals = X.data if sp.issparse(X) else X
+    if vals.size and (vals.min() < 0):
+        msg = "SpatialVAE models counts, but the data have negative values; pass the raw counts (`layer=`)."
+        raise ValueError(msg)
+    try:
+        import scvi  # noqa: F401
+    except ImportError as e:
+        msg = "`sm.tl.spatial_vae` needs scvi-tools: `pip install 'smoother[scvi]'`."
+        raise ImportError(msg) from e
+    import anndata as ad
+    import torch
+
+    from ..models.reduction import SpatialVAE
+
+    start = log_start(f"training SpatialVAE ({n_latent} latent, lambda_spatial={lam:g}, batch_size={batch_size})")
+    Q = get_precision(adata, prior=prior, rho=rho, standardize=standardize, W=W)
+    work = ad.AnnData(X=X.astype(np.float32) if X.dtype != np.float32 else X)
+    if coords_key in adata.obsm:
+        work.obsm[coords_key] = np.asarray(adata.obsm[coords_key])
+    with torch.random.fork_rng(devices=[]):
+        if random_state is not None:
+            torch.manual_seed(int(random_state))
+        SpatialVAE.setup_anndata(work)
+        model = SpatialVAE(work, spatial_loss=Q, lambda_spatial_loss=lam, sp_loss_as_kl=sp_loss_as_kl,
+                           n_latent=n_latent, **model_kwargs)
+        model.train(max_epochs=max_epochs, lr=lr, batch_size=batch_size, coords_key=coords_key,
+                    random_state=random_state, enable_progress_bar=False)
+        Z = model.get_latent_representation()
+    if copy:
+        adata = adata.copy()
+    obsm_key = _obsm_key(key_added)
+    adata.obsm[obsm_key] = np.asarray(Z, dtype=np.float32)
+    params = {
+        "n_latent": int(n_latent),
+        "lambda_spatial": lam,
+        "prior": prior,
+        "rho": rho,
+        "standardize": bool(standardize),
+        "connectivity_key": connectivity_key,
+        "layer": layer,
+        "sp_loss_as_kl": bool(sp_loss_as_kl),
+        "batch_size": batch_size,
+        "max_epochs": int(max_epochs),
+        "lr": float(lr),
+        "random_state": random_state,
+    }
+    logs = model.dr_logs
+    write_params(
+        adata,
+        key_added,
+        params,
+        history={k: np.asarray(logs[k], dtype=np.float64) for k in ("total_loss", "recon_loss", "spatial_loss")},
+        time_per_epoch=float(logs["time_per_epoch"]),
+    )
+    log_added(f"adata.obsm[{obsm_key!r}]", f"adata.uns[{key_added!r}]")
+    log_finish(start)
+    return adata if copy else None
