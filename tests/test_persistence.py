@@ -291,3 +291,54 @@ def test_coords_to_grid_errors():
         coords_to_grid(np.array([[0, 0], [0, 0], [1, 1]]))
     with pytest.raises(ValueError, match="parity"):
         coords_to_grid(np.array([[0, 0], [0, 1], [1, 1]]), layout="hex")
+
+
+def test_pure_python_kernel_matches_compiled():
+    from smoother._core import persistence as P
+
+    rng = np.random.default_rng(4)
+    for shape in [(5, 7), (1, 6), (6, 1), (8, 8)]:
+        F = rng.integers(0, 4, size=shape).astype(float)
+        order = np.argsort(-F.ravel(), kind="stable").astype(np.int64)
+        for border, o in ((False, order), (True, order[::-1].copy())):
+            b1, d1, m1 = P._kernel()(o, *shape, border, P._DI, P._DJ)
+            b2, d2, m2 = P._lower_star_h0(o, *shape, border, P._DI, P._DJ)
+            assert m1 == m2
+            np.testing.assert_array_equal(b1[:m1], b2[:m2])
+            np.testing.assert_array_equal(d1[:m1], d2[:m2])
+
+
+def _grid_neighbour_distances(grid, pos):
+    """Distances in `pos` between spots that are 4-neighbours on `grid`."""
+    key = {tuple(g): i for i, g in enumerate(grid)}
+    out = []
+    for i, (x, y) in enumerate(grid):
+        for nb in ((x + 1, y), (x, y + 1)):
+            j = key.get(nb)
+            if j is not None:
+                out.append(np.linalg.norm(pos[i] - pos[j]))
+    return np.array(out)
+
+
+def test_coords_to_grid_neighbours_are_lattice_neighbours():
+    rc = visium_offsets(12, 20)
+    pos = np.column_stack([rc[:, 1] * 50.0, rc[:, 0] * 50.0 * np.sqrt(3)]) * [1.0, 1.02]  # anisotropic pixels
+    g = coords_to_grid(pos)
+    d = _grid_neighbour_distances(g, pos)
+    assert len(d) > 1.5 * len(g)  # a dense, connected grid
+    assert d.max() < 1.3 * 100.0
+
+
+def test_coords_to_grid_real_visium_pixels(shared_data_dir):
+    import pandas as pd
+
+    pos = pd.read_csv(shared_data_dir / "DLPFC_151673_coords.txt", sep=" ").to_numpy(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = coords_to_grid(pos)
+    assert len(np.unique(g, axis=0)) == len(g)
+    fill = len(g) / np.prod(g.max(0) + 1)
+    assert fill > 0.7
+    d = _grid_neighbour_distances(g, pos)
+    spacing = np.median(d)
+    assert d.max() < 1.3 * spacing and len(d) > 1.5 * len(g)

@@ -122,7 +122,14 @@ def _kernel():
             logger.warning("numba is not installed: persistence runs in pure Python (slow).")
             _KERNEL = _lower_star_h0
         else:
-            _KERNEL = numba.njit(cache=True, nogil=True)(_lower_star_h0)
+            probe = (np.arange(4, dtype=np.int64), 2, 2, True, _DI, _DJ)
+            try:  # compile now; an unwritable cache location must not break the computation
+                kern = numba.njit(cache=True, nogil=True)(_lower_star_h0)
+                kern(*probe)
+            except Exception:  # noqa: BLE001  (numba raises various errors when it cannot cache)
+                kern = numba.njit(cache=False, nogil=True)(_lower_star_h0)
+                kern(*probe)
+            _KERNEL = kern
     return _KERNEL
 
 
@@ -210,63 +217,78 @@ def _is_integer_valued(a: np.ndarray) -> bool:
     return bool(np.all(np.abs(a - np.round(a)) < 1e-8))
 
 
-def _lattice_angle(coords: np.ndarray, period: float) -> float:
-    """Orientation of a lattice (angle of its nearest-neighbour vectors modulo ``period``), in radians."""
+def _lattice_directions(coords: np.ndarray, n_dir: int) -> list[np.ndarray] | None:
+    """Mean nearest-neighbour difference vector along each of the ``n_dir`` lattice directions.
+
+    ``n_dir`` is 2 for a square lattice (directions 90 degrees apart) and 3 for a hexagonal one (60 degrees).
+    Works for rotated, sheared and anisotropically scaled lattices. ``None`` when a direction is missing.
+    """
     from scipy.spatial import cKDTree
 
-    _, nn = cKDTree(coords).query(coords, k=2)
-    vec = coords[nn[:, 1]] - coords
-    ang = np.arctan2(vec[:, 1], vec[:, 0])
-    # circular mean of angle * (2 pi / period)
-    scale = 2 * np.pi / period
-    z = np.exp(1j * ang * scale).mean()
-    return float(np.angle(z) / scale)
-
-
-def _nn_spacing(coords: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(coords).query(coords, k=2)
-    d = d[:, 1]
-    d = d[d > 0]
-    if d.size == 0:
+    k = min(len(coords) - 1, 2 * n_dir)
+    dist, nn = cKDTree(coords).query(coords, k=k + 1)
+    dist, nn = dist[:, 1:], nn[:, 1:]
+    first = dist[:, 0][dist[:, 0] > 0]
+    if first.size == 0:
         msg = "All coordinates coincide; cannot infer a grid spacing."
         raise ValueError(msg)
-    return float(np.median(d))
+    spacing = float(np.median(first))
+    ok = (dist > 0) & (dist < 1.3 * spacing)
+    vec = (coords[nn] - coords[:, None, :])[ok]
+    ang = np.arctan2(vec[:, 1], vec[:, 0])
+    period = np.pi / n_dir  # angle between lattice directions, as lines (mod pi)
+    scale = 2 * np.pi / period
+    base = np.angle(np.exp(1j * ang * scale).mean()) / scale
+    out = []
+    for m in range(n_dir):
+        theta = base + m * period
+        u = np.array([np.cos(theta), np.sin(theta)])
+        proj = vec @ u
+        along = np.abs(u[0] * vec[:, 1] - u[1] * vec[:, 0]) < 0.35 * np.abs(proj)
+        if not along.any():
+            return None
+        out.append((vec[along] * np.sign(proj[along])[:, None]).mean(axis=0))
+    return out
 
 
-def _rotate(coords: np.ndarray, angle: float) -> np.ndarray:
-    c, s = np.cos(-angle), np.sin(-angle)
-    centred = coords - coords.mean(axis=0)
-    return centred @ np.array([[c, -s], [s, c]]).T
+def _solve_lattice(coords: np.ndarray, a1: np.ndarray, a2: np.ndarray) -> tuple[np.ndarray, float]:
+    A = np.column_stack([a1, a2])
+    if abs(np.linalg.det(A)) < 1e-9 * float(a1 @ a1):
+        return np.zeros((len(coords), 2), dtype=np.int64), np.inf
+    lat = np.linalg.solve(A, (coords - coords[0]).T).T
+    idx = np.round(lat)
+    resid = float(np.abs(lat - idx).max())
+    idx = idx.astype(np.int64)
+    return idx - idx.min(axis=0), resid
 
 
 def _square_fit(coords: np.ndarray) -> tuple[np.ndarray, float]:
-    """Integer grid indices of points on a (possibly rotated) square lattice, and the worst rounding residual."""
-    spacing = _nn_spacing(coords)
-    rot = _rotate(coords, _lattice_angle(coords, np.pi / 2))
-    scaled = rot / spacing
-    idx = np.round(scaled - scaled.min(axis=0))
-    resid = float(np.abs(scaled - scaled.min(axis=0) - idx).max())
-    return idx.astype(np.int64), resid
+    """Grid indices of points on a square lattice, and the worst rounding residual (lattice units)."""
+    dirs = _lattice_directions(coords, 2)
+    if dirs is None:
+        return np.zeros((len(coords), 2), dtype=np.int64), np.inf
+    return _solve_lattice(coords, dirs[0], dirs[1])
 
 
 def _hex_doubled(coords: np.ndarray) -> tuple[np.ndarray, float]:
-    """Visium-style doubled offset indices ``(row, col)`` of points on a (possibly rotated) hex lattice.
+    """Visium-style doubled offset indices ``(row, col)`` of points on a hex lattice, and the rounding residual.
 
-    Rows run along one lattice direction; columns count half-spacings, so ``row + col`` has one parity.
-    Returns the indices and the worst rounding residual (in units of the row / half-column spacing).
+    Axial coordinates ``(i, j)`` along two lattice directions 60 degrees apart become ``row = j``,
+    ``col = 2 i + j``. Of the three choices of the row direction, the one giving the smallest grid is kept.
     """
-    spacing = _nn_spacing(coords)
-    rot = _rotate(coords, _lattice_angle(coords, np.pi / 3))
-    col = rot[:, 0] / (spacing / 2)
-    row = rot[:, 1] / (spacing * np.sqrt(3) / 2)
-    col = col - col.min()
-    row = row - row.min()
-    r = np.round(row)
-    c = np.round(col)
-    resid = float(max(np.abs(row - r).max(), np.abs(col - c).max()))
-    return np.column_stack([r, c]).astype(np.int64), resid
+    dirs = _lattice_directions(coords, 3)
+    if dirs is None:
+        return np.zeros((len(coords), 2), dtype=np.int64), np.inf
+    cands = []
+    for a1, a2 in ((dirs[0], dirs[1]), (dirs[1], dirs[2]), (dirs[2], -dirs[0])):
+        ij, resid = _solve_lattice(coords, a1, a2)
+        rc = np.column_stack([ij[:, 1], 2 * ij[:, 0] + ij[:, 1]])
+        rc = rc - rc.min(axis=0)
+        area = float(np.prod(_hex_to_grid(rc).max(axis=0) + 1))
+        cands.append((rc, resid, area))
+    tol = min(c[1] for c in cands) + 0.05
+    rc, resid, _ = min((c for c in cands if c[1] <= tol), key=lambda c: c[2])
+    return rc, resid
 
 
 def _hex_to_grid(rc: np.ndarray) -> np.ndarray:
@@ -290,12 +312,13 @@ def coords_to_grid(
     ----------
     coords
         ``(n_spots, 2)`` coordinates: Visium ``array_row, array_col`` (hex offsets, ``row + col`` of one parity),
-        integer grid indices, or float positions on a square or hexagonal lattice (possibly rotated), e.g.
-        ``adata.obsm['spatial']``.
+        integer grid indices, or positions (e.g. pixels, ``adata.obsm['spatial']``) on a square or hexagonal
+        lattice, possibly rotated, sheared or scaled differently along the axes.
     layout
         ``'hex'`` for a hexagonal lattice (Visium), ``'square'`` for a square lattice, ``'auto'`` to decide:
         integer coordinates whose ``x + y`` all share one parity (and that use both row parities) are hex
-        offsets; float coordinates are fitted to both lattices and the one with the smaller rounding error wins.
+        offsets; other coordinates are fitted to both lattices (basis vectors estimated from nearest-neighbour
+        differences) and the one with the smaller rounding error wins.
     max_empty_fraction
         Warn when at least this fraction of the bounding grid has no spot.
 
@@ -330,7 +353,14 @@ def coords_to_grid(
         msg = f"Unknown `layout` {layout!r}: expected one of 'auto', 'hex', 'square'."
         raise ValueError(msg)
 
+    # integer indices (grid or Visium array offsets) have nearest neighbours at distance 1, sqrt(2) or 2;
+    # integer-valued positions with larger spacing (e.g. pixels) are fitted to a lattice like float ones
     integer = _is_integer_valued(arr)
+    if integer and arr.shape[0] > 1:
+        from scipy.spatial import cKDTree
+
+        d, _ = cKDTree(arr).query(arr, k=2)
+        integer = bool(np.median(d[:, 1]) <= 2.0)
     if integer:
         ia = np.round(arr).astype(np.int64)
         par = (ia[:, 0] + ia[:, 1]) % 2
