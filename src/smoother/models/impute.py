@@ -1,0 +1,372 @@
+r"""Classic imputation models of smoother-omics (``smoother.models.impute``), solved exactly.
+
+``y_obs`` holds ``n_obs`` observed spots (rows) by ``n_feature`` features; the spatial loss is built on all
+``n_all = n_obs + n_missing`` spots, observed first. The classic objective is
+
+.. math::
+
+    L(X) = \underbrace{\frac{1}{n_{obs} G}\lVert Y_o - X_o\rVert_F^2}_{\text{only if not fixed\_obs}}
+    + \lambda \frac{1}{n_{all} G} \sum_g s\, x_g^T Q x_g
+
+(``MSELoss`` and ``SpatialLoss`` with ``normalize=True``, confidence :math:`s`). It is quadratic, so
+:class:`ImputeTorch` returns its exact minimizer with :mod:`smoother._core.smooth`:
+
+- ``fixed_obs=True``: the Gaussian conditional mean :math:`Q_{mm} X_m = -Q_{mo} Y_o`;
+- ``fixed_obs=False``: :math:`(P + \lambda' Q) X = P Y` with :math:`\lambda' = \lambda s\, n_{obs} / n_{all}`
+  (multiply :math:`L` by :math:`n_{obs} G`);
+- ``nonneg=True``: the classic model optimizes :math:`|X|`, i.e. the same objective under :math:`X \ge 0`,
+  solved exactly (ADMM).
+
+A spatial loss that is not quadratic (``ContrastiveSpatialLoss``, the ``'kl'`` prior) falls back to the classic
+gradient fit (Adam), as does ``method='adam'``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from .._core import smooth as core
+from .._core.linalg import NotPositiveDefiniteError
+from .._settings import logger
+
+__all__ = ["ImputeConvex", "ImputeModel", "ImputeTorch"]
+
+
+def _to_numpy(y) -> np.ndarray:
+    if isinstance(y, torch.Tensor):
+        return y.detach().cpu().double().numpy()
+    return np.asarray(y, dtype=np.float64)
+
+
+def _is_quadratic(spatial_loss) -> bool:
+    from ..losses import ContrastiveSpatialLoss
+
+    return str(getattr(spatial_loss, "prior", "")).lower() != "kl" and not isinstance(
+        spatial_loss, ContrastiveSpatialLoss
+    )
+
+
+class ImputeModel:
+    """Shared state of the classic imputation models (cooperative mixin, as in smoother-omics).
+
+    Attributes
+    ----------
+    y_obs
+        Observed features, ``n_obs x n_feature``.
+    spatial_loss_all
+        :class:`~smoother.SpatialLoss` on all ``n_all`` spots (observed first).
+    fixed_obs, nonneg
+        Keep the observations fixed; constrain the result to be non-negative.
+    n_feature, n_obs, n_all, n_missing
+        Sizes.
+    var_obs, var_missing, var_all
+        The result: ``n_obs``, ``n_missing`` and ``n_all`` rows by ``n_feature``.
+    impute_configs
+        Settings of the last :meth:`impute` call.
+    impute_time
+        Seconds spent in the last :meth:`impute` call.
+    impute_flag
+        Whether the last imputation succeeded.
+    """
+
+    def __init__(self, y_obs, spatial_loss_all, fixed_obs=True, nonneg=False, **kwargs):
+        super().__init__(**kwargs)
+        self.impute_configs = None
+        self.impute_time = 0.0
+        self.impute_flag = False
+        self.set_params(y_obs, spatial_loss_all, fixed_obs, nonneg)
+
+    def set_params(self, y_obs, spatial_loss_all, fixed_obs=True, nonneg=False) -> None:
+        """Store the data and the loss, check them, and reset the variables."""
+        if getattr(spatial_loss_all, "n_precisions", 1) > 1:
+            msg = "Imputation supports a spatial loss with one shared precision matrix only."
+            raise NotImplementedError(msg)
+        y = y_obs if isinstance(y_obs, torch.Tensor) else torch.as_tensor(np.asarray(y_obs, dtype=np.float32))
+        if y.ndim != 2:
+            msg = f"Expected `y_obs` of shape (n_obs, n_feature), found shape {tuple(y.shape)}."
+            raise ValueError(msg)
+        if not torch.isfinite(y).all():
+            msg = "`y_obs` contains NaN or inf."
+            raise ValueError(msg)
+        if nonneg and y.min() < 0:
+            msg = "Nonnegativity is enforced but the observed data contains negative values."
+            raise ValueError(msg)
+        n_all = spatial_loss_all.num_spot
+        if n_all is None or n_all < y.shape[0]:
+            msg = f"The spatial loss covers {n_all} spots, fewer than the {y.shape[0]} observed spots."
+            raise ValueError(msg)
+        self.y_obs = y
+        self.spatial_loss_all = spatial_loss_all
+        self.fixed_obs = bool(fixed_obs)
+        self.nonneg = bool(nonneg)
+        self.n_feature = int(y.shape[1])
+        self.n_obs = int(y.shape[0])
+        self.n_all = int(n_all)
+        self.n_missing = self.n_all - self.n_obs
+        self.set_variables()
+
+    def set_variables(self) -> None:
+        """Initialize the variables (observed values, missing ones at the feature means)."""
+        y = self.y_obs.detach().float()
+        self.var_obs = y.clone()
+        self.var_missing = y.mean(dim=0, keepdim=True).expand(self.n_missing, -1).clone()
+        self.var_all = torch.cat([self.var_obs, self.var_missing], dim=0)
+
+    def get_results(self):
+        """Features of all spots after imputation, ``n_all x n_feature`` (observed first)."""
+        return self.var_all.detach() if isinstance(self.var_all, torch.Tensor) else self.var_all
+
+    # ---- exact solution shared by both classes ------------------------------------------------------------
+    def _precision(self) -> sp.csr_matrix:
+        Q = self.spatial_loss_all.get_precision(0)
+        Q = sp.csr_matrix(Q) if not sp.issparse(Q) else sp.csr_matrix(Q, dtype=np.float64)
+        scale = float(self.spatial_loss_all.confidences.reshape(-1)[0])
+        return Q * scale
+
+    def _solve_exact(self, lambda_spatial_loss: float) -> np.ndarray:
+        Q = self._precision()
+        op = core.PriorOperator(str(self.spatial_loss_all.prior), float(getattr(self.spatial_loss_all, "rho", 1.0)), Q=Q)
+        y = _to_numpy(self.y_obs)
+        observed = np.r_[np.ones(self.n_obs, bool), np.zeros(self.n_missing, bool)]
+        if self.fixed_obs:
+            xm = core.conditional_mean(op, y, observed, nonneg=self.nonneg)
+            return np.vstack([y, xm])
+        lam = float(lambda_spatial_loss) * self.n_obs / self.n_all
+        if lam == 0.0 and self.n_missing:
+            msg = "lambda_spatial_loss = 0 leaves the missing spots undetermined; use a positive value."
+            raise ValueError(msg)
+        Yall = np.vstack([y, np.zeros((self.n_missing, self.n_feature))])
+        return core.smooth(Yall, op, lam, weights=observed.astype(float), nonneg=self.nonneg, dtype=np.float64)
+
+    def objective(self, lambda_spatial_loss: float | None = None) -> float:
+        """The classic objective :math:`L` at the current result (float64)."""
+        lam = self.impute_configs["lambda_spatial_loss"] if lambda_spatial_loss is None else lambda_spatial_loss
+        x = _to_numpy(self.get_results())
+        y = _to_numpy(self.y_obs)
+        recon = 0.0 if self.fixed_obs else float(((x[: self.n_obs] - y) ** 2).mean())
+        Q = self._precision()
+        sp_loss = float(np.einsum("ij,ij->", x, Q @ x)) / (self.n_all * self.n_feature)
+        return recon + float(lam) * sp_loss
+
+
+class ImputeTorch(ImputeModel, nn.Module):
+    """Imputation with a spatial loss; the exact optimum when the loss is quadratic (classic name and API).
+
+    Parameters
+    ----------
+    y_obs
+        Observed features, ``n_obs x n_feature`` (tensor or array).
+    spatial_loss_all
+        :class:`~smoother.SpatialLoss` on all spots, the observed ones first.
+    fixed_obs
+        Keep observed values fixed (Gaussian conditional mean); ``False`` also denoises them.
+    nonneg
+        Non-negative result.
+    **impute_kwargs
+        Passed to :meth:`impute`, which the constructor runs.
+    """
+
+    def __init__(self, y_obs, spatial_loss_all, fixed_obs=True, nonneg=False, **impute_kwargs) -> None:
+        super().__init__(y_obs, spatial_loss_all, fixed_obs, nonneg)
+        self.impute_flag = self.impute(**impute_kwargs)
+
+    def forward(self, y_obs, **kwargs):
+        """Impute another feature matrix on the same spots and loss; returns ``n_all x n_feature``."""
+        self.set_params(y_obs, self.spatial_loss_all, self.fixed_obs, self.nonneg)
+        self.impute_flag = self.impute(**kwargs)
+        return self.get_results()
+
+    def impute(
+        self,
+        lambda_spatial_loss=1.0,
+        lr=1e-3,
+        max_epochs=1000,
+        patience=10,
+        tol=1e-5,
+        verbose=True,
+        quiet=False,
+        method="auto",
+    ) -> bool:
+        """Run the imputation.
+
+        Parameters
+        ----------
+        lambda_spatial_loss
+            Strength of the spatial loss.
+        lr, max_epochs, patience, tol
+            Adam settings, used only by the gradient path (``method='adam'`` or a non-quadratic loss).
+        verbose, quiet
+            Log progress / the final summary (through the ``smoother`` logger).
+        method
+            ``'auto'`` (exact when the loss is quadratic), ``'exact'`` or ``'adam'``.
+
+        Returns
+        -------
+        Whether the imputation succeeded.
+        """
+        if method not in ("auto", "exact", "adam"):
+            msg = f"Expected `method` in ['auto', 'exact', 'adam'], found {method!r}."
+            raise ValueError(msg)
+        if lambda_spatial_loss < 0:
+            msg = f"Expected `lambda_spatial_loss` >= 0, found {lambda_spatial_loss}."
+            raise ValueError(msg)
+        self.impute_configs = {
+            "n_feature": self.n_feature,
+            "n_obs": self.n_obs,
+            "n_missing": self.n_missing,
+            "fixed_obs": self.fixed_obs,
+            "nonneg": self.nonneg,
+            "lambda_spatial_loss": lambda_spatial_loss,
+            "lr": lr,
+            "max_epochs": max_epochs,
+            "patience": patience,
+            "tol": tol,
+            "verbose": verbose,
+            "quiet": quiet,
+            "method": method,
+        }
+        if self.n_missing == 0 and self.fixed_obs:
+            warnings.warn("Imputation stopped: Observation is fixed with no missing position.", stacklevel=2)
+            return False
+        exact = method == "exact" or (method == "auto" and _is_quadratic(self.spatial_loss_all))
+        if method == "exact" and not _is_quadratic(self.spatial_loss_all):
+            msg = "method='exact' needs a quadratic spatial loss (not 'kl' or ContrastiveSpatialLoss)."
+            raise ValueError(msg)
+        t0 = time.perf_counter()
+        if exact:
+            try:
+                x = self._solve_exact(lambda_spatial_loss)
+            except NotPositiveDefiniteError as e:
+                warnings.warn(
+                    f"The imputation system is not positive definite ({e}); the precision matrix is improper "
+                    "for this graph, or missing spots are not connected to observed ones.",
+                    stacklevel=2,
+                )
+                return False
+            x = torch.from_numpy(x).float()
+            self.var_all = x
+            self.var_obs = x[: self.n_obs]
+            self.var_missing = x[self.n_obs :]
+            ok = True
+        else:
+            ok = self._fit_adam(lambda_spatial_loss, lr, max_epochs, patience, tol, verbose and not quiet)
+        self.impute_time = time.perf_counter() - t0
+        if not quiet:
+            logger.info("Imputation finished in %.2fs (%s).", self.impute_time, "exact" if exact else "adam")
+        return ok
+
+    def _fit_adam(self, lam, lr, max_epochs, patience, tol, verbose) -> bool:
+        """The classic gradient fit, for losses without a closed form."""
+        y = self.y_obs.detach().float()
+        obs = nn.Parameter(y.clone(), requires_grad=not self.fixed_obs)
+        mis = nn.Parameter(y.mean(dim=0, keepdim=True).expand(self.n_missing, -1).clone())
+        params = [p for p in (obs, mis) if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr)
+        max_epochs = 10000 if max_epochs == -1 else int(max_epochs)
+        patience = max(int(patience), 1)
+        prev, epoch, d_loss = np.inf, 0, np.inf
+        while epoch < max_epochs and (d_loss >= tol or (d_loss < 0 and patience > 0)):
+            opt.zero_grad()
+            x_all = torch.cat([obs, mis], dim=0)
+            x_use = x_all.abs() if self.nonneg else x_all
+            loss = lam * self.spatial_loss_all(x_use.T)
+            if not self.fixed_obs:
+                loss = loss + torch.mean((y - (obs.abs() if self.nonneg else obs)) ** 2)
+            loss.backward()
+            opt.step()
+            epoch += 1
+            cur = float(loss.detach())
+            d_loss = prev - cur
+            if d_loss < 0:
+                patience -= 1
+            prev = cur
+            if verbose and epoch % 10 == 0:
+                logger.info("Epoch %d. Loss %.4f.", epoch, cur)
+        with torch.no_grad():
+            x_all = torch.cat([obs, mis], dim=0).detach()
+            if self.nonneg:
+                x_all = x_all.abs()
+        self.var_all, self.var_obs, self.var_missing = x_all, x_all[: self.n_obs], x_all[self.n_obs :]
+        if epoch == max_epochs:
+            warnings.warn("Fail to converge. Try to increase 'max_epochs'.", stacklevel=3)
+            return False
+        return True
+
+
+class ImputeConvex(ImputeModel):
+    """Imputation with cvxpy (classic API); needs ``pip install smoother[cvxpy]``.
+
+    Builds the classic objective (see the module docstring) as a cvxpy problem and solves it with ``solver``.
+    The result equals :class:`ImputeTorch`'s exact solution up to the solver's tolerance.
+    """
+
+    def __init__(self, y_obs, spatial_loss_all, fixed_obs=True, nonneg=False, **impute_kwargs) -> None:
+        try:
+            import cvxpy  # noqa: F401
+        except ImportError as e:
+            msg = "ImputeConvex needs cvxpy: `pip install smoother[cvxpy]` (or use ImputeTorch, which is exact)."
+            raise ImportError(msg) from e
+        if not _is_quadratic(spatial_loss_all):
+            msg = "ImputeConvex needs a quadratic spatial loss (not 'kl' or ContrastiveSpatialLoss)."
+            raise ValueError(msg)
+        super().__init__(y_obs, spatial_loss_all, fixed_obs, nonneg)
+        self.impute_flag = self.impute(**impute_kwargs)
+
+    def set_variables(self) -> None:
+        """cvxpy variables for the unknown values."""
+        import cvxpy as cp
+
+        y = _to_numpy(self.y_obs)
+        if self.fixed_obs:
+            self._var = cp.Variable((self.n_missing, self.n_feature), nonneg=self.nonneg)
+            self.var_obs = y
+            self.var_missing = self._var
+            self.var_all = cp.vstack([cp.Constant(y), self._var]) if self.n_missing else cp.Constant(y)
+        else:
+            self._var = cp.Variable((self.n_all, self.n_feature), nonneg=self.nonneg)
+            self.var_all = self._var
+            self.var_obs = self._var[: self.n_obs]
+            self.var_missing = self._var[self.n_obs :]
+
+    def get_results(self):
+        """Features of all spots, ``n_all x n_feature`` (numpy)."""
+        return np.asarray(self.var_all.value)
+
+    def impute(self, lambda_spatial_loss=1.0, verbose=False, quiet=False, solver=None, **kwargs) -> bool:
+        """Solve the convex problem; ``solver`` and ``kwargs`` go to ``cvxpy.Problem.solve``."""
+        import cvxpy as cp
+        from cvxpy.atoms.affine.wraps import psd_wrap
+
+        self.impute_configs = {
+            "n_feature": self.n_feature,
+            "n_obs": self.n_obs,
+            "n_missing": self.n_missing,
+            "fixed_obs": self.fixed_obs,
+            "nonneg": self.nonneg,
+            "lambda_spatial_loss": lambda_spatial_loss,
+            "verbose": verbose,
+            "quiet": quiet,
+        }
+        if self.n_missing == 0 and self.fixed_obs:
+            warnings.warn("Imputation stopped: Observation is fixed with no missing position.", stacklevel=2)
+            return False
+        t0 = time.perf_counter()
+        Q = psd_wrap(sp.coo_matrix(0.5 * (self._precision() + self._precision().T)))
+        y = _to_numpy(self.y_obs)
+        sp_loss = sum(cp.quad_form(self.var_all[:, i], Q) for i in range(self.n_feature)) / (
+            self.n_all * self.n_feature
+        )
+        recon = 0 if self.fixed_obs else cp.sum_squares(self.var_obs - y) / (self.n_obs * self.n_feature)
+        self.problem = cp.Problem(cp.Minimize(recon + lambda_spatial_loss * sp_loss))
+        self.problem.solve(solver=solver, verbose=verbose and not quiet, **kwargs)
+        self.impute_time = time.perf_counter() - t0
+        if self.problem.status != cp.OPTIMAL:
+            warnings.warn(f"Problem status: {self.problem.status}.", stacklevel=2)
+            return self.problem.status == cp.OPTIMAL_INACCURATE
+        return True

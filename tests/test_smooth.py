@@ -1,0 +1,237 @@
+"""sm.tl.smooth: exact solutions against dense references, lambda='auto', the AnnData contract, bad inputs."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.optimize import lsq_linear
+
+import smoother as sm
+from smoother._core import knn_graph
+from smoother._core.smooth import prior_operator
+
+PRIORS = ["sma", "sar", "isar", "car", "icar"]
+
+
+def _adata(n_side=12, n_genes=5, seed=0, k=4):
+    rng = np.random.default_rng(seed)
+    xx, yy = np.meshgrid(np.arange(float(n_side)), np.arange(float(n_side)))
+    coords = np.column_stack([xx.ravel(), yy.ravel()])
+    truth = np.sin(coords[:, :1] / 3.0) + np.cos(coords[:, 1:] / 4.0) * np.linspace(0.5, 1.5, n_genes)
+    a = ad.AnnData((truth + rng.normal(scale=0.5, size=truth.shape)).astype(np.float32))
+    a.layers["truth"] = truth
+    a.obsm["spatial"] = coords
+    sm.pp.spatial_graph(a, n_neighs=k)
+    return a
+
+
+def _dense_Q(W, prior, rho, standardize=False):
+    """Independent dense precision (numpy only)."""
+    W = W.toarray()
+    n = W.shape[0]
+    eye = np.eye(n)
+    if prior == "sma":
+        A = eye + rho * W
+        Q = np.linalg.inv(A @ A.T)
+    elif prior in ("sar", "isar"):
+        Wp = W / W.sum(1, keepdims=True) if prior == "isar" else W
+        Q = (eye - rho * Wp).T @ (eye - rho * Wp)
+    elif prior == "car":
+        Q = eye - rho * W
+    else:
+        Q = np.diag(W.sum(1)) - rho * W
+    if standardize:
+        s = np.sqrt(np.diag(np.linalg.inv(Q)))
+        Q = Q * np.outer(s, s)
+    return Q
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("standardize", [False, True])
+def test_exact_equals_dense_solve(prior, standardize):
+    a = _adata()
+    rho = 0.2 if prior == "car" else 0.9
+    lam = 1.7
+    sm.tl.smooth(a, prior=prior, rho=rho, lambda_spatial=lam, standardize=standardize, dtype="float64")
+    Q = _dense_Q(a.obsp["spatial_connectivities"], prior, rho, standardize)
+    ref = np.linalg.solve(np.eye(a.n_obs) + lam * Q, np.asarray(a.X, dtype=np.float64))
+    np.testing.assert_allclose(a.layers["smoothed"], ref, rtol=1e-9, atol=1e-9)
+    assert a.layers["smoothed"].dtype == np.float64
+    assert a.uns["smoothed"]["params"]["prior"] == prior
+    assert a.uns["smoothed"]["params"]["lambda"] == lam
+
+
+def test_icar_rho_one_is_fine_and_matches_laplacian():
+    a = _adata()
+    sm.tl.smooth(a, prior="icar", rho=1.0, lambda_spatial=2.0, dtype="float64")
+    W = a.obsp["spatial_connectivities"].toarray()
+    L = np.diag(W.sum(1)) - W
+    ref = np.linalg.solve(np.eye(a.n_obs) + 2.0 * L, np.asarray(a.X, np.float64))
+    np.testing.assert_allclose(a.layers["smoothed"], ref, atol=1e-9)
+    # the constant is in the null space of L: smoothing keeps every gene's mean
+    np.testing.assert_allclose(a.layers["smoothed"].mean(0), np.asarray(a.X, np.float64).mean(0), atol=1e-9)
+
+
+def test_sparse_int_and_dense_inputs_agree_and_chunking_is_invisible():
+    a = _adata(n_genes=7)
+    counts = np.random.default_rng(1).poisson(3.0, size=(a.n_obs, a.n_vars))
+    a.layers["counts"] = sp.csr_matrix(counts)
+    a.layers["dense_int"] = counts
+    sm.tl.smooth(a, layer="counts", key_added="s1", chunk_size=2)
+    sm.tl.smooth(a, layer="dense_int", key_added="s2", dtype="float64")
+    assert sp.issparse(a.layers["counts"])  # the input stays sparse
+    assert a.layers["s1"].dtype == np.float32
+    np.testing.assert_allclose(a.layers["s1"], a.layers["s2"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prior", ["sar", "icar"])
+def test_nonneg_is_the_exact_constrained_optimum(prior):
+    a = _adata(n_side=8, n_genes=3)
+    Y = np.asarray(a.X, np.float64) - 0.8  # some negative values: the constraint binds
+    a.X = Y
+    lam, rho = 3.0, 0.9
+    sm.tl.smooth(a, prior=prior, rho=rho, lambda_spatial=lam, nonneg=True, dtype="float64")
+    X = a.layers["smoothed"]
+    assert X.min() >= 0
+    Q = _dense_Q(a.obsp["spatial_connectivities"], prior, rho)
+    L = np.linalg.cholesky(Q + 1e-12 * np.eye(a.n_obs))
+    A = np.vstack([np.eye(a.n_obs), np.sqrt(lam) * L.T])
+    for g in range(a.n_vars):
+        ref = lsq_linear(A, np.r_[Y[:, g], np.zeros(a.n_obs)], bounds=(0, np.inf), tol=1e-12).x
+        obj = lambda x: ((Y[:, g] - x) ** 2).sum() + lam * x @ Q @ x  # noqa: E731
+        assert obj(X[:, g]) <= obj(ref) * (1 + 1e-6)
+        np.testing.assert_allclose(X[:, g], ref, atol=1e-4)
+
+
+def test_auto_lambda_within_10_percent_of_best_fixed():
+    a = sm.datasets.simulate_field(n_spots=1600, n_genes=20, noise_level=0.5, seed=3)
+    sm.pp.spatial_graph(a)
+    truth = a.layers["truth"]
+    sm.tl.smooth(a, lambda_spatial="auto")
+    err_auto = np.mean((a.layers["smoothed"] - truth) ** 2)
+    lam = a.uns["smoothed"]["lambda"]
+    assert a.uns["smoothed"]["params"]["lambda"] == lam and lam > 0
+    gcv = a.uns["smoothed"]["gcv"]
+    assert len(gcv["lambda"]) == len(gcv["score"]) == len(gcv["trace"])
+    errs = []
+    for l in np.logspace(-2, 2, 25):
+        b = sm.tl.smooth(a, lambda_spatial=float(l), key_added="s", copy=True)
+        errs.append(np.mean((b.layers["s"] - truth) ** 2))
+    assert err_auto <= 1.10 * min(errs)
+    assert err_auto < np.mean((np.asarray(a.X) - truth) ** 2) / 2  # smoothing helps a lot here
+
+
+def test_auto_per_gene_matches_fixed_solutions():
+    a = _adata(n_genes=4)
+    a.X = a.X * np.array([0.2, 1.0, 3.0, 10.0], dtype=np.float32)  # genes on different scales
+    sm.tl.smooth(a, lambda_spatial="auto", per_gene=True, dtype="float64")
+    lams = a.var["smoothed_lambda"].to_numpy()
+    assert a.uns["smoothed"]["params"]["lambda"] == "per_gene"
+    for g, lam in enumerate(lams):
+        b = sm.tl.smooth(a, lambda_spatial=float(lam), dtype="float64", copy=True, key_added="one")
+        np.testing.assert_allclose(a.layers["smoothed"][:, g], b.layers["one"][:, g], atol=1e-9)
+
+
+def test_hutchinson_trace_is_close_to_exact():
+    from smoother._core.smooth import SmoothSolver
+
+    a = _adata(n_side=20)
+    op = prior_operator(a.obsp["spatial_connectivities"], "icar", 0.99)
+    s = SmoothSolver(op, 1.0)
+    exact = s.trace(method="exact")
+    approx = s.trace(method="hutchinson", n_probes=64, seed=1)
+    assert abs(approx - exact) / exact < 0.05
+
+
+def test_squidpy_graph_and_smoother_graph_give_identical_results():
+    sq = pytest.importorskip("squidpy")
+    rng = np.random.default_rng(0)
+    coords = rng.random((300, 2)) * 20  # random positions: no distance ties, so kNN is unambiguous
+    a = ad.AnnData(rng.normal(size=(300, 4)).astype(np.float32))
+    a.obsm["spatial"] = coords
+    # squidpy's generic graph is the *directed* 6-NN graph (row i lists the 6 nearest spots of i, weight 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sq.gr.spatial_neighbors(a, n_neighs=6, coord_type="generic", key_added="sq")
+    # smoother's symmetrized (union) 6-NN graph; sm.tl.smooth symmetrizes squidpy's graph the same way
+    sm.pp.spatial_graph(a, n_neighs=6, mutual=False, key_added="sm")
+    Wsq = a.obsp["sq_connectivities"]
+    Wsm = a.obsp["sm_connectivities"]
+    assert (Wsq != Wsq.T).nnz > 0  # really directed
+    assert (Wsq.maximum(Wsq.T) != Wsm).nnz == 0  # the same graph after symmetrization
+    sm.tl.smooth(a, connectivity_key="sq_connectivities", key_added="from_sq")
+    sm.tl.smooth(a, connectivity_key="sm_connectivities", key_added="from_sm")
+    np.testing.assert_array_equal(a.layers["from_sq"], a.layers["from_sm"])
+    assert set(a.uns["sq_neighbors"]) >= {"connectivities_key", "distances_key", "params"}
+    assert set(a.uns["sm_neighbors"]) >= {"connectivities_key", "distances_key", "params"}
+
+
+def test_copy_returns_new_object_and_leaves_input_unchanged():
+    a = _adata()
+    before = a.copy()
+    b = sm.tl.smooth(a, copy=True)
+    assert b is not a and "smoothed" in b.layers and "smoothed" in b.uns
+    assert "smoothed" not in a.layers and "smoothed" not in a.uns
+    np.testing.assert_array_equal(a.X, before.X)
+    assert sm.tl.smooth(a) is None and "smoothed" in a.layers
+    a.write_h5ad  # params must be writable
+    sm.tl.smooth(a, lambda_spatial="auto", key_added="auto")
+    import tempfile, os  # noqa: E401
+
+    with tempfile.TemporaryDirectory() as d:
+        a.write_h5ad(os.path.join(d, "x.h5ad"))
+
+
+def _state(a):
+    return (set(a.layers), set(a.uns), set(a.obsp), a.X.copy())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"connectivity_key": "nope_connectivities"}, KeyError, "sm.pp.spatial_graph"),
+        ({"layer": "missing"}, KeyError, "available layers"),
+        ({"lambda_spatial": -1.0}, ValueError, ">= 0"),
+        ({"lambda_spatial": "big"}, ValueError, "auto"),
+        ({"rho": 1.5}, ValueError, r"\[0, 1\]"),
+        ({"prior": "gauss"}, ValueError, "Unknown prior"),
+        ({"prior": "car", "rho": 0.99}, ValueError, "positive definite for 0 <= rho <"),
+        ({"prior": "icar", "rho": 1.0, "standardize": True}, ValueError, "rho < 1"),
+        ({"dtype": "int32"}, ValueError, "float32"),
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"per_gene": True}, ValueError, "auto"),
+    ],
+)
+def test_bad_inputs_raise_and_leave_adata_unchanged(kwargs, exc, match):
+    a = _adata()
+    layers, uns, obsp, X = _state(a)
+    with pytest.raises(exc, match=match):
+        sm.tl.smooth(a, **kwargs)
+    assert (set(a.layers), set(a.uns), set(a.obsp)) == (layers, uns, obsp)
+    np.testing.assert_array_equal(a.X, X)
+
+
+def test_bad_data_raise():
+    a = _adata()
+    a.X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sm.tl.smooth(a)
+    assert "smoothed" not in a.layers
+    # AnnData itself refuses an obsp matrix of the wrong size; the helper checks objects that bypass it
+    from types import SimpleNamespace
+
+    from smoother._anndata import get_graph
+
+    fake = SimpleNamespace(obsp={"spatial_connectivities": sp.csr_matrix((5, 5))}, n_obs=7)
+    with pytest.raises(ValueError, match=r"expected \(n_obs, n_obs\)"):
+        get_graph(fake, "spatial_connectivities")
+    with pytest.raises(TypeError, match="AnnData"):
+        sm.tl.smooth(np.zeros((3, 3)))
+    c = _adata()
+    del c.obsm["spatial"]
+    with pytest.raises(KeyError, match="obsm"):
+        sm.pp.spatial_graph(c)
