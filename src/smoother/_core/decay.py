@@ -36,17 +36,21 @@ EXACT_MAX_SPOTS = 20_000
 DEFAULT_N_SAMPLE = 5_000
 
 
-def knn_indices(coords: np.ndarray, max_k: int) -> np.ndarray:
-    """Indices of the ``max_k + 1`` nearest spots of every spot (column 0: the spot itself), shape ``(n, max_k + 1)``.
+def knn_indices(coords: np.ndarray, max_k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``max_k + 1`` nearest spots of each spot (column 0: the spot itself).
 
     Uses scikit-learn's :class:`~sklearn.neighbors.NearestNeighbors` (Euclidean), as the classic package does, so
-    that ties are broken the same way.
+    that ties are broken the same way. ``rows``: query only these spots (all when ``None``).
+
+    Returns
+    -------
+    ``(n_rows, max_k + 1)`` int64 array.
     """
     from sklearn.neighbors import NearestNeighbors
 
     coords = np.asarray(coords, dtype=np.float64)
     nn = NearestNeighbors(n_neighbors=max_k + 1).fit(coords)
-    return nn.kneighbors(coords, return_distance=False)
+    return nn.kneighbors(coords if rows is None else coords[rows], return_distance=False)
 
 
 def check_decay_args(n: int, min_k: int, max_k: int, n_sample: int | None) -> None:
@@ -111,9 +115,9 @@ def _as_sparse_spd(Q) -> sp.csr_matrix:
 
 
 def neighbor_covariances(
-    Q, nbrs: np.ndarray, spots: np.ndarray | None = None, *, factor: LDLFactor | None = None
+    Q, targets: np.ndarray, spots: np.ndarray | None = None, *, factor: LDLFactor | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""Entries :math:`(Q^{-1})_{i, nbrs[i, c]}` for the spots used, and the exact diagonal of :math:`Q^{-1}`.
+    r"""Entries :math:`(Q^{-1})_{s_r, t_{rc}}` (``s = spots``, ``t = targets``) and the exact diagonal of :math:`Q^{-1}`.
 
     ``Q`` is factored once (:class:`~smoother._core.selinv.LDLFactor`); the diagonal comes from selected
     inversion and each spot's entries from a sparse solve restricted to the elimination-tree paths involved.
@@ -121,7 +125,7 @@ def neighbor_covariances(
     Returns
     -------
     cov
-        Shape ``(n_used, nbrs.shape[1])``; row ``r`` belongs to spot ``spots[r]`` (all spots when ``None``).
+        Shape ``targets.shape``; row ``r`` belongs to spot ``spots[r]`` (spot ``r`` when ``spots`` is ``None``).
     var
         ``diag(Q^{-1})``, shape ``(n,)``.
     """
@@ -130,7 +134,7 @@ def neighbor_covariances(
     factor = factor if factor is not None else LDLFactor(Q)
     var = factor.inv_diag()
     spots = np.arange(n) if spots is None else np.asarray(spots, dtype=np.int64)
-    cov = factor.inv_entries(spots, nbrs[spots])
+    cov = factor.inv_entries(spots, targets)
     return cov, var
 
 
@@ -189,14 +193,15 @@ def corr_decay_quantiles(
         msg = f"The precision matrix has {Q.shape[0]} rows but `coords` has {n} spots."
         raise ValueError(msg)
     check_decay_args(n, min_k, max_k, n_sample)
-    nbrs = (knn_indices(coords, max_k) if nbrs is None else nbrs)[:, min_k : max_k + 1]
     spots = choose_spots(n, n_sample, seed)
-    cov, var = neighbor_covariances(Q, nbrs, spots)
     rows = np.arange(n) if spots is None else spots
+    tg = knn_indices(coords, max_k, spots) if nbrs is None else nbrs[rows]
+    tg = np.ascontiguousarray(tg[:, min_k : max_k + 1])
+    cov, var = neighbor_covariances(Q, tg, rows)
     if not (var > 0).all():
         msg = "The precision matrix is not positive definite (non-positive implied variance)."
         raise NotPositiveDefiniteError(msg)
-    corr = cov / np.sqrt(var[rows][:, None] * var[nbrs[rows]])
+    corr = cov / np.sqrt(var[rows][:, None] * var[tg])
     df = quantile_table(corr, np.arange(min_k, max_k + 1))
     if return_var:
         return df, var_table(var)
@@ -226,12 +231,12 @@ def corr_decay_quantiles_from_cov(
     coords = np.asarray(coords, dtype=np.float64)
     n = coords.shape[0]
     check_decay_args(n, min_k, max_k, n_sample)
-    nbrs = (knn_indices(coords, max_k) if nbrs is None else nbrs)[:, min_k : max_k + 1]
     spots = choose_spots(n, n_sample, seed)
     rows = np.arange(n) if spots is None else spots
+    tg = (knn_indices(coords, max_k, spots) if nbrs is None else nbrs[rows])[:, min_k : max_k + 1]
     var = cov.diagonal()
-    vals = np.asarray(cov[np.repeat(rows, nbrs.shape[1]), nbrs[rows].ravel()]).reshape(len(rows), -1)
-    corr = vals / np.sqrt(var[rows][:, None] * var[nbrs[rows]])
+    vals = np.asarray(cov[np.repeat(rows, tg.shape[1]), tg.ravel()]).reshape(len(rows), -1)
+    corr = vals / np.sqrt(var[rows][:, None] * var[tg])
     df = quantile_table(corr, np.arange(min_k, max_k + 1))
     if return_var:
         return df, var_table(var)

@@ -166,7 +166,7 @@ def corr_decay(
         Bad ``prior``/``rho``/``k`` range, or a prior that is singular or not positive definite (the message
         names a valid ``rho``).
     """
-    from .._core.decay import choose_spots, knn_indices
+    from .._core.decay import choose_spots
     from .._core.precision import not_pd_message
 
     check_adata(adata)
@@ -186,7 +186,7 @@ def corr_decay(
 
     start = time.perf_counter()
     logger.info("computing correlation decay of the '%s' prior (rho = %g)", prior, rho)
-    nbrs = knn_indices(coords, max_k)
+    nbrs = None  # the engine finds the neighbours of the spots it uses
     corr, var = _prior_curve(
         W,
         coords,
