@@ -115,8 +115,9 @@ def _edge_similarity(F: np.ndarray, rows: np.ndarray, cols: np.ndarray, metric: 
         s = np.einsum("ij,ij->i", F[rows], F[cols]) / (norms[rows] * norms[cols])
         return np.clip(s, 0.0, 1.0), None
     d = np.linalg.norm(F[rows] - F[cols], axis=1)
-    if bandwidth is None:
-        bandwidth = float(np.median(d[d > 0])) if (d > 0).any() else 1.0
+    if bandwidth is None:  # half the root-mean-square spread of the features around their mean
+        spread = float(np.sqrt(((F - F.mean(axis=0)) ** 2).sum(axis=1).mean()))
+        bandwidth = 0.5 * spread if spread > 0 else 1.0
     return np.exp(-(d**2) / (2.0 * bandwidth**2)), bandwidth
 
 
@@ -174,7 +175,7 @@ def scale_by_expr(
 
     - ``metric='cosine'``: :math:`s_{ij} = \max(0, \cos(z_i, z_j))`;
     - ``metric='euclidean'``: :math:`s_{ij} = \exp(-\lVert z_i - z_j\rVert^2 / 2\sigma^2)`, :math:`\sigma` =
-      ``bandwidth`` or the median edge distance,
+      ``bandwidth`` or half the root-mean-square distance of the :math:`z_i` to their mean,
 
     where :math:`z_i` is spot ``i``'s expression projected on its first ``n_pcs`` principal components (``None``:
     the expression itself). Only the existing edges are evaluated (no ``n x n`` matrix).

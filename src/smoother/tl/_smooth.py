@@ -479,8 +479,9 @@ def _spot_spacing(coords: np.ndarray) -> float:
 def subspot_lattice(coords: np.ndarray, factor: int, spacing: float | None = None):
     """A square lattice of spacing ``spacing / factor`` over the spots' footprints.
 
-    Every lattice point is assigned to its nearest spot (a Voronoi partition) and kept when it lies within
-    ``spacing / sqrt(2)`` of it, which tiles square and hexagonal arrays without gaps or overlaps.
+    Every lattice point is assigned to its nearest spot (a Voronoi partition) and kept when it lies inside that
+    spot's cell: within ``spacing / sqrt(3)`` (the hexagon's circumradius) on hexagonal arrays (6 neighbours at
+    the spacing), within ``spacing / 2`` along both axes on square ones.
 
     Returns
     -------
@@ -501,8 +502,14 @@ def subspot_lattice(coords: np.ndarray, factor: int, spacing: float | None = Non
     off = off - np.round(off / step) * step
     gx, gy = np.meshgrid(xs + off[0], ys + off[1])
     pts = np.column_stack([gx.ravel(), gy.ravel()])
-    dist, idx = NearestNeighbors(n_neighbors=1).fit(coords).kneighbors(pts)
-    keep = dist[:, 0] <= d / np.sqrt(2) + 1e-9 * d
+    nn = NearestNeighbors(n_neighbors=1).fit(coords)
+    dist, idx = nn.kneighbors(pts)
+    n_close = np.array([len(i) for i in nn.radius_neighbors(coords[: min(len(coords), 500)], radius=1.05 * d)[1]])
+    hexagonal = np.median(n_close - 1) >= 5
+    if hexagonal:
+        keep = dist[:, 0] <= d / np.sqrt(3) + 1e-9 * d
+    else:
+        keep = (np.abs(pts - coords[idx[:, 0]]) <= d / 2 + 1e-9 * d).all(axis=1)
     sub, parent = pts[keep], idx[keep, 0]
     order = np.lexsort((sub[:, 0], sub[:, 1], parent))
     return sub[order], parent[order]
