@@ -84,6 +84,7 @@ def worker_orig(name: str, max_k: int) -> dict:
 
     warnings.filterwarnings("ignore")
     import torch
+
     from smoother.losses import SpatialLoss
     from smoother.weights import SpatialWeightMatrix
 
@@ -163,21 +164,26 @@ def main() -> None:
         elif est > MEM_CAP_GIB:
             row["orig"] = {
                 "status": "skipped",
-                "reason": f"dense inverse needs ~{est:.0f} GiB (6 dense n x n float32 matrices) > {MEM_CAP_GIB:.0f} GiB",
+                "reason": f"dense inverse needs ~{est:.0f} GiB (6 dense n x n float32) > {MEM_CAP_GIB:.0f} GiB",
             }
         else:
             row["orig"] = run(
-                [str(ORIG_PY), str(Path(__file__).resolve()), "--worker", "orig", "--name", name,
-                 "--max-k", str(args.max_k)],
+                [
+                    str(ORIG_PY),
+                    str(Path(__file__).resolve()),
+                    "--worker",
+                    "orig",
+                    "--name",
+                    name,
+                    "--max-k",
+                    str(args.max_k),
+                ],
                 args.orig_timeout,
             )
         if row["ours"].get("status") == "ok" and row["orig"].get("status") == "ok":
             ref = row.get("ours_exact", row["ours"])
             row["max_abs_diff_quantiles"] = float(
-                max(
-                    np.max(np.abs(np.subtract(ref[c], row["orig"][c])))
-                    for c in ("q10", "q50", "q90")
-                )
+                max(np.max(np.abs(np.subtract(ref[c], row["orig"][c]))) for c in ("q10", "q50", "q90"))
             )
             row["max_rel_diff_var"] = float(
                 np.max(np.abs(np.subtract(ref["var"], row["orig"]["var"])) / np.abs(row["orig"]["var"]))
@@ -187,15 +193,29 @@ def main() -> None:
                 np.max(np.abs(np.subtract(row["ours"]["q50"], row["ours_exact"]["q50"])))
             )
         rows.append(row)
-        print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk[0] != "q"})
-                          for k, v in row.items()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk[0] != "q"})
+                    for k, v in row.items()
+                }
+            ),
+            flush=True,
+        )
     if not args.quick and not args.no_1m:
         row = {"problem": "grid1000000", "n": 1_000_000, "max_k": args.max_k}
         row["ours"] = run([*me, "--worker", "ours", "--name", "grid1000000", "--max-k", str(args.max_k)], 1800)
         row["orig"] = {"status": "skipped", "reason": "dense inverse needs ~22,000 GiB"}
         rows.append(row)
-        print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk[0] != "q"})
-                          for k, v in row.items()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk[0] != "q"})
+                    for k, v in row.items()
+                }
+            ),
+            flush=True,
+        )
     meta = {
         "prior": "icar",
         "rho": 0.99,

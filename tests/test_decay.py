@@ -42,8 +42,15 @@ def small():
 
 
 @pytest.mark.parametrize(
-    "prior,rho,std", [("icar", 0.99, False), ("icar", 0.7, True), ("car", 0.1, False), ("sar", 0.5, False),
-                      ("isar", 0.9, False), ("sma", 0.5, False)]
+    "prior,rho,std",
+    [
+        ("icar", 0.99, False),
+        ("icar", 0.7, True),
+        ("car", 0.1, False),
+        ("sar", 0.5, False),
+        ("isar", 0.9, False),
+        ("sma", 0.5, False),
+    ],
 )
 def test_engine_equals_dense_inverse(small, prior, rho, std):
     coords, W = small

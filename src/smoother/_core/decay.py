@@ -117,7 +117,7 @@ def _as_sparse_spd(Q) -> sp.csr_matrix:
 def neighbor_covariances(
     Q, targets: np.ndarray, spots: np.ndarray | None = None, *, factor: LDLFactor | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""Entries :math:`(Q^{-1})_{s_r, t_{rc}}` (``s = spots``, ``t = targets``) and the exact diagonal of :math:`Q^{-1}`.
+    r"""Entries :math:`(Q^{-1})_{s_r, t_{rc}}` (``s = spots``, ``t = targets``) and the diagonal of :math:`Q^{-1}`.
 
     ``Q`` is factored once (:class:`~smoother._core.selinv.LDLFactor`); the diagonal comes from selected
     inversion and each spot's entries from a sparse solve restricted to the elimination-tree paths involved.

@@ -1,4 +1,4 @@
-"""Plots of the dependency diagnostics stored by :func:`smoother.tl.corr_decay` / :func:`smoother.tl.similarity_decay`."""
+"""Plots of the dependency diagnostics of :func:`smoother.tl.corr_decay` and :func:`smoother.tl.similarity_decay`."""
 
 from __future__ import annotations
 

@@ -466,7 +466,10 @@ def scan_rho(
         raise ValueError(msg)
     store = adata.uns.get(K.CORR_DECAY, {})
     if data_key not in store:
-        msg = f"Data curve {data_key!r} not found in `adata.uns['corr_decay']`. Please run `sm.tl.similarity_decay` first."
+        msg = (
+            f"Data curve {data_key!r} not found in `adata.uns['corr_decay']`. "
+            "Please run `sm.tl.similarity_decay` first."
+        )
         raise KeyError(msg)
     data = store[data_key]["quantiles"]
     min_k, max_k = int(data["k"].min()), int(data["k"].max())
