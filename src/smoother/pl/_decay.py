@@ -149,6 +149,7 @@ def corr_decay(
             a.set_visible(False)
         if title:
             fig.suptitle(title)
+        fig.tight_layout()
         return fig
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (5, 3.5))
