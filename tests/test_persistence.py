@@ -289,6 +289,8 @@ def test_coords_to_grid_errors():
         coords_to_grid(np.zeros((4, 2)), layout="tri")
     with pytest.raises(ValueError, match="more than one spot"):
         coords_to_grid(np.array([[0, 0], [0, 0], [1, 1]]))
+    with pytest.raises(ValueError, match="do not lie on"):
+        coords_to_grid(np.random.default_rng(0).random((50, 2)) * 100)
     with pytest.raises(ValueError, match="parity"):
         coords_to_grid(np.array([[0, 0], [0, 1], [1, 1]]), layout="hex")
 

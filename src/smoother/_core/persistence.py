@@ -377,13 +377,21 @@ def coords_to_grid(
             grid = _hex_to_grid(ia)
         else:
             grid = ia - ia.min(axis=0)
-    elif arr.shape[0] == 1:
-        grid = np.zeros((1, 2), dtype=np.int64)
+    elif arr.shape[0] <= 2:
+        grid = np.array([[0, 0], [0, 1]], dtype=np.int64)[: arr.shape[0]]
     else:
         sq, sq_res = _square_fit(arr) if layout in ("auto", "square") else (None, np.inf)
         hx, hx_res = _hex_doubled(arr) if layout in ("auto", "hex") else (None, np.inf)
         if layout == "auto":
             layout = "hex" if hx_res < sq_res else "square"
+        res = hx_res if layout == "hex" else sq_res
+        if not res < 0.35:
+            msg = (
+                f"The coordinates do not lie on a {layout} lattice (worst spot is {res:.2f} lattice spacings "
+                "off). TopLoss needs spots on a grid: pass Visium `array_row, array_col` or grid indices, "
+                "or bin irregular positions (e.g. cells) to a grid first."
+            )
+            raise ValueError(msg)
         if layout == "hex":
             grid = _hex_to_grid(hx)
         else:
