@@ -624,7 +624,7 @@ def solve_torch(
     """
     import torch
 
-    from .fit import fit
+    from .fit import fit, torch_threads
     from .quadratic import to_torch_sparse
 
     t0 = time.perf_counter()
@@ -712,8 +712,10 @@ def solve_torch(
         if nonneg:
             Z.clamp_(min=0.0)
 
-    fr = fit(params, loss_fn, optimizer=optimizer, lr=lr, max_epochs=max_epochs, tol=tol, patience=patience,
-             project=project if nonneg else None, show_progress=show_progress, desc=f"deconvolution ({model})")
+    small = device.type == "cpu" and N * X.shape[0] * K < 20_000_000
+    with torch_threads(1 if small else None):
+        fr = fit(params, loss_fn, optimizer=optimizer, lr=lr, max_epochs=max_epochs, tol=tol, patience=patience,
+                 project=project if nonneg else None, show_progress=show_progress, desc=f"deconvolution ({model})")
     if not fr.converged:
         warnings.warn(
             f"Deconvolution ({model}) stopped after {fr.n_epochs} epochs before converging ({fr.reason}); "

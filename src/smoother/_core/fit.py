@@ -9,12 +9,31 @@ loss is not finite.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .._settings import progress
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Temporarily use ``n`` torch CPU threads (``None``: leave as is); the previous setting is restored.
+
+    Small problems run much faster on one thread: with OpenMP, every tiny kernel pays a synchronization that,
+    on a busy machine (or under ``pytest -n``), costs milliseconds.
+    """
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @dataclass
