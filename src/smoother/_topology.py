@@ -171,8 +171,14 @@ class TopLoss(torch.nn.Module):
 
     where :math:`n` is the number of spots, :math:`G` the groups with priors, :math:`P_g = ` ``betti_priors[g]``
     and :math:`\\mathrm{PSBL}_{k,s}` the sum of the finite dimension-:math:`k` bar lengths except the
-    :math:`s` longest. With ``{0: 1}`` a group should form one connected region (H0: extra components are
-    penalized); with ``{1: 0}`` it should have no holes.
+    :math:`s` longest. The component born at the global maximum never dies and is never counted, so
+    ``{0: 0}`` asks for one connected region and ``{0: s}`` tolerates ``s`` extra components; ``{1: 0}`` asks
+    for no holes and ``{1: s}`` tolerates ``s``. Bars of zero length (ties) carry no gradient.
+
+    The gradient of each counted bar is :math:`+1` at the spot holding its birth value and :math:`-1` at the
+    spot holding its death value (scaled by the normalization); an unobserved cell passes its share to the
+    spot holding the minimum. So the loss lowers spurious peaks *and* raises the saddles joining them to the
+    main region; pair it with a data term (and a spatial prior) that resists both.
 
     Parameters
     ----------
