@@ -6,14 +6,18 @@ cosmetic noise from notebooks or on references Sphinx cannot resolve without net
 
 Two pages are completed at build time, so that they follow the repository without edits:
 
-* ``tutorials.md`` gets a toctree of every committed notebook in ``../tutorials`` (``docs/tutorials`` is a
-  symlink to it); with no notebook yet it says so instead of failing on an empty glob.
+* ``tutorials.md`` gets a toctree of every notebook in ``../tutorials``; with no notebook yet it says so instead
+  of failing on an empty glob. The notebooks (and images beside them) are copied into ``docs/tutorials/``
+  (git-ignored) when this file is loaded: Sphinx only reads sources inside ``docs/``, and a symlink would break
+  links between notebooks (they resolve against the link's target, outside the source directory).
 * ``benchmarks.md`` gets every table in ``../benchmarks/results/*.md``.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sys
 from datetime import date
 from importlib.metadata import PackageNotFoundError
@@ -23,6 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TUTORIALS = ROOT / "tutorials"
+TUTORIALS_COPY = HERE / "tutorials"
 BENCH_RESULTS = ROOT / "benchmarks" / "results"
 
 # the package is installed editable in .venv; fall back to the source tree (e.g. a bare checkout)
@@ -121,6 +126,45 @@ _HEADING = re.compile(r"^(#{1,6})(\s+.*)$")
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 
 
+_TUTORIAL_FILES = {".ipynb", ".png", ".jpg", ".jpeg", ".gif", ".svg"}
+
+
+def sync_tutorials(src: Path | None = None, dst: Path | None = None) -> list[Path]:
+    """Mirror the notebooks and images of ``src`` (default ``../tutorials``) into ``dst`` (``docs/tutorials``).
+
+    Unchanged files are left alone (so incremental builds stay incremental), files gone from ``src`` are removed,
+    and every copy is written to a temporary name first, so a concurrent build never reads a half-written file.
+    Returns the copied paths relative to ``dst``.
+    """
+    src = TUTORIALS if src is None else src
+    dst = TUTORIALS_COPY if dst is None else dst
+    if dst.is_symlink():  # an older checkout linked docs/tutorials to ../tutorials
+        dst.unlink()
+    wanted: dict[Path, Path] = {}
+    if src.is_dir():
+        for path in src.rglob("*"):
+            rel = path.relative_to(src)
+            hidden = any(part.startswith(".") for part in rel.parts)
+            if path.is_file() and not hidden and path.suffix.lower() in _TUTORIAL_FILES:
+                wanted[rel] = path
+    if dst.is_dir():
+        for path in dst.rglob("*"):
+            if path.is_file() and path.relative_to(dst) not in wanted:
+                path.unlink(missing_ok=True)
+    for rel, path in wanted.items():
+        target = dst / rel
+        stat = path.stat()
+        if target.is_file():
+            tstat = target.stat()
+            if tstat.st_size == stat.st_size and tstat.st_mtime_ns == stat.st_mtime_ns:
+                continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copy2(path, tmp)
+        os.replace(tmp, target)
+    return sorted(wanted)
+
+
 def tutorials_toctree() -> str:
     """A toctree of the committed notebooks (sorted by file name), or a note when there is none."""
     notebooks = sorted(TUTORIALS.glob("*.ipynb")) if TUTORIALS.is_dir() else []
@@ -195,6 +239,9 @@ def _complete_page(app, docname: str, source: list[str]) -> None:
 def _always_reread(app, env, added, changed, removed) -> list[str]:
     # their content comes from files Sphinx does not track
     return [d for d in ("tutorials", "benchmarks") if d in env.found_docs]
+
+
+sync_tutorials()
 
 
 def setup(app):

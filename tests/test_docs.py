@@ -81,3 +81,23 @@ def test_benchmark_tables(conf, tmp_path, monkeypatch):
     # images point into benchmarks/results, links to other files become text
     assert "![fig](../benchmarks/results/fig.png)" in text
     assert "[notes]" not in text and "and notes" in text
+
+
+def test_sync_tutorials_mirrors_notebooks(conf, tmp_path):
+    src, dst = tmp_path / "tutorials", tmp_path / "docs_tutorials"
+    (src / "img").mkdir(parents=True)
+    (src / "01_a.ipynb").write_text("{1}")
+    (src / "img" / "fig.png").write_bytes(b"png")
+    (src / "result.h5ad").write_bytes(b"data")  # outputs of a notebook run are not copied
+    (src / ".ipynb_checkpoints").mkdir()
+    (src / ".ipynb_checkpoints" / "01_a-checkpoint.ipynb").write_text("{}")
+    copied = conf.sync_tutorials(src, dst)
+    assert copied == [Path("01_a.ipynb"), Path("img/fig.png")]
+    assert (dst / "01_a.ipynb").read_text() == "{1}" and (dst / "img" / "fig.png").read_bytes() == b"png"
+    assert not (dst / "result.h5ad").exists() and not (dst / ".ipynb_checkpoints").exists()
+    # a notebook removed from the tutorials disappears from the copy; a changed one is updated
+    (src / "img" / "fig.png").unlink()
+    (src / "01_a.ipynb").write_text("{22}")
+    conf.sync_tutorials(src, dst)
+    assert not (dst / "img" / "fig.png").exists()
+    assert (dst / "01_a.ipynb").read_text() == "{22}"
