@@ -40,3 +40,16 @@ ZONE = "zone"  # obs key of the true zone / layer (simulate_field(pattern='zones
 SIGNATURE_TRUTH = "signature_truth"  # varm key of the true signatures (n_genes, n_types)
 CELL_TYPE = "cell_type"  # obs key of the single-cell reference's cell types
 CELL_TYPES = "cell_types"  # uns key listing the simulated cell types in column order
+
+# sm.tl.spatial_pca / sm.tl.spatial_vae
+SPATIAL_VAE = "spatial_vae"  # sm.tl.spatial_vae -> obsm['X_spatial_vae'], uns['spatial_vae']
+
+
+def reduction_obsm_key(key_added: str) -> str:
+    """obsm key of an embedding (scanpy style ``X_{key}``): ``X_spatial_pca``, ``X_spatial_vae``."""
+    return f"X_{key_added}"
+
+
+def reduction_varm_key(key_added: str) -> str:
+    """varm key of spatial PCA loadings: ``spatial_PCs`` for the default key, else ``{key}_PCs``."""
+    return "spatial_PCs" if key_added == SPATIAL_PCA else f"{key_added}_PCs"

@@ -23,14 +23,8 @@ from .._anndata import (
 from .._settings import log_finish, log_start
 
 
-def _obsm_key(key_added: str) -> str:
-    return K.reduction_obsm_key(key_added) if hasattr(K, "reduction_obsm_key") else f"X_{key_added}"
-
-
-def _varm_key(key_added: str) -> str:
-    if hasattr(K, "reduction_varm_key"):
-        return K.reduction_varm_key(key_added)
-    return "spatial_PCs" if key_added == K.SPATIAL_PCA else f"{key_added}_PCs"
+_obsm_key = K.reduction_obsm_key
+_varm_key = K.reduction_varm_key
 
 
 def _hv_mask(adata, use_highly_variable: bool | None) -> np.ndarray | None:
@@ -236,7 +230,7 @@ def spatial_vae(
     lr: float = 0.01,
     coords_key: str = K.SPATIAL_KEY,
     random_state: int | None = 0,
-    key_added: str = "spatial_vae",
+    key_added: str = K.SPATIAL_VAE,
     copy: bool = False,
     **model_kwargs,
 ):
