@@ -302,8 +302,8 @@ def similarity_cdf_table(
 
     Observed: cosine similarity of every spot with each of its ``k`` nearest neighbours (``k * n`` pairs).
     Null: the sources and the targets of those pairs shuffled independently, ``n_null`` times (when
-    ``n_null * k * n`` exceeds ``max_null_pairs``, each shuffle keeps a random subset of the pairs so the total
-    is ``max_null_pairs``).
+    ``n_null * k * n`` exceeds ``max_null_pairs``, ``max_null_pairs`` null pairs are drawn instead, each end
+    uniformly from the sources / targets — the same null distribution).
 
     Returns
     -------
@@ -317,9 +317,12 @@ def similarity_cdf_table(
     obs = pair_cosine(Xn, src, tgt)
     rng = np.random.default_rng(seed)
     m = src.shape[0]
-    per = min(m, max(1, max_null_pairs // max(n_null, 1)))
-    a = np.concatenate([rng.permutation(src)[:per] for _ in range(n_null)])
-    b = np.concatenate([rng.permutation(tgt)[:per] for _ in range(n_null)])
+    if n_null * m <= max_null_pairs:  # n_null full independent shuffles of both ends
+        a = np.concatenate([rng.permutation(src) for _ in range(n_null)])
+        b = np.concatenate([rng.permutation(tgt) for _ in range(n_null)])
+    else:  # the same null distribution, sampled: ends drawn independently and uniformly from the pairs
+        a = src[rng.integers(0, m, max_null_pairs)]
+        b = tgt[rng.integers(0, m, max_null_pairs)]
     null = pair_cosine(Xn, a, b)
     q = np.linspace(0.0, 1.0, 101)
     return pd.DataFrame({"quantile": q, "observed": np.quantile(obs, q), "shuffled": np.quantile(null, q)})
