@@ -178,12 +178,15 @@ def test_copy_returns_new_object_and_leaves_input_unchanged():
     assert "smoothed" not in a.layers and "smoothed" not in a.uns
     np.testing.assert_array_equal(a.X, before.X)
     assert sm.tl.smooth(a) is None and "smoothed" in a.layers
-    a.write_h5ad  # params must be writable
     sm.tl.smooth(a, lambda_spatial="auto", key_added="auto")
-    import tempfile, os  # noqa: E401
+    import os
+    import tempfile
 
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d:  # every recorded param is writable to h5ad
         a.write_h5ad(os.path.join(d, "x.h5ad"))
+        back = ad.read_h5ad(os.path.join(d, "x.h5ad"))
+    assert back.uns["auto"]["params"]["lambda_spatial"] == "auto"
+    np.testing.assert_allclose(back.uns["auto"]["lambda"], a.uns["auto"]["lambda"])
 
 
 def _state(a):
