@@ -19,7 +19,9 @@ How it is solved
 ----------------
 One sparse Cholesky factorization (CHOLMOD through cholespy, see :mod:`smoother._core.linalg`) of
 :math:`D + \lambda Q`, reused for all genes, which are solved in chunks (a sparse ``Y`` is densified one chunk
-at a time). The SMA prior has a dense precision :math:`Q = (B B^T)^{-1}` with sparse
+at a time). Measured on this project's 2-core machine (100k-spot grid, ICAR): factorization 0.5 s, then about
+4 ms per gene (flat for chunks of 16 to 256 genes), so 2,000 genes take under 10 s; conjugate gradients would
+need tens of matrix products per gene instead. The SMA prior has a dense precision :math:`Q = (B B^T)^{-1}` with sparse
 :math:`B = I + \rho W`; it is never formed: substituting :math:`X = B Z` gives the sparse SPD system
 
 .. math::
