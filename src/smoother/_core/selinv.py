@@ -459,17 +459,21 @@ class LDLFactor:
         import numba
 
         nchunks = max(1, min(sources.size, 8 * numba.get_num_threads()))
-        return _inv_entries(
+        ps = self.iperm[sources]
+        order = np.argsort(ps, kind="stable")  # neighbouring sources share elimination-tree paths: locality
+        out = np.empty(targets.shape)
+        out[order] = _inv_entries(
             self.n,
             self.Lp,
             self.Li,
             self.Lx,
             self.D,
             self.parent,
-            self.iperm[sources],
-            np.ascontiguousarray(self.iperm[targets]),
+            ps[order],
+            np.ascontiguousarray(self.iperm[targets[order]]),
             nchunks,
         )
+        return out
 
 
 def inv_diag_exact(Q: sp.spmatrix, *, factor: LDLFactor | None = None) -> np.ndarray:
