@@ -366,3 +366,39 @@ def test_pl_props(mixture):
     plt.close(fig)
     with pytest.raises(KeyError, match="sm.tl.deconvolve"):
         sm.pl.props(ad, key="missing")
+
+
+def test_classic_spatial_loss_object(mixture):
+    """With the classic SpatialLoss (and per-group confidences) the factory's spatial loss is lambda * sl(beta)."""
+    from smoother.losses import SpatialLoss
+    from smoother.weights import SpatialWeightMatrix
+
+    ad, ref = mixture
+    sig = sm.tl._deconv.reference_signatures(ref, "cell_type").loc[ad.var_names]
+    swm = SpatialWeightMatrix()
+    swm.calc_weights_knn(torch.tensor(ad.obsm["spatial"]), k=6, verbose=False)
+    sl = SpatialLoss("icar", swm, rho=0.99)
+    sl.confidences = torch.tensor([1.0, 0.5, 2.0, 1.0])
+    x, y = torch.tensor(sig.to_numpy()), torch.tensor(np.asarray(ad.X).T)
+    m = classic.NNLS()
+    m.deconv(x, y, spatial_loss=sl, lambda_spatial_loss=2.0, quiet=True)
+    assert m.result.converged
+    beta = m.get_coefs().double()
+    assert float(m.get_sp_loss()) == pytest.approx(2.0 * float(sl.double()(beta)), rel=1e-4)
+    # KKT of the full objective with the per-group confidences
+    gb, viol, _ = _kkt(sig.to_numpy(), np.asarray(ad.X, dtype=float), m.result.coef, m.result.bias,
+                       sl.get_precision(0), 2.0, True, s=np.array([1.0, 0.5, 2.0, 1.0]))
+    assert gb < 1e-8 and viol < 1e-6 * np.abs(sig.to_numpy()).max()
+
+
+def test_betti_priors_build_toploss(mixture):
+    ad, ref = mixture
+    types = sorted(ref.obs["cell_type"].unique().astype(str))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", core.ConvergenceWarning)
+        a = sm.tl.deconvolve(ad, ref, groupby="cell_type", betti_priors={types[0]: {0: 1}}, lambda_topo=1.0,
+                             max_epochs=3, copy=True)
+    assert a.uns["props"]["objective"]["topological"] > 0
+    assert a.uns["props"]["convergence"]["solver"].startswith("torch")
+    with pytest.raises(KeyError, match="not in the reference types"):
+        sm.tl.deconvolve(ad, ref, groupby="cell_type", betti_priors={"nope": {0: 1}}, lambda_topo=1.0)

@@ -90,7 +90,7 @@ def spatial_loss_precisions(spatial_loss, n_types: int):
 
 
 def _n_covs(spatial_loss) -> int:
-    for attr in ("n_covs", "num_covs"):
+    for attr in ("n_precisions", "n_covs", "num_covs"):
         if hasattr(spatial_loss, attr):
             return int(getattr(spatial_loss, attr))
     inv_cov = getattr(spatial_loss, "inv_cov", None)
