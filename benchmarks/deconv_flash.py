@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     ap.add_argument("--methods", nargs="*", default=["smoother", "flashdeconv", "smoother_auto"])
     ap.add_argument("--timeout", type=float, default=2400)
+    ap.add_argument("--out", default="deconv_flash", help="results file stem in benchmarks/results")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"note": f"Shared 2-core machine, load average at start {os.getloadavg()[0]:.1f}; cpu_seconds (user+sys of "
@@ -45,11 +46,11 @@ def main():
                     row = {"method": m, "n_spots": n, "error": f"timed out after {args.timeout:.0f} s"}
                 print(json.dumps(row), flush=True)
                 out["rows"].append(row)
-                (RESULTS / "deconv_flash.json").write_text(json.dumps(out, indent=1))
-                write_md(out)
+                (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=1))
+                write_md(out, args.out)
 
 
-def write_md(out):
+def write_md(out, stem="deconv_flash"):
     lines = ["# smoother vs FlashDeconv (K = 10, 2,000 genes, Poisson counts)", "", out["note"], "",
              "| method | spots | wall s | CPU s | peak MB | RMSE | JSD | lambda | note |", "|---|---|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
@@ -61,7 +62,7 @@ def write_md(out):
             lines.append(f"| {r['method']} | {r['n_spots']} | {r['seconds']:.1f} | {r.get('cpu_seconds', float('nan')):.1f} | "
                          f"{r['peak_rss_mb']:.0f} | {r['rmse']:.4f} | {r['jsd']:.4f} | {lam} | "
                          f"{'iters ' + str(r['n_iter']) if 'n_iter' in r else ''} |")
-    (RESULTS / "deconv_flash.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -304,6 +304,7 @@ def _snapshot(ad):
         (lambda ad, ref: ref, {"groupby": "cell_type", "lambda_spatial": -1.0}, ValueError, ">= 0"),
         (lambda ad, ref: ref, {"groupby": "cell_type", "lambda_spatial": "big"}, ValueError, "auto"),
         (lambda ad, ref: ref, {"groupby": "cell_type", "model": "svm"}, ValueError, "Unknown model"),
+        (lambda ad, ref: ref, {"groupby": "cell_type", "model": "nusvr", "lambda_spatial": "auto"}, ValueError, "auto"),
         (lambda ad, ref: ref, {"groupby": "cell_type", "connectivity_key": "nope"}, KeyError, "spatial_graph"),
         (lambda ad, ref: ref, {"groupby": "cell_type", "rho": 2.0}, ValueError, "rho"),
         (lambda ad, ref: ref, {"groupby": "cell_type", "backend": "jax"}, ValueError, "backend"),

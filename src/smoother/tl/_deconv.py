@@ -255,6 +255,9 @@ def deconvolve(
     if backend not in ("auto", "torch", "cvxpy"):
         msg = f"Unknown backend {backend!r}: expected 'auto', 'torch' or 'cvxpy'."
         raise ValueError(msg)
+    if lam == "auto" and mdl not in core.QUADRATIC_MODELS:
+        msg = f"lambda_spatial='auto' is available for the models 'lr', 'nnls' and 'dwls', not {mdl!r}; pass a number."
+        raise ValueError(msg)
     lam_top, lam_topo = _check_top(top_loss, betti_priors, lambda_top_loss, lambda_topo)
     use_top = (top_loss is not None and lam_top > 0) or (betti_priors is not None and lam_topo > 0)
     if use_top and backend == "cvxpy":
