@@ -49,7 +49,7 @@ def run_demo(*, n_spots: int = 3000, out: str | Path = "demo_out", seed: int = 0
     signal) -> :func:`smoother.pp.spatial_graph` -> :func:`smoother.tl.smooth` with ``lambda_spatial='auto'`` ->
     :func:`smoother.tl.similarity_decay` and :func:`smoother.tl.corr_decay` for two priors, plotted with
     :func:`smoother.pl.corr_decay` and :func:`smoother.pl.similarity_cdf` -> a simulated cell-type mixture
-    deconvolved by :func:`smoother.tl.deconvolve` without and with the spatial loss, plotted with
+    deconvolved by :func:`smoother.tl.deconvolve` without and with the spatial loss (``lambda_spatial='auto'``), plotted with
     :func:`smoother.pl.props`.
 
     Parameters
@@ -124,20 +124,19 @@ def run_demo(*, n_spots: int = 3000, out: str | Path = "demo_out", seed: int = 0
     mix, ref = datasets.simulate_mixture(n_spots, n_types=6, n_genes=120, depth=200.0, seed=seed + 1)
     pp.spatial_graph(mix, n_neighs=6)
     _tick("simulate mixture", t0)
-    lam = 3.0
     t0 = time.perf_counter()
     tl.deconvolve(mix, ref, groupby="cell_type", lambda_spatial=0.0, key_added="props_no_spatial")
     _tick("deconvolve (no spatial loss)", t0)
     t0 = time.perf_counter()
-    tl.deconvolve(mix, ref, groupby="cell_type", lambda_spatial=lam, key_added="props")
-    _tick("deconvolve (spatial loss)", t0)
+    tl.deconvolve(mix, ref, groupby="cell_type", lambda_spatial="auto", key_added="props")
+    _tick("deconvolve (spatial loss, lambda='auto')", t0)
     truth = mix.obsm["props_truth"]
     types = list(mix.obsm["props"].columns)
     truth = truth[types].to_numpy() if hasattr(truth, "columns") else np.asarray(truth)
     deconvolution = {
         "rmse_no_spatial": _rmse(mix.obsm["props_no_spatial"].to_numpy(), truth),
         "rmse_spatial": _rmse(mix.obsm["props"].to_numpy(), truth),
-        "lambda": lam,
+        "lambda": float(mix.uns["props"]["lambda_auto"]["chosen"]),
     }
     fig = pl.props(mix, types=types[:3], ncols=3, dpi=dpi)
     fig.savefig(outdir / "props.png", dpi=dpi, bbox_inches="tight")
@@ -171,7 +170,7 @@ def format_report(report: dict) -> str:
         f"{s['rmse_smoothed']:.3f} smoothed ({s['rmse_smoothed'] / s['rmse_raw']:.0%} of raw)",
         "  decay rate (fitted beta): " + ", ".join(f"{k} {v:.3f}" for k, v in report["decay"].items()),
         f"  deconvolution: RMSE of proportions {d['rmse_no_spatial']:.4f} without -> {d['rmse_spatial']:.4f} "
-        f"with the spatial loss (lambda {d['lambda']:g})",
+        f"with the spatial loss (lambda='auto' -> {d['lambda']:.3g})",
         "  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings"].items()),
         f"  wrote {len(report['files'])} files to {report['out']}/: "
         + ", ".join(Path(f).name for f in report["files"]),
