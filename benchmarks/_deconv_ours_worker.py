@@ -35,7 +35,8 @@ W = sp.csr_matrix((inp["W_val"], (inp["W_row"], inp["W_col"])), shape=(n, n))
 Q = precision(W, "icar", 0.99)
 t1 = time.perf_counter()
 r = core.deconvolve_quadratic(inp["X"], Yt, model="nnls", Q=Q, lam=float(inp["lam"]), show_progress=False)
-t2 = time.perf_counter()
+t2, cpu_fit = time.perf_counter(), cpu() - cpu0
+peak_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 # the same problem with lambda chosen by held-out genes (sm.tl.deconvolve(lambda_spatial='auto'))
 from smoother.tl._deconv import _choose_lambda  # noqa: E402
 
@@ -45,6 +46,6 @@ ra = core.deconvolve_quadratic(inp["X"], Yt, model="nnls", Q=Q, lam=lam_auto, sh
 t4 = time.perf_counter()
 np.savez(
     sys.argv[2], coef=r.coef, bias=r.bias, seconds_total=t2 - t0, seconds_fit=t2 - t1, seconds_graph=t1 - t0,
-    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, cpu_seconds=cpu() - cpu0, rss0_mb=rss0 / 1024,
+    peak_rss_mb=peak_fit, cpu_seconds=cpu_fit, rss0_mb=rss0 / 1024,
     n_iter=r.n_iter, coef_auto=ra.coef, lambda_auto=lam_auto, seconds_auto=t4 - t3, kkt=r.kkt_residual, converged=r.converged,
 )
