@@ -22,7 +22,7 @@ from spca_dlpfc import DATA, kmeans_ari, load_dlpfc  # noqa: E402
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
-def main(full_epochs=300, tile_epochs=60, tile_batch=256, lam=1.0, seed=0):
+def main(full_epochs=100, tile_epochs=20, tile_batch=512, lam=1.0, seed=0):
     import anndata as ad
 
     import smoother as sm
@@ -36,7 +36,7 @@ def main(full_epochs=300, tile_epochs=60, tile_batch=256, lam=1.0, seed=0):
     mu = markers.to_numpy(dtype=float).T
     idx = np.array([names.index(lay) for lay in layers])
     rng = np.random.default_rng(seed)
-    rate = np.exp(mu[idx] - mu.mean() ) * 0.5
+    rate = np.exp(mu[idx] - mu.mean()) * 0.05
     X = rng.poisson(rate).astype(np.float32)
     adata = ad.AnnData(X)
     adata.obsm["spatial"] = coords
