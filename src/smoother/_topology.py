@@ -103,6 +103,9 @@ class PartialSumBarcodeLengths:
         return f"PartialSumBarcodeLengths(dim={self.dim}, skip={self.skip})"
 
 
+_NUMPY_DTYPES = (torch.float64, torch.float32, torch.float16)
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
@@ -303,14 +306,15 @@ class TopLoss(torch.nn.Module):
             )
             raise ValueError(msg)
         groups = sorted(self.topfn)
-        beta = coefs.detach()[groups].cpu().double().numpy()
-        if not np.isfinite(beta).all():
+        # one detached float64 CPU copy (advanced indexing of the tensor itself is slow on a busy machine)
+        det = coefs.detach().cpu()
+        det = det.numpy() if det.dtype in _NUMPY_DTYPES else det.double().numpy()
+        if not np.isfinite(det).all():
             msg = "coefs contain NaN or inf; the topological loss needs finite values."
             raise ValueError(msg)
+        beta = det[groups].astype(np.float64)
         ncell = self._dim_x * self._dim_y
-        full = ncell == self._num_spot
-        pad_np = float(coefs.detach().min()) if not full else 0.0
-        image = np.full(ncell, pad_np)
+        image = np.full(ncell, float(det.min()) if ncell > self._num_spot else 0.0)
         rows, births, deaths = [], [], []
         for gi, g in enumerate(groups):
             fns = self.topfn[g]
@@ -321,20 +325,23 @@ class TopLoss(torch.nn.Module):
                 rows.append(np.full(len(counted), g, dtype=np.int64))
                 births.append(counted[:, 0])
                 deaths.append(counted[:, 1])
-        rows_t = torch.as_tensor(np.concatenate(rows), device=coefs.device)
-        if len(rows_t) == 0:
-            return coefs.sum() * 0.0
-        cells = np.concatenate([np.concatenate(births), np.concatenate(deaths)])
+        rows_np = np.concatenate(rows)
+        n_bar = len(rows_np)
+        if n_bar == 0:
+            return coefs.reshape(-1)[:0].sum()  # zero, connected to coefs
+        # net weight of every gathered value: +1 per counted birth, -1 per counted death
+        cells = np.concatenate(births + deaths)
+        weight = np.concatenate([np.ones(n_bar), -np.ones(n_bar)])
         spot = self._spot_of_cell[cells]
-        rows_t = torch.cat([rows_t, rows_t])
-        sign = torch.ones(len(cells), dtype=coefs.dtype, device=coefs.device)
-        sign[len(cells) // 2 :] = -1.0
-        flat_pos = rows_t * self._num_spot + torch.as_tensor(np.maximum(spot, 0), device=coefs.device)
-        vals = coefs.reshape(-1).index_select(0, flat_pos)
-        if (spot < 0).any():  # unobserved cells carry the pad value, whose gradient reaches the argmin spot
-            observed = torch.as_tensor(spot >= 0, device=coefs.device)
-            vals = torch.where(observed, vals, coefs.min())
-        loss = (sign * vals).sum()
+        obs = spot >= 0
+        flat_pos = np.concatenate([rows_np, rows_np])[obs] * self._num_spot + spot[obs]
+        pos_u, inv = np.unique(flat_pos, return_inverse=True)
+        w_u = np.bincount(inv.ravel(), weights=weight[obs], minlength=len(pos_u))
+        vals = coefs.reshape(-1).index_select(0, torch.as_tensor(pos_u, device=coefs.device))
+        loss = torch.dot(vals, torch.as_tensor(w_u, dtype=coefs.dtype, device=coefs.device))
+        w_pad = float(weight[~obs].sum())
+        if w_pad != 0.0:  # unobserved cells carry the pad value coefs.min(): its gradient reaches the argmin spot
+            loss = loss + w_pad * coefs.min()
         return loss / (np.sqrt(self._num_spot) * len(self.betti_priors))
 
     def extra_repr(self) -> str:
