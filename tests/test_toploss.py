@@ -266,3 +266,24 @@ def test_gradient_descent_removes_a_spurious_fragment():
         loss.backward()
         opt.step()
     assert first > 0.09 and tl(t).item() < 1e-3 * first + 1e-12
+
+
+@pytest.mark.filterwarnings("ignore::Warning")
+def test_classic_deconvolution_with_top_loss_removes_fragments():
+    NNLS = pytest.importorskip("smoother.models.deconv").NNLS
+    rng = np.random.default_rng(0)
+    xy = grid_xy(12, 12)
+    sig = rng.gamma(2.0, 1.0, size=(40, 2))
+    img = np.zeros((12, 12))
+    img[2:8, 2:8] = 1.0
+    img[10, 10] = img[10, 1] = 1.0  # two one-spot fragments of type 0
+    props = np.stack([img.ravel(), 1.0 - img.ravel()])
+    y = sig @ props + rng.normal(0, 0.3, size=(40, 144))
+    tl = TopLoss({0: {0: 0}}, xy)
+    values = {}
+    for lam in (0.0, 5.0):
+        model = NNLS()
+        model.deconv(sig, y, top_loss=tl, lambda_top_loss=lam, lr=0.05, max_epochs=150, quiet=True)
+        values[lam] = tl(torch.as_tensor(np.asarray(model.result.coef).T)).item()
+    assert values[0.0] > 0.1
+    assert values[5.0] < 0.1 * values[0.0]
