@@ -73,9 +73,6 @@ def run_demo(*, n_spots: int = 3000, out: str | Path = "demo_out", seed: int = 0
     """
     if isinstance(n_spots, bool) or not isinstance(n_spots, int | np.integer) or n_spots < 200:
         raise ValueError(f"`n_spots` must be an integer >= 200, got {n_spots!r}.")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     from . import datasets, pl, pp, tl
