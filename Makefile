@@ -29,7 +29,8 @@ demo: install
 	$(PY) -m smoother demo
 
 test: install-test
-	MPLBACKEND=agg $(PY) -m pytest -n 2 --durations=15 --nbmake tests tutorials $(PYTEST_ARGS)
+	# two xdist workers, one BLAS/torch/numba thread each: no oversubscription of the 2 cores
+	MPLBACKEND=agg OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15 --nbmake tests tutorials $(PYTEST_ARGS)
 
 docs: install-doc
 	$(VENV)/bin/sphinx-build -M html docs docs/_build -W --keep-going
