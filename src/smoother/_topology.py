@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._core.persistence import superlevel_persistence
+from ._validation import as_float_array
 
 __all__ = ["Barcode", "LevelSetLayer2D", "PartialSumBarcodeLengths", "TopLoss"]
 
@@ -128,15 +129,7 @@ def _check_skip(s: Any, what: str) -> int:
 
 
 def _check_coords_xy(coords_xy: Any) -> np.ndarray:
-    if hasattr(coords_xy, "detach"):
-        coords_xy = coords_xy.detach().cpu().numpy()
-    if hasattr(coords_xy, "to_numpy"):
-        coords_xy = coords_xy.to_numpy()
-    try:
-        arr = np.asarray(coords_xy, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        msg = f"Expected `coords_xy` to be a numeric array of shape (num_spot, 2), found {type(coords_xy)}."
-        raise TypeError(msg) from e
+    arr = as_float_array(coords_xy, "coords_xy", expected="a numeric array of shape (num_spot, 2)")
     if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 1:
         msg = f"Expected `coords_xy` of shape (num_spot, 2), found shape {arr.shape}."
         raise ValueError(msg)

@@ -15,17 +15,42 @@ import scipy.sparse as sp
 from ._constants import PRIORS
 
 
+def as_float_array(x: Any, name: str, *, expected: str, densify_sparse: bool = False) -> np.ndarray:
+    """Convert a torch tensor, pandas object or array-like to a float64 ``ndarray``.
+
+    Parameters
+    ----------
+    x
+        The user's input.
+    name
+        Argument name used in the error message.
+    expected
+        What the argument should be, e.g. ``"a numeric array of shape (n_spots, 2)"``.
+    densify_sparse
+        Turn a scipy sparse matrix into a dense array (only for inputs that are small or dense by nature,
+        such as a genes x cell types reference). Without it a sparse matrix is rejected with ``TypeError``.
+
+    Raises
+    ------
+    TypeError
+        When ``x`` cannot be read as a numeric array; the message names ``name`` and ``expected``.
+    """
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    if hasattr(x, "to_numpy"):  # pandas
+        x = x.to_numpy()
+    if densify_sparse and sp.issparse(x):
+        x = x.toarray()
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        msg = f"Expected `{name}` to be {expected}, found {type(x).__name__}."
+        raise TypeError(msg) from e
+
+
 def check_coords(coords: Any, *, name: str = "coords", min_spots: int = 1) -> np.ndarray:
     """Return coordinates as a float64 ``(n, d)`` array with ``d`` in {2, 3}; raise on NaN/inf or bad shape."""
-    if hasattr(coords, "detach"):  # torch tensor
-        coords = coords.detach().cpu().numpy()
-    if hasattr(coords, "to_numpy"):  # pandas
-        coords = coords.to_numpy()
-    try:
-        arr = np.asarray(coords, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        msg = f"Expected `{name}` to be a numeric array of shape (n_spots, 2) or (n_spots, 3), found {type(coords)}."
-        raise TypeError(msg) from e
+    arr = as_float_array(coords, name, expected="a numeric array of shape (n_spots, 2) or (n_spots, 3)")
     if arr.ndim != 2 or arr.shape[1] not in (2, 3):
         msg = f"Expected `{name}` of shape (n_spots, 2) or (n_spots, 3), found shape {arr.shape}."
         raise ValueError(msg)

@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._validation import as_float_array
+
 __all__ = [
     "barcode",
     "coords_to_grid",
@@ -334,15 +336,7 @@ def coords_to_grid(
     ValueError
         When two spots fall on the same cell (coordinates are not on one lattice) or the input is malformed.
     """
-    if hasattr(coords, "detach"):
-        coords = coords.detach().cpu().numpy()
-    if hasattr(coords, "to_numpy"):
-        coords = coords.to_numpy()
-    try:
-        arr = np.asarray(coords, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        msg = f"Expected `coords` to be a numeric array of shape (n_spots, 2), found {type(coords)}."
-        raise TypeError(msg) from e
+    arr = as_float_array(coords, "coords", expected="a numeric array of shape (n_spots, 2)")
     if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 1:
         msg = f"Expected `coords` of shape (n_spots, 2), found shape {arr.shape}."
         raise ValueError(msg)

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from .._core import deconv as _dc
 from .._settings import logger
+from .._validation import as_float_array
 
 __all__ = ["DWLS", "NNLS", "DeconvModel", "LinearRegression", "LogNormReg", "NuSVR"]
 
@@ -35,15 +36,7 @@ _BACKENDS = ("pytorch", "cvxpy")
 
 
 def _to_numpy(a, name: str) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    if sp.issparse(a):
-        a = a.toarray()
-    try:
-        arr = np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        msg = f"Expected `{name}` to be a numeric 2D array or tensor, found {type(a).__name__}."
-        raise TypeError(msg) from e
+    arr = as_float_array(a, name, expected="a numeric 2D array or tensor", densify_sparse=True)
     if arr.ndim != 2:
         msg = f"Expected `{name}` to be 2D, found shape {arr.shape}."
         raise ValueError(msg)
