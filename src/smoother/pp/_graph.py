@@ -130,7 +130,25 @@ def _reduce(F: np.ndarray, n_pcs: int | None, seed: int = 0) -> np.ndarray:
     return PCA(n_components=int(n_pcs), random_state=seed).fit_transform(F)
 
 
-def _scaled_write(adata, W: sp.csr_matrix, sim: np.ndarray, *, key_added: str, row_scale: bool, params: dict):
+def _finish_scaling(
+    adata,
+    W: sp.csr_matrix,
+    sim: np.ndarray,
+    *,
+    connectivity_key: str,
+    key_added: str,
+    row_scale: bool,
+    copy: bool,
+    params: dict,
+    start,
+):
+    """Shared tail of the ``scale_by_*`` functions: rescale the edges of ``W`` by ``sim`` and write the result.
+
+    ``params`` (the function's own parameters) gets ``connectivity_key`` and ``row_scale`` appended. Returns the
+    copy with ``copy=True``, else ``None``.
+    """
+    adata = adata.copy() if copy else adata
+    params = {**params, "connectivity_key": connectivity_key, "row_scale": row_scale}
     C = W.tocoo()
     keep = C.row != C.col  # self edges of isolated spots stay as they are
     data = C.data.copy()
@@ -146,14 +164,20 @@ def _scaled_write(adata, W: sp.csr_matrix, sim: np.ndarray, *, key_added: str, r
     nk = K.neighbors_key(key_added)
     adata.uns[nk] = {"connectivities_key": ck, "params": to_writable(params)}
     log_added(f"adata.obsp[{ck!r}]", f"adata.uns[{nk!r}]")
+    log_finish(start)
+    return adata if copy else None
 
 
-def _check_scale_args(adata, connectivity_key, key_added, row_scale, copy):
+def _check_scale_args(adata, connectivity_key, key_added, row_scale, copy, metric: str | None = None):
     check_adata(adata)
     check_key(key_added, "key_added")
     check_bool(row_scale, "row_scale")
     check_bool(copy, "copy")
-    return get_graph(adata, connectivity_key)
+    W = get_graph(adata, connectivity_key)
+    if metric is not None and metric not in ("cosine", "euclidean"):
+        msg = f"Expected `metric` to be 'cosine' or 'euclidean', found {metric!r}."
+        raise ValueError(msg)
+    return W
 
 
 def scale_by_expr(
@@ -206,10 +230,7 @@ def scale_by_expr(
     ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` (CSR ``(n_obs, n_obs)``; a spot
     left without edges gets a self edge of weight 1) and ``adata.uns['{key_added}_neighbors']['params']``.
     """
-    W = _check_scale_args(adata, connectivity_key, key_added, row_scale, copy)
-    if metric not in ("cosine", "euclidean"):
-        msg = f"Expected `metric` to be 'cosine' or 'euclidean', found {metric!r}."
-        raise ValueError(msg)
+    W = _check_scale_args(adata, connectivity_key, key_added, row_scale, copy, metric)
     if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, (int, np.integer)) or n_pcs < 1):
         msg = f"Expected `n_pcs` to be a positive integer or None, found {n_pcs!r}."
         raise ValueError(msg)
@@ -224,19 +245,17 @@ def scale_by_expr(
         Z = _reduce(np.asarray(Xd, dtype=np.float64), n_pcs)
     C = W.tocoo()
     sim, bw = _edge_similarity(Z, C.row, C.col, metric, bandwidth)
-    adata = adata.copy() if copy else adata
     params = {
         "source": "expression",
         "layer": layer,
         "metric": metric,
         "n_pcs": n_pcs,
         "bandwidth": bw,
-        "connectivity_key": connectivity_key,
-        "row_scale": row_scale,
     }
-    _scaled_write(adata, W, sim, key_added=key_added, row_scale=row_scale, params=params)
-    log_finish(start)
-    return adata if copy else None
+    return _finish_scaling(
+        adata, W, sim, connectivity_key=connectivity_key, key_added=key_added, row_scale=row_scale, copy=copy,
+        params=params, start=start,
+    )
 
 
 def scale_by_identity(
@@ -283,17 +302,15 @@ def scale_by_identity(
     start = log_start(f"scaling the spatial graph by `adata.obs[{groupby!r}]`")
     C = W.tocoo()
     sim = np.where(codes[C.row] == codes[C.col], 1.0, b)
-    adata = adata.copy() if copy else adata
     params = {
         "source": "identity",
         "groupby": groupby,
         "boundary_connectivity": b,
-        "connectivity_key": connectivity_key,
-        "row_scale": row_scale,
     }
-    _scaled_write(adata, W, sim, key_added=key_added, row_scale=row_scale, params=params)
-    log_finish(start)
-    return adata if copy else None
+    return _finish_scaling(
+        adata, W, sim, connectivity_key=connectivity_key, key_added=key_added, row_scale=row_scale, copy=copy,
+        params=params, start=start,
+    )
 
 
 def _histology_features(image: np.ndarray, xy_img: np.ndarray, radius_px: float) -> np.ndarray:
@@ -360,10 +377,7 @@ def scale_by_histology(
     ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` and
     ``adata.uns['{key_added}_neighbors']['params']``.
     """
-    W = _check_scale_args(adata, connectivity_key, key_added, row_scale, copy)
-    if metric not in ("cosine", "euclidean"):
-        msg = f"Expected `metric` to be 'cosine' or 'euclidean', found {metric!r}."
-        raise ValueError(msg)
+    W = _check_scale_args(adata, connectivity_key, key_added, row_scale, copy, metric)
     spatial = adata.uns.get("spatial")
     if not isinstance(spatial, dict) or not spatial:
         msg = (
@@ -398,7 +412,6 @@ def scale_by_histology(
     Z = _reduce(F, n_pcs)
     C = W.tocoo()
     sim, bw = _edge_similarity(Z, C.row, C.col, metric, bandwidth)
-    adata = adata.copy() if copy else adata
     params = {
         "source": "histology",
         "library_id": library_id,
@@ -406,9 +419,8 @@ def scale_by_histology(
         "metric": metric,
         "n_pcs": n_pcs,
         "bandwidth": bw,
-        "connectivity_key": connectivity_key,
-        "row_scale": row_scale,
     }
-    _scaled_write(adata, W, sim, key_added=key_added, row_scale=row_scale, params=params)
-    log_finish(start)
-    return adata if copy else None
+    return _finish_scaling(
+        adata, W, sim, connectivity_key=connectivity_key, key_added=key_added, row_scale=row_scale, copy=copy,
+        params=params, start=start,
+    )
