@@ -581,6 +581,15 @@ class SpatialWeightMatrix:
         self.config["similarity"] = {"source": "identity", "boundary_connectivity": float(bc)}
         return self.swm_scaled if return_swm else None
 
+    def _check_feature_args(self, dist_metric, reduce, dim, row_scale) -> tuple[str, str, int]:
+        """Checks shared by :meth:`scale_by_expr` and :meth:`scale_by_histology`; returns ``(metric, reduce, dim)``."""
+        self._require()
+        metric = _sim.check_metric(dist_metric)
+        red = _sim.check_reduce(reduce)
+        dim = _sim.check_dim(dim)
+        _check_bool(row_scale, "row_scale")
+        return metric, red, dim
+
     def _scale_by_features(self, F: np.ndarray, dist_metric, reduce, dim, row_scale, verbose) -> None:
         F = _sim.reduce_features(F, reduce, dim)
         rows, cols, w = self._edges()
@@ -609,11 +618,7 @@ class SpatialWeightMatrix:
         verbose
             Log a summary of the weights.
         """
-        self._require()
-        metric = _sim.check_metric(dist_metric)
-        red = _sim.check_reduce(reduce)
-        dim = _sim.check_dim(dim)
-        _check_bool(row_scale, "row_scale")
+        metric, red, dim = self._check_feature_args(dist_metric, reduce, dim, row_scale)
         X = expr
         if torch.is_tensor(X):
             X = X.detach().cpu()
@@ -672,11 +677,7 @@ class SpatialWeightMatrix:
         verbose
             Log a summary of the weights.
         """
-        self._require()
-        metric = _sim.check_metric(dist_metric)
-        red = _sim.check_reduce(reduce)
-        dim = _sim.check_dim(dim)
-        _check_bool(row_scale, "row_scale")
+        metric, red, dim = self._check_feature_args(dist_metric, reduce, dim, row_scale)
         if not isinstance(scale_factors, dict):
             msg = "`scale_factors` must be the dict of 10x Visium's scalefactors_json.json."
             raise TypeError(msg)
