@@ -79,6 +79,15 @@ def lattice(n_spots: int, layout: Literal["hex", "square"] = "hex", *, spacing: 
     return make_lattice(n_spots, layout, spacing)
 
 
+def _lattice_and_length_scale(
+    n_spots: int, layout: str, spacing: float, length_scale: float | None
+) -> tuple[np.ndarray, float]:
+    """The lattice of the simulators and the field's length scale (checked first; default from the lattice)."""
+    ell = None if length_scale is None else check_positive(length_scale, "length_scale")
+    coords = make_lattice(n_spots, layout, spacing)
+    return coords, default_length_scale(coords, spacing) if ell is None else ell
+
+
 def _spot_names(prefix: str, n: int) -> pd.Index:
     return pd.Index(np.char.add(prefix, np.arange(n).astype(str)).astype(object))
 
@@ -252,8 +261,7 @@ def simulate_field(
     n_zones = check_int(n_zones, "n_zones")
     spacing = check_positive(spacing, "spacing")
     seed = check_seed(seed)
-    coords = make_lattice(n_spots, layout, spacing)
-    ell = default_length_scale(coords, spacing) if length_scale is None else check_positive(length_scale, "length_scale")
+    coords, ell = _lattice_and_length_scale(n_spots, layout, spacing, length_scale)
 
     start = log_start(f"simulating {n_spots} spots x {n_genes} genes ('{pattern}', {noise} noise)")
     rng = np.random.default_rng(seed)
@@ -392,8 +400,7 @@ def simulate_mixture(
     depth = check_positive(depth, "depth")
     spacing = check_positive(spacing, "spacing")
     seed = check_seed(seed)
-    coords = make_lattice(n_spots, layout, spacing)
-    ell = default_length_scale(coords, spacing) if length_scale is None else check_positive(length_scale, "length_scale")
+    coords, ell = _lattice_and_length_scale(n_spots, layout, spacing, length_scale)
 
     start = log_start(f"simulating {n_spots} spots mixing {n_types} cell types, {n_genes} genes")
     rng = np.random.default_rng(seed)
