@@ -123,6 +123,22 @@ class ImputeModel:
         return self.var_all.detach() if isinstance(self.var_all, torch.Tensor) else self.var_all
 
     # ---- exact solution shared by both classes ------------------------------------------------------------
+    def _record_configs(self, lambda_spatial_loss, **options) -> bool:
+        """Store ``impute_configs`` (problem sizes, flags, ``options``); ``False`` when there is nothing to impute."""
+        self.impute_configs = {
+            "n_feature": self.n_feature,
+            "n_obs": self.n_obs,
+            "n_missing": self.n_missing,
+            "fixed_obs": self.fixed_obs,
+            "nonneg": self.nonneg,
+            "lambda_spatial_loss": lambda_spatial_loss,
+            **options,
+        }
+        if self.n_missing == 0 and self.fixed_obs:
+            warnings.warn("Imputation stopped: Observation is fixed with no missing position.", stacklevel=3)
+            return False
+        return True
+
     def _precision(self) -> sp.csr_matrix:
         Q = self.spatial_loss_all.get_precision(0)
         Q = sp.csr_matrix(Q) if not sp.issparse(Q) else sp.csr_matrix(Q, dtype=np.float64)
@@ -216,23 +232,10 @@ class ImputeTorch(ImputeModel, nn.Module):
         if lambda_spatial_loss < 0:
             msg = f"Expected `lambda_spatial_loss` >= 0, found {lambda_spatial_loss}."
             raise ValueError(msg)
-        self.impute_configs = {
-            "n_feature": self.n_feature,
-            "n_obs": self.n_obs,
-            "n_missing": self.n_missing,
-            "fixed_obs": self.fixed_obs,
-            "nonneg": self.nonneg,
-            "lambda_spatial_loss": lambda_spatial_loss,
-            "lr": lr,
-            "max_epochs": max_epochs,
-            "patience": patience,
-            "tol": tol,
-            "verbose": verbose,
-            "quiet": quiet,
-            "method": method,
-        }
-        if self.n_missing == 0 and self.fixed_obs:
-            warnings.warn("Imputation stopped: Observation is fixed with no missing position.", stacklevel=2)
+        if not self._record_configs(
+            lambda_spatial_loss, lr=lr, max_epochs=max_epochs, patience=patience, tol=tol, verbose=verbose,
+            quiet=quiet, method=method,
+        ):
             return False
         exact = method == "exact" or (method == "auto" and _is_quadratic(self.spatial_loss_all))
         if method == "exact" and not _is_quadratic(self.spatial_loss_all):
@@ -343,18 +346,7 @@ class ImputeConvex(ImputeModel):
         import cvxpy as cp
         from cvxpy.atoms.affine.wraps import psd_wrap
 
-        self.impute_configs = {
-            "n_feature": self.n_feature,
-            "n_obs": self.n_obs,
-            "n_missing": self.n_missing,
-            "fixed_obs": self.fixed_obs,
-            "nonneg": self.nonneg,
-            "lambda_spatial_loss": lambda_spatial_loss,
-            "verbose": verbose,
-            "quiet": quiet,
-        }
-        if self.n_missing == 0 and self.fixed_obs:
-            warnings.warn("Imputation stopped: Observation is fixed with no missing position.", stacklevel=2)
+        if not self._record_configs(lambda_spatial_loss, verbose=verbose, quiet=quiet):
             return False
         t0 = time.perf_counter()
         Q = psd_wrap(sp.coo_matrix(0.5 * (self._precision() + self._precision().T)))
