@@ -114,16 +114,171 @@ def _apply_Q(Q, U):
 
 def column_means(X) -> np.ndarray:
     """Column means of a dense or sparse matrix as a float64 vector."""
-    return np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+    return np.asarray(X.sum(axis=0, dtype=np.float64), dtype=np.float64).ravel() / max(X.shape[0], 1)
 
 
-def spatial_gram(X, Q, lambda_spatial: float, *, zero_center: bool = True, chunk_size: int | None = None):
+#: The sparse path is used when its estimated scatter-add count times this factor is below the dense flop count
+#: (one scattered multiply-add costs about as much as this many BLAS multiply-adds).
+SPARSE_COST_FACTOR = 8.0
+#: Memory cap (bytes) of the per-thread ``n_features x n_features`` accumulators of the sparse path.
+SPARSE_ACC_BYTES = 1 * 2**30
+
+GRAM_PATHS = ("auto", "dense", "sparse")
+
+
+def _xtmx_upper(m_indptr, m_indices, m_data, x_indptr, x_indices, x_data, bounds, out):  # pragma: no cover
+    """Numba kernel: ``out[t] += sum_{i<=j} w_ij x_i x_j^T`` over the rows ``i`` of block ``t``.
+
+    ``M`` (CSR, symmetric) and ``X`` (CSR) are given by their arrays; the diagonal of ``M`` counts half, so
+    that ``T + T^T`` with ``T = sum_t out[t]`` equals ``X^T M X``. Accumulates in float64.
+    """
+    for t in _prange(len(bounds) - 1):
+        acc = out[t]
+        for i in range(bounds[t], bounds[t + 1]):
+            xi0 = x_indptr[i]
+            xi1 = x_indptr[i + 1]
+            if xi0 == xi1:
+                continue
+            for p in range(m_indptr[i], m_indptr[i + 1]):
+                j = m_indices[p]
+                if j < i:
+                    continue
+                w = np.float64(m_data[p])
+                if j == i:
+                    w *= 0.5
+                xj0 = x_indptr[j]
+                xj1 = x_indptr[j + 1]
+                for a in range(xi0, xi1):
+                    va = w * np.float64(x_data[a])
+                    row = acc[x_indices[a]]
+                    for b in range(xj0, xj1):
+                        row[x_indices[b]] += va * np.float64(x_data[b])
+
+
+_prange = range
+_XTMX: object = None
+
+
+def _xtmx_kernel():
+    """Compile :func:`_xtmx_upper` with numba on first use (``None`` when numba is unavailable)."""
+    global _XTMX, _prange
+    if _XTMX is None:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a dependency
+            _XTMX = False
+            return None
+        _prange = numba.prange
+        kern = None
+        for cache in (True, False):  # an unwritable cache location must not break the computation
+            try:
+                kern = numba.njit(cache=cache, nogil=True, parallel=True)(_xtmx_upper)
+                ip = np.array([0, 1], dtype=np.int64)
+                kern(ip, ip[:1], np.ones(1), ip, ip[:1], np.ones(1), ip, np.zeros((1, 1, 1)))
+                break
+            except Exception:  # noqa: BLE001  (numba raises various errors when it cannot cache)
+                kern = None
+        _XTMX = kern if kern is not None else False
+    return _XTMX or None
+
+
+def _n_threads() -> int:
+    try:
+        import numba
+
+        return int(numba.get_num_threads())
+    except ImportError:  # pragma: no cover
+        return 1
+
+
+def _sym_operator(Q, lambda_spatial: float, n: int) -> sp.csr_matrix:
+    """``M = sym(I - lambda Q)`` as CSR float64 (exactly symmetric)."""
+    Qs = sp.csr_matrix(Q, dtype=np.float64)
+    M = sp.identity(n, dtype=np.float64, format="csr") - lambda_spatial * Qs
+    M = (0.5 * (M + M.T)).tocsr()
+    M.sum_duplicates()
+    return M
+
+
+def _sparse_cost(X: sp.csr_matrix, M: sp.csr_matrix) -> float:
+    """Scatter-add count of the sparse path: ``sum_{ij in M, i<=j} nnz(x_i) nnz(x_j)``."""
+    k = np.diff(X.indptr).astype(np.float64)
+    P = sp.triu(M, format="csr")
+    P.data = np.ones_like(P.data)
+    return float(k @ (P @ k))
+
+
+def _choose_gram_path(X, Q, lambda_spatial: float, path: str):
+    if path not in GRAM_PATHS:
+        msg = f"Unknown gram path `{path!r}`: expected one of {list(GRAM_PATHS)}."
+        raise ValueError(msg)
+    if path == "dense" or not sp.issparse(X) or _xtmx_kernel() is None:
+        if path == "sparse" and not sp.issparse(X):
+            msg = "`path='sparse'` needs a scipy sparse X; pass path='dense' or 'auto'."
+            raise ValueError(msg)
+        return "dense", None
+    if path == "auto" and not sp.issparse(Q) and lambda_spatial != 0.0:
+        return "dense", None
+    n, g = X.shape
+    M = _sym_operator(Q if lambda_spatial != 0.0 else sp.csr_matrix((n, n)), lambda_spatial, n)
+    if path == "auto" and SPARSE_COST_FACTOR * _sparse_cost(X, M) >= float(n) * g * g:
+        return "dense", None
+    return "sparse", M
+
+
+def _sparse_gram(X: sp.csr_matrix, M: sp.csr_matrix) -> np.ndarray:
+    """``X^T M X`` for sparse ``X`` and sparse symmetric ``M`` by the numba scatter kernel (float64)."""
+    kern = _xtmx_kernel()
+    n, g = X.shape
+    X = sp.csr_matrix(X)
+    X.sum_duplicates()
+    n_blocks = max(1, min(_n_threads(), SPARSE_ACC_BYTES // (8 * g * g), n))
+    # balance the blocks by the work per row, nnz(x_i) * sum_{j >= i in M} nnz(x_j)
+    k = np.diff(X.indptr).astype(np.float64)
+    work = k * (sp.triu(M, format="csr").astype(bool).astype(np.float64) @ k)
+    cum = np.cumsum(work)
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_blocks) / n_blocks) if cum[-1] > 0 else []
+    bounds = np.unique(np.concatenate([[0], np.asarray(cuts, dtype=np.int64), [n]])).astype(np.int64)
+    out = np.zeros((len(bounds) - 1, g, g), dtype=np.float64)
+    kern(M.indptr.astype(np.int64), M.indices.astype(np.int64), M.data, X.indptr.astype(np.int64),
+         X.indices.astype(np.int64), X.data, bounds, out)
+    T = out.sum(axis=0) if out.shape[0] > 1 else out[0]
+    del out
+    return T + T.T
+
+
+def spatial_gram(
+    X,
+    Q,
+    lambda_spatial: float,
+    *,
+    zero_center: bool = True,
+    chunk_size: int | None = None,
+    path: str = "auto",
+):
     r"""The dense ``n_features x n_features`` matrix :math:`C = X_c^T (I - \lambda Q) X_c`.
 
-    Built from row chunks: for the rows ``r`` of a chunk, ``C += X[r]^T (X[r] - lambda (Q X)[r])``, so only
-    ``chunk x n_features`` blocks are dense at any time. With ``zero_center`` the rank-2 centring correction
-    :math:`-b\mu^T - \mu b^T + c\,\mu\mu^T` with :math:`b = X^T r`, :math:`r = (I - \lambda Q)\mathbf{1}`,
-    :math:`c = \mathbf{1}^T r` is added, so sparse ``X`` stays sparse.
+    Exact ways to build it (``path``):
+
+    * ``'dense'``: row chunks; for the rows ``r`` of a chunk, ``C += X[r]^T (X[r] - lambda (Q X)[r])``, so only
+      ``chunk x n_features`` blocks are dense at any time (BLAS products).
+    * ``'sparse'`` (scipy sparse ``X`` and ``Q``): with :math:`M = I - \lambda Q` (symmetrised),
+      :math:`C = \sum_{ij} M_{ij}\, x_i x_j^T` over the non-zeros of :math:`M` and of the rows
+      :math:`x_i, x_j`, scatter-added into a dense float64 ``C`` by a parallel numba kernel (one accumulator
+      per thread; ``X`` is never densified, nothing of size ``n_spots x n_features`` is dense). It costs
+      :math:`\sum_{i \le j,\, M_{ij} \ne 0} \mathrm{nnz}(x_i)\,\mathrm{nnz}(x_j)` instead of
+      :math:`n\,G^2`.
+    * ``'auto'``: ``'sparse'`` when ``X`` is sparse and that count (times :data:`SPARSE_COST_FACTOR`) is below
+      :math:`n G^2`, else ``'dense'``.
+
+    With ``zero_center`` the exact centring correction for :math:`X_c = X - \mathbf{1}\mu^T` is added,
+
+    .. math::
+
+        X_c^T M X_c = X^T M X - b\mu^T - \mu b^T + c\,\mu\mu^T, \qquad
+        b = X^T M \mathbf{1},\; c = \mathbf{1}^T M \mathbf{1},
+
+    so sparse ``X`` stays sparse.
 
     Returns
     -------
@@ -134,6 +289,31 @@ def spatial_gram(X, Q, lambda_spatial: float, *, zero_center: bool = True, chunk
     """
     X = _as_matrix(X)
     n, g = X.shape
+    used, M = _choose_gram_path(X, Q, lambda_spatial, path)
+    if used == "sparse":
+        C = _sparse_gram(X, M)
+        r = np.asarray(M.sum(axis=1), dtype=np.float64).ravel()
+    else:
+        C = _dense_gram(X, Q, lambda_spatial, chunk_size)
+        ones = np.ones(n)
+        if lambda_spatial != 0.0:
+            Qs = Q if sp.issparse(Q) else np.asarray(Q)
+            r = ones - 0.5 * lambda_spatial * (_apply_Q(Qs, ones) + np.asarray(Qs.T @ ones, dtype=np.float64))
+        else:
+            r = ones
+    mean = None
+    if zero_center:
+        mean = column_means(X)
+        b = np.asarray(X.T @ r, dtype=np.float64).ravel()
+        c = float(r.sum())
+        C -= np.outer(b, mean) + np.outer(mean, b)
+        C += c * np.outer(mean, mean)
+    return C, mean
+
+
+def _dense_gram(X, Q, lambda_spatial: float, chunk_size: int | None) -> np.ndarray:
+    """``sym(X^T (I - lambda Q) X)`` from dense row chunks (float64 BLAS products)."""
+    n, g = X.shape
     step = _chunk_rows(n, g, chunk_size)
     C = np.zeros((g, g), dtype=np.float64)
     Qcsr = sp.csr_matrix(Q) if sp.issparse(Q) else np.asarray(Q)
@@ -141,22 +321,11 @@ def spatial_gram(X, Q, lambda_spatial: float, *, zero_center: bool = True, chunk
         rows = slice(start, min(n, start + step))
         Xr = _dense_rows(X[rows])
         if lambda_spatial != 0.0:
-            QXr = Qcsr[rows] @ X
-            Mr = Xr - lambda_spatial * _dense_rows(QXr)
+            Mr = Xr - lambda_spatial * _dense_rows(Qcsr[rows] @ X)
             C += Xr.T @ Mr
         else:
             C += Xr.T @ Xr
-    C = 0.5 * (C + C.T)
-    mean = None
-    if zero_center:
-        mean = column_means(X)
-        ones = np.ones(n)
-        r = ones - lambda_spatial * _apply_Q(Qcsr, ones) if lambda_spatial != 0.0 else ones
-        b = np.asarray(X.T @ r, dtype=np.float64).ravel()
-        c = float(r.sum())
-        C -= np.outer(b, mean) + np.outer(mean, b)
-        C += c * np.outer(mean, mean)
-    return C, mean
+    return 0.5 * (C + C.T)
 
 
 def spatial_operator(X, Q, lambda_spatial: float, *, mean: np.ndarray | None = None) -> LinearOperator:
