@@ -42,11 +42,15 @@ def _check_ks(n: int, min_k, max_k, n_sample) -> None:
     check_decay_args(n, min_k, max_k, n_sample)
 
 
-def _store(adata, name: str, entry: dict) -> None:
+def _store(adata, name: str, entry: dict, *, copy: bool, start: float):
+    """Write ``entry`` to ``adata.uns['corr_decay'][name]`` (of a copy with ``copy=True``), log, return the copy."""
+    adata = adata.copy() if copy else adata
     store = adata.uns.get(K.CORR_DECAY)
     store = dict(store) if isinstance(store, dict) or hasattr(store, "keys") else {}
     store[name] = entry
     adata.uns[K.CORR_DECAY] = store
+    logger.info("    added adata.uns['%s']['%s'] (%.2fs)", K.CORR_DECAY, name, time.perf_counter() - start)
+    return adata if copy else None
 
 
 def _rate(df: pd.DataFrame, quantile: str = "Q50") -> tuple[float, float, float]:
@@ -215,8 +219,7 @@ def corr_decay(
         "exact": spots is None,
         "n_used": int(adata.n_obs if spots is None else len(spots)),
     }
-    adata = adata.copy() if copy else adata
-    _store(
+    return _store(
         adata,
         name,
         {
@@ -226,9 +229,9 @@ def corr_decay(
             "decay_fit": np.array([alpha, beta, theta]),
             "params": to_writable(params),
         },
+        copy=copy,
+        start=start,
     )
-    logger.info("    added adata.uns['%s']['%s'] (%.2fs)", K.CORR_DECAY, name, time.perf_counter() - start)
-    return adata if copy else None
 
 
 def _representation(adata, use_rep: str, n_pcs: int | None, seed: int) -> np.ndarray:
@@ -358,8 +361,7 @@ def similarity_decay(
         "n_null": int(n_null),
         "seed": int(seed),
     }
-    adata = adata.copy() if copy else adata
-    _store(
+    return _store(
         adata,
         key_added,
         {
@@ -369,9 +371,9 @@ def similarity_decay(
             "decay_fit": np.array([alpha, beta, theta]),
             "params": to_writable(params),
         },
+        copy=copy,
+        start=start,
     )
-    logger.info("    added adata.uns['%s']['%s'] (%.2fs)", K.CORR_DECAY, key_added, time.perf_counter() - start)
-    return adata if copy else None
 
 
 def _entries(adata, keys) -> list[str]:
