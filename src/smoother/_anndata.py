@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from . import _constants as K
 from ._settings import logger
-from ._validation import check_nonneg_scalar, check_prior, check_rho, view_to_actual
+from ._validation import check_coords, check_nonneg_scalar, check_prior, check_rho, view_to_actual
 
 __all__ = [
     "check_adata",
@@ -160,6 +160,21 @@ def _gene_mask(adata, genes) -> np.ndarray:
     mask = np.zeros(adata.n_vars, dtype=bool)
     mask[idx] = True
     return mask
+
+
+def get_coords(adata, spatial_key: str = K.SPATIAL_KEY, *, min_spots: int = 1) -> np.ndarray:
+    """Spot coordinates ``adata.obsm[spatial_key]`` as a checked float64 ``(n_obs, d)`` array (``d`` in {2, 3}).
+
+    Raises ``KeyError`` naming the available keys when they are missing, and the errors of
+    :func:`smoother._validation.check_coords` on NaN/inf or a bad shape.
+    """
+    if spatial_key not in adata.obsm:
+        msg = (
+            f"Spatial coordinates `adata.obsm[{spatial_key!r}]` not found (available: {list(adata.obsm.keys())}); "
+            "store the (n_obs, 2) spot coordinates there (scanpy/squidpy readers do) or pass `spatial_key=`."
+        )
+        raise KeyError(msg)
+    return check_coords(adata.obsm[spatial_key], name=f"adata.obsm[{spatial_key!r}]", min_spots=min_spots)
 
 
 def get_graph(adata, connectivity_key: str = K.DEFAULT_CONN) -> sp.csr_matrix:

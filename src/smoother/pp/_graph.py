@@ -8,22 +8,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _constants as K
-from .._anndata import check_adata, check_bool, check_key, get_graph, get_matrix, log_added, to_writable
+from .._anndata import check_adata, check_bool, check_key, get_coords, get_graph, get_matrix, log_added, to_writable
 from .._core.graph import fill_isolated, knn_graph, radius_graph, row_normalize
 from .._settings import log_finish, log_start
-from .._validation import check_coords
 
 __all__ = ["scale_by_expr", "scale_by_histology", "scale_by_identity", "spatial_graph"]
-
-
-def _coords(adata, spatial_key: str) -> np.ndarray:
-    if spatial_key not in adata.obsm:
-        msg = (
-            f"Spatial coordinates `adata.obsm[{spatial_key!r}]` not found (available: {list(adata.obsm.keys())}); "
-            "store the (n_obs, 2) spot coordinates there (scanpy/squidpy readers do) or pass `spatial_key=`."
-        )
-        raise KeyError(msg)
-    return check_coords(adata.obsm[spatial_key], name=f"adata.obsm[{spatial_key!r}]")
 
 
 def spatial_graph(
@@ -78,7 +67,7 @@ def spatial_graph(
     check_key(key_added, "key_added")
     check_bool(mutual, "mutual")
     check_bool(copy, "copy")
-    coords = _coords(adata, spatial_key)
+    coords = get_coords(adata, spatial_key)
     if method == "radius" and radius is None:
         msg = "`method='radius'` needs `radius=` (a distance in the unit of the coordinates)."
         raise ValueError(msg)
@@ -403,7 +392,7 @@ def scale_by_histology(
         if k not in sf:
             msg = f"Scale factor {k!r} not found in `adata.uns['spatial'][{library_id!r}]['scalefactors']`."
             raise KeyError(msg)
-    coords = _coords(adata, spatial_key)
+    coords = get_coords(adata, spatial_key)
     start = log_start("scaling the spatial graph by histology similarity")
     scale = float(sf[sf_key])
     F = _histology_features(np.asarray(images[img_key]), coords[:, :2] * scale, sf["spot_diameter_fullres"] / 2 * scale)

@@ -16,24 +16,11 @@ import numpy as np
 import pandas as pd
 
 from .. import _constants as K
-from .._anndata import check_adata, check_key, get_graph, to_writable
+from .._anndata import check_adata, check_key, get_coords, get_graph, to_writable
 from .._settings import logger
 from .._validation import check_prior, check_rho
 
 __all__ = ["corr_decay", "fit_decay", "scan_rho", "similarity_decay"]
-
-
-def _coords(adata, spatial_key: str) -> np.ndarray:
-    from .._validation import check_coords
-
-    if spatial_key not in adata.obsm:
-        msg = (
-            f"Spatial coordinates {spatial_key!r} not found in `adata.obsm` (available: {list(adata.obsm.keys())}); "
-            "the k-th nearest neighbours are found from them. Store them as `adata.obsm['spatial']` or pass "
-            "`spatial_key=`."
-        )
-        raise KeyError(msg)
-    return check_coords(adata.obsm[spatial_key], name=f"adata.obsm[{spatial_key!r}]")
 
 
 def _check_ks(n: int, min_k, max_k, n_sample) -> None:
@@ -184,7 +171,7 @@ def corr_decay(
 
         raise NotPositiveDefiniteError(not_pd_message(prior, rho))
     W = get_graph(adata, connectivity_key)
-    coords = _coords(adata, spatial_key)
+    coords = get_coords(adata, spatial_key)
     _check_ks(adata.n_obs, min_k, max_k, n_sample)
     name = default_name(prior, rho, bool(standardize)) if key_added is None else check_key(key_added, "key_added")
 
@@ -326,7 +313,7 @@ def similarity_decay(
     check_adata(adata)
     key_added = check_key(key_added, "key_added")
     check_key(use_rep, "use_rep")
-    coords = _coords(adata, spatial_key)
+    coords = get_coords(adata, spatial_key)
     n = adata.n_obs
     _check_ks(n, min_k, max_k, None)
     for nm, v in (("cdf_k", cdf_k), ("n_null", n_null)):
@@ -476,7 +463,7 @@ def scan_rho(
     data = store[data_key]["quantiles"]
     min_k, max_k = int(data["k"].min()), int(data["k"].max())
     get_graph(adata, connectivity_key)
-    _coords(adata, spatial_key)
+    get_coords(adata, spatial_key)
     data_rate = _rate(data)[1]
     rows = []
     for rho in rhos:  # a loop over a handful of rho values

@@ -18,6 +18,7 @@ from .._anndata import (
     check_bool,
     check_key,
     check_precision_args,
+    get_coords,
     get_graph,
     get_matrix,
     log_added,
@@ -393,13 +394,7 @@ def impute(
     if graph_method not in ("knn", "radius"):
         msg = f"Expected `graph_method` to be 'knn' or 'radius', found {graph_method!r}."
         raise ValueError(msg)
-    if spatial_key not in adata.obsm:
-        msg = (
-            f"Spatial coordinates `adata.obsm[{spatial_key!r}]` not found (available: {list(adata.obsm.keys())}); "
-            "store the (n_obs, 2) coordinates there or pass `spatial_key=`."
-        )
-        raise KeyError(msg)
-    c_obs = check_coords(adata.obsm[spatial_key], name=f"adata.obsm[{spatial_key!r}]")
+    c_obs = get_coords(adata, spatial_key)
     c_new = check_coords(coords_new, name="coords_new")
     if c_new.shape[1] != c_obs.shape[1]:
         msg = f"`coords_new` has {c_new.shape[1]} columns but the observed coordinates have {c_obs.shape[1]}."
@@ -575,7 +570,6 @@ def enhance(
     import pandas as pd
 
     from .._core.graph import knn_graph
-    from .._validation import check_coords
 
     check_adata(adata)
     prior, rho = check_precision_args(prior, rho)
@@ -592,10 +586,7 @@ def enhance(
     check_bool(nonneg, "nonneg")
     dt = _check_dtype(dtype)
     chunk_size = _check_chunk(chunk_size)
-    if spatial_key not in adata.obsm:
-        msg = f"Spatial coordinates `adata.obsm[{spatial_key!r}]` not found (available: {list(adata.obsm.keys())})."
-        raise KeyError(msg)
-    coords = check_coords(adata.obsm[spatial_key], name=f"adata.obsm[{spatial_key!r}]", min_spots=2)
+    coords = get_coords(adata, spatial_key, min_spots=2)
     if coords.shape[1] != 2:
         msg = "`enhance` needs 2D coordinates."
         raise ValueError(msg)
