@@ -23,6 +23,7 @@ uses the principal sub-matrix :math:`Q_{BB}` of its spots, i.e. the edges inside
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 
@@ -258,6 +259,9 @@ def _spatial_train(model, *, max_epochs, lr, batch_size, coords_key, random_stat
     kwargs.pop("early_stopping", None)
     plan_kwargs = dict(plan_kwargs or {})
     plan_kwargs["lr"] = lr
+    if "lr" in inspect.signature(model._scvi_cls.train).parameters:
+        # MULTIVI.train takes its own `lr` (default 1e-4) and writes it over plan_kwargs["lr"]
+        kwargs["lr"] = lr
     model._data_splitter_cls = _make_splitter_cls()
     t0 = time.perf_counter()
     model._scvi_cls.train(  # the scvi model's own train (SCVI / SCANVI / MULTIVI)
@@ -456,7 +460,13 @@ def _make_models():
             self.init_params_ = self._get_init_params(locals())
 
     class SpatialMULTIVI(_SpatialModelMixin, MULTIVI):
-        """``scvi.model.MULTIVI`` with a spatial loss on the joint latent means (``sp_loss_as_kl`` not supported)."""
+        """``scvi.model.MULTIVI`` with a spatial loss on the joint latent means (``sp_loss_as_kl`` not supported).
+
+        Register the data with ``SpatialMULTIVI.setup_mudata(mdata, modalities={"rna_layer": "rna",
+        "atac_layer": "atac"})`` on a ``MuData`` whose ``obsm['spatial']`` holds the coordinates (needed for
+        tiled mini-batches); in scvi-tools >= 1.4 ``MULTIVI.setup_anndata`` is deprecated and registers nothing.
+        ``train(lr=...)`` is honoured (scvi's ``MULTIVI.train`` default is ``1e-4``; here it is ``0.01``).
+        """
 
         _scvi_cls = MULTIVI
 
@@ -467,6 +477,7 @@ def _make_models():
                 raise ValueError(msg)
             super().__init__(st_adata, **model_kwargs)
             self._init_spatial(spatial_loss, lambda_spatial_loss, False)
+            self._model_summary_string = self._model_summary_string.replace("MultiVI", type(self).__name__, 1)
             self.init_params_ = self._get_init_params(locals())
 
     return SpatialVAE, SpatialANVI, SpatialMULTIVI
