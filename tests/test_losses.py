@@ -46,35 +46,14 @@ def dense_W(swm):
     return swm.weights_csr(scaled=True).toarray()  # float64 (swm_scaled is the float32 torch view)
 
 
-def dense_Q(W, prior, rho, standardize=False):
-    """Precision of each prior written from the formulas of spec/classic_api.md, in dense numpy."""
-    W = np.clip(W, 0, None)
-    n = W.shape[0]
-    eye = np.eye(n)
-    if prior == "sma":
-        A = eye + rho * W
-        Q = np.linalg.inv(A @ A.T)
-    elif prior in ("sar", "isar"):
-        Wp = W / W.sum(1, keepdims=True) if prior == "isar" else W
-        Q = (eye - rho * Wp).T @ (eye - rho * Wp)
-    elif prior == "car":
-        Q = eye - rho * W
-    else:
-        Q = np.diag(W.sum(1)) - rho * W
-    if standardize:
-        s = np.sqrt(np.diag(np.linalg.inv(Q)))
-        Q = Q * np.outer(s, s)
-    return Q
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # precisions
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prior", PRIORS)
 @pytest.mark.parametrize("standardize", [False, True])
-def test_precision_matches_dense_formula(swm, prior, standardize):
+def test_precision_matches_dense_formula(swm, prior, standardize, dense_precision):
     W = dense_W(swm)
-    ref = dense_Q(W, prior, RHO[prior], standardize)
+    ref = dense_precision(W, prior, RHO[prior], standardize)
     loss = SpatialLoss(prior, swm, rho=RHO[prior], standardize_cov=standardize)
     Q = loss.get_precision(0)
     Qd = Q.toarray() if sp.issparse(Q) else Q
@@ -97,7 +76,7 @@ def test_icar_rho1_standardize_is_normalized_laplacian(swm):
     np.testing.assert_allclose(loss.get_precision().toarray(), L * np.outer(d, d), rtol=1e-10)
 
 
-def test_multi_group_precisions_and_block_diag(coords, swm):
+def test_multi_group_precisions_and_block_diag(coords, swm, dense_precision):
     s2 = SpatialWeightMatrix()
     s2.calc_weights_knn(coords, k=4, verbose=False)
     loss = SpatialLoss("icar", [swm, s2, swm], rho=0.9)
@@ -108,7 +87,7 @@ def test_multi_group_precisions_and_block_diag(coords, swm):
     assert tuple(loss.inv_cov.shape) == (3, n, n)
     rng = np.random.default_rng(0)
     beta = torch.tensor(rng.normal(size=(3, n)))
-    refs = [dense_Q(dense_W(s), "icar", 0.9) for s in (swm, s2, swm)]
+    refs = [dense_precision(dense_W(s), "icar", 0.9) for s in (swm, s2, swm)]
     conf = np.array([0.5, 1.0, 2.0])
     loss.confidences = torch.tensor(conf)
     expected = sum(c * b @ Q @ b for c, b, Q in zip(conf, beta.numpy(), refs, strict=True)) / beta.numel()
@@ -121,21 +100,21 @@ def test_multi_group_precisions_and_block_diag(coords, swm):
 # losses: sparse vs dense, normalization, gradients
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prior", ["sar", "isar", "car", "icar"])
-def test_sparse_and_dense_loss_agree(swm, prior):
+def test_sparse_and_dense_loss_agree(swm, prior, dense_precision):
     rng = np.random.default_rng(1)
     beta = torch.tensor(rng.normal(size=(4, 30)), dtype=torch.float32)
     ls = SpatialLoss(prior, swm, rho=RHO[prior], use_sparse=True)
     ld = SpatialLoss(prior, swm, rho=RHO[prior], use_sparse=False)
     assert ld.inv_cov_2d_sp is None and ld.inv_cov.layout == torch.strided
     b = beta.double().numpy()
-    ref = np.einsum("gi,ij,gj->", b, dense_Q(dense_W(swm), prior, RHO[prior]), b)
+    ref = np.einsum("gi,ij,gj->", b, dense_precision(dense_W(swm), prior, RHO[prior]), b)
     for normalize, denom in ((True, beta.numel()), (False, 1)):
         a = float(ls(beta, normalize=normalize))
         b = float(ld(beta, normalize=normalize))
         np.testing.assert_allclose(a, ref / denom, rtol=1e-4)
         np.testing.assert_allclose(b, ref / denom, rtol=1e-4)
     # the module functions directly, with a (G, n, n) stack and a block-diagonal sparse matrix
-    Q = torch.tensor(dense_Q(dense_W(swm), prior, RHO[prior]))
+    Q = torch.tensor(dense_precision(dense_W(swm), prior, RHO[prior]))
     b64 = beta.double()
     scales = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
     stack = Q.expand(4, 30, 30).contiguous()
@@ -296,7 +275,7 @@ def _ref_decay(C, coords, min_k, max_k):
 
 
 @pytest.mark.parametrize("prior", ["icar", "sma", "car"])
-def test_corr_decay_against_dense_covariance(swm, coords, prior):
+def test_corr_decay_against_dense_covariance(swm, coords, prior, dense_precision):
     rho = RHO[prior]
     loss = SpatialLoss(prior, swm, rho=rho)
     W = dense_W(swm)
@@ -304,7 +283,7 @@ def test_corr_decay_against_dense_covariance(swm, coords, prior):
         A = np.eye(30) + rho * W
         C = A @ A.T
     else:
-        C = np.linalg.inv(dense_Q(W, prior, rho))
+        C = np.linalg.inv(dense_precision(W, prior, rho))
     df, var = loss.calc_corr_decay_stats(coords, min_k=0, max_k=6, return_var=True)
     assert list(df.columns) == ["Q10", "Q25", "Q50", "Q75", "Q90", "k"]
     np.testing.assert_allclose(df.to_numpy(dtype=float), _ref_decay(C, coords, 0, 6), rtol=1e-6, atol=1e-8)

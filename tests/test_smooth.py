@@ -29,35 +29,14 @@ def _adata(n_side=12, n_genes=5, seed=0, k=4):
     return a
 
 
-def _dense_Q(W, prior, rho, standardize=False):
-    """Independent dense precision (numpy only)."""
-    W = W.toarray()
-    n = W.shape[0]
-    eye = np.eye(n)
-    if prior == "sma":
-        A = eye + rho * W
-        Q = np.linalg.inv(A @ A.T)
-    elif prior in ("sar", "isar"):
-        Wp = W / W.sum(1, keepdims=True) if prior == "isar" else W
-        Q = (eye - rho * Wp).T @ (eye - rho * Wp)
-    elif prior == "car":
-        Q = eye - rho * W
-    else:
-        Q = np.diag(W.sum(1)) - rho * W
-    if standardize:
-        s = np.sqrt(np.diag(np.linalg.inv(Q)))
-        Q = Q * np.outer(s, s)
-    return Q
-
-
 @pytest.mark.parametrize("prior", PRIORS)
 @pytest.mark.parametrize("standardize", [False, True])
-def test_exact_equals_dense_solve(prior, standardize):
+def test_exact_equals_dense_solve(prior, standardize, dense_precision):
     a = _adata()
     rho = 0.2 if prior == "car" else 0.9
     lam = 1.7
     sm.tl.smooth(a, prior=prior, rho=rho, lambda_spatial=lam, standardize=standardize, dtype="float64")
-    Q = _dense_Q(a.obsp["spatial_connectivities"], prior, rho, standardize)
+    Q = dense_precision(a.obsp["spatial_connectivities"], prior, rho, standardize)
     ref = np.linalg.solve(np.eye(a.n_obs) + lam * Q, np.asarray(a.X, dtype=np.float64))
     np.testing.assert_allclose(a.layers["smoothed"], ref, rtol=1e-9, atol=1e-9)
     assert a.layers["smoothed"].dtype == np.float64
@@ -89,7 +68,7 @@ def test_sparse_int_and_dense_inputs_agree_and_chunking_is_invisible():
 
 
 @pytest.mark.parametrize("prior", ["sar", "icar"])
-def test_nonneg_is_the_exact_constrained_optimum(prior):
+def test_nonneg_is_the_exact_constrained_optimum(prior, dense_precision):
     a = _adata(n_side=8, n_genes=3)
     Y = np.asarray(a.X, np.float64) - 0.8  # some negative values: the constraint binds
     a.X = Y
@@ -97,7 +76,7 @@ def test_nonneg_is_the_exact_constrained_optimum(prior):
     sm.tl.smooth(a, prior=prior, rho=rho, lambda_spatial=lam, nonneg=True, dtype="float64")
     X = a.layers["smoothed"]
     assert X.min() >= 0
-    Q = _dense_Q(a.obsp["spatial_connectivities"], prior, rho)
+    Q = dense_precision(a.obsp["spatial_connectivities"], prior, rho)
     L = np.linalg.cholesky(Q + 1e-12 * np.eye(a.n_obs))
     A = np.vstack([np.eye(a.n_obs), np.sqrt(lam) * L.T])
     for g in range(a.n_vars):
