@@ -124,9 +124,12 @@ def check_square_graph(W: Any, n: int | None = None, *, name: str = "graph") -> 
 
 
 def _torch_to_scipy(t) -> sp.csr_matrix:
+    """A torch tensor (dense or any sparse layout: COO, CSR, CSC, ...) as scipy CSR float64, never densified."""
+    import torch
+
     t = t.detach().cpu()
-    if t.is_sparse:
-        t = t.coalesce()
+    if t.layout != torch.strided:
+        t = t.to_sparse_coo().coalesce()
         idx = t.indices().numpy()
         return sp.csr_matrix((t.values().double().numpy(), (idx[0], idx[1])), shape=tuple(t.shape))
     return sp.csr_matrix(t.double().numpy())

@@ -12,7 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._core import decay as _decay
-from ._validation import check_coords
+from ._validation import _torch_to_scipy, check_coords
 
 __all__ = [
     "estimate_decay_rate",
@@ -171,13 +171,14 @@ def get_neighbor_quantile_value_by_k(sq_mat, coords, min_k: int = 0, max_k: int 
     _decay.check_decay_args(n, min_k, max_k, None)
     nbrs = _decay.knn_indices(coords, max_k)[:, min_k : max_k + 1]
     rows = np.repeat(np.arange(n)[:, None], nbrs.shape[1], axis=1)
+    if hasattr(sq_mat, "detach") and str(sq_mat.layout) != "torch.strided":  # torch sparse: read as scipy CSR
+        sq_mat = _torch_to_scipy(sq_mat)
     if sp.issparse(sq_mat):
         vals = np.asarray(sp.csr_matrix(sq_mat)[rows.ravel(), nbrs.ravel()]).reshape(nbrs.shape)
     elif hasattr(sq_mat, "detach"):
         import torch
 
-        m = sq_mat.to_dense() if sq_mat.layout != torch.strided else sq_mat
-        vals = m[torch.as_tensor(rows), torch.as_tensor(nbrs)].detach().cpu().numpy()
+        vals = sq_mat[torch.as_tensor(rows), torch.as_tensor(nbrs)].detach().cpu().numpy()
     else:
         vals = np.asarray(sq_mat)[rows, nbrs]
     return _decay.quantile_table(np.asarray(vals, dtype=np.float64), np.arange(min_k, max_k + 1))
