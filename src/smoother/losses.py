@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from ._core.precision import DENSE_WARN
 from ._core.quadratic import quadratic_form, to_torch_sparse
 from ._topology import TopLoss
 from ._validation import check_coords, check_prior, check_rho
@@ -39,8 +40,6 @@ __all__ = [
 ]
 
 _EPS = 1e-20  # added to probabilities before taking logs (classic convention)
-#: Above this many spots a dense precision (use_sparse=False) triggers a warning.
-DENSE_WARN = 10_000
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import torch
 
 from . import _similarity as _sim
 from ._core.graph import fill_isolated, knn_graph, radius_graph, row_normalize
-from ._core.precision import not_pd_message, precision
+from ._core.precision import DENSE_WARN, not_pd_message, precision
 from ._core.quadratic import to_torch_sparse
 from ._settings import logger
 from ._validation import check_coords, check_prior, check_rho, check_square_graph
@@ -45,8 +45,6 @@ __all__ = [
     "weights_to_inv_cov",
 ]
 
-#: Above this many spots the dense variants warn (they hold an n x n dense matrix).
-DENSE_WARN = 10_000
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -29,8 +29,11 @@ from .._validation import check_prior, check_rho, check_square_graph
 from .graph import row_normalize
 from .linalg import NotPositiveDefiniteError, SPDFactor
 
-#: Above this many spots the dense SMA precision triggers a warning (it needs an n x n dense inverse).
-SMA_DENSE_WARN = 10_000
+#: Above this many spots every dense n x n matrix the package builds on request (the SMA precision, the classic
+#: ``*_dense`` weights, ``use_sparse=False`` losses) triggers a warning.
+DENSE_WARN = 10_000
+#: The same threshold under its older name (the dense SMA precision needs an n x n dense inverse).
+SMA_DENSE_WARN = DENSE_WARN
 
 
 def _clip_weights(W) -> sp.csr_matrix:
