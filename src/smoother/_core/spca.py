@@ -39,6 +39,8 @@ from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
 
 #: Above this many features the 'auto' solver does not form the dense feature x feature matrix.
 DENSE_MAX_FEATURES = 6000
+#: Up to this many features the top eigenpairs of the dense matrix come from LAPACK (``eigh`` with a subset).
+LAPACK_MAX_FEATURES = 3000
 #: Target memory (bytes) of the dense float64 row chunks used to build ``C``.
 CHUNK_BYTES = 256 * 2**20
 
@@ -114,7 +116,10 @@ def _apply_Q(Q, U):
 
 def column_means(X) -> np.ndarray:
     """Column means of a dense or sparse matrix as a float64 vector."""
-    return np.asarray(X.sum(axis=0, dtype=np.float64), dtype=np.float64).ravel() / max(X.shape[0], 1)
+    n = max(X.shape[0], 1)
+    if sp.issparse(X):  # X^T 1 upcasts to float64 (scipy's own sum accumulates float32 data in float32)
+        return np.asarray(X.T @ np.ones(X.shape[0]), dtype=np.float64).ravel() / n
+    return np.asarray(X.sum(axis=0, dtype=np.float64), dtype=np.float64).ravel() / n
 
 
 #: The sparse path is used when its estimated scatter-add count times this factor is below the dense flop count
@@ -230,8 +235,7 @@ def _sparse_gram(X: sp.csr_matrix, M: sp.csr_matrix) -> np.ndarray:
     """``X^T M X`` for sparse ``X`` and sparse symmetric ``M`` by the numba scatter kernel (float64)."""
     kern = _xtmx_kernel()
     n, g = X.shape
-    X = sp.csr_matrix(X)
-    X.sum_duplicates()
+    X = sp.csr_matrix(X)  # duplicates and unsorted indices are fine: the kernel only adds
     n_blocks = max(1, min(_n_threads(), SPARSE_ACC_BYTES // (8 * g * g), n))
     # balance the blocks by the work per row, nnz(x_i) * sum_{j >= i in M} nnz(x_j)
     k = np.diff(X.indptr).astype(np.float64)
@@ -374,8 +378,10 @@ def _pick_solver(solver: str, g: int) -> str:
 
 def _top_eigs_dense(C: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     g = C.shape[0]
-    if k <= g // 20 and g >= 400:
-        # Lanczos on the small dense matrix: cheaper than a full tridiagonalisation when k << g
+    if k <= g // 20 and g > LAPACK_MAX_FEATURES:
+        # Lanczos on the dense matrix: cheaper than a full tridiagonalisation when k << g and g is large
+        # (below that, LAPACK's blocked tridiagonalisation wins: Lanczos needs hundreds of memory-bound
+        # matrix-vector products when the spectrum is flat)
         v0 = np.ones(g) / np.sqrt(g)
         w, V = eigsh(C, k=k, which="LA", v0=v0, tol=0)
     else:
