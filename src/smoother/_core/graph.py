@@ -105,14 +105,8 @@ def knn_graph(
     if symmetrize != "none":
         D = D.maximum(D.T).tocsr()
     D = D.multiply(A > 0).tocsr()  # distances only on kept edges
-    A.eliminate_zeros()
     D.eliminate_zeros()
-    W = fill_isolated(A)
-    if row_scale:
-        W = row_normalize(W)
-    W.sort_indices()
-    D.sort_indices()
-    return W, D
+    return _finish_graph(A, D, row_scale)
 
 
 def radius_graph(
@@ -166,6 +160,12 @@ def radius_graph(
         w = np.exp(-(d**2) / (2.0 * float(bandwidth) ** 2))
     W = sp.csr_matrix((w, (rows, cols)), shape=(n, n))
     D = sp.csr_matrix((d, (rows, cols)), shape=(n, n))
+    return _finish_graph(W, D, row_scale)
+
+
+def _finish_graph(W: sp.csr_matrix, D: sp.csr_matrix, row_scale: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Shared tail of the graph builders: drop zero weights, give isolated spots a self edge, optionally scale
+    rows to sum 1, sort indices."""
     W.eliminate_zeros()
     W = fill_isolated(W)
     if row_scale:
