@@ -146,3 +146,25 @@ def test_enhance_subspots_average_back_to_spots():
     np.testing.assert_allclose(means, a.X, atol=1e-2)
     with pytest.raises(ValueError, match="factor"):
         sm.tl.enhance(a, factor=1)
+
+
+def test_classic_stopping_rule():
+    """smoother-omics 1.1.0's rule: go on while the loss drops by >= tol, or rises with patience left."""
+    from smoother._core.fit import ClassicStopping
+
+    s = ClassicStopping(max_epochs=-1, patience=2, tol=0.1)
+    assert s.max_epochs == 10000 and s.keep_going()
+    for loss, going in [(10.0, True), (9.0, True), (8.95, False)]:  # a drop below tol ends the fit
+        s.update(loss)
+        assert s.keep_going() is going
+    s = ClassicStopping(max_epochs=100, patience=2, tol=0.1)
+    s.update(5.0)
+    s.update(6.0)  # an increase uses one unit of patience
+    assert s.patience == 1 and s.keep_going()
+    s.update(7.0)
+    assert s.patience == 0 and not s.keep_going()
+    s = ClassicStopping(max_epochs=3, patience=0, tol=0.0)  # patience is at least 1; max_epochs is a hard cap
+    assert s.patience == 1
+    for loss in (3.0, 2.0, 1.0):
+        s.update(loss)
+    assert s.epoch == 3 and not s.keep_going()

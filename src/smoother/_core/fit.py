@@ -48,6 +48,34 @@ class FitResult:
     reason: str = ""
 
 
+class ClassicStopping:
+    """smoother-omics 1.1.0's stopping rule, kept for the classic models' gradient loops (imputation, SpatialPCA).
+
+    Training goes on while the last epoch lowered the loss by at least ``tol``, or while the loss went up and
+    patience is left (every increase uses one unit of ``patience``, at least 1); it stops at ``max_epochs``
+    (``-1``: 10,000). Use :meth:`keep_going` as the loop condition and call :meth:`update` once per epoch.
+    """
+
+    def __init__(self, max_epochs: int, patience: int, tol: float):
+        self.max_epochs = 10000 if max_epochs == -1 else int(max_epochs)
+        self.patience = max(int(patience), 1)
+        self.tol = tol
+        self.prev = self.d_loss = np.inf
+        self.epoch = 0
+
+    def keep_going(self) -> bool:
+        """Whether to run another epoch."""
+        return self.epoch < self.max_epochs and (self.d_loss >= self.tol or (self.d_loss < 0 and self.patience > 0))
+
+    def update(self, cur: float) -> None:
+        """Record the loss ``cur`` of the epoch just run."""
+        self.epoch += 1
+        self.d_loss = self.prev - cur
+        if self.d_loss < 0:
+            self.patience -= 1
+        self.prev = cur
+
+
 def should_stop(prev: float, cur: float, stall: int, *, tol: float, patience: int) -> tuple[bool, int]:
     """Apply the stopping rule to one epoch.
 

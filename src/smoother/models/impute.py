@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .._core import smooth as core
+from .._core.fit import ClassicStopping
 from .._core.linalg import NotPositiveDefiniteError
 from .._settings import logger
 
@@ -271,10 +272,8 @@ class ImputeTorch(ImputeModel, nn.Module):
         mis = nn.Parameter(y.mean(dim=0, keepdim=True).expand(self.n_missing, -1).clone())
         params = [p for p in (obs, mis) if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
-        max_epochs = 10000 if max_epochs == -1 else int(max_epochs)
-        patience = max(int(patience), 1)
-        prev, epoch, d_loss = np.inf, 0, np.inf
-        while epoch < max_epochs and (d_loss >= tol or (d_loss < 0 and patience > 0)):
+        stop = ClassicStopping(max_epochs, patience, tol)
+        while stop.keep_going():
             opt.zero_grad()
             x_all = torch.cat([obs, mis], dim=0)
             x_use = x_all.abs() if self.nonneg else x_all
@@ -283,20 +282,16 @@ class ImputeTorch(ImputeModel, nn.Module):
                 loss = loss + torch.mean((y - (obs.abs() if self.nonneg else obs)) ** 2)
             loss.backward()
             opt.step()
-            epoch += 1
             cur = float(loss.detach())
-            d_loss = prev - cur
-            if d_loss < 0:
-                patience -= 1
-            prev = cur
-            if verbose and epoch % 10 == 0:
-                logger.info("Epoch %d. Loss %.4f.", epoch, cur)
+            stop.update(cur)
+            if verbose and stop.epoch % 10 == 0:
+                logger.info("Epoch %d. Loss %.4f.", stop.epoch, cur)
         with torch.no_grad():
             x_all = torch.cat([obs, mis], dim=0).detach()
             if self.nonneg:
                 x_all = x_all.abs()
         self.var_all, self.var_obs, self.var_missing = x_all, x_all[: self.n_obs], x_all[self.n_obs :]
-        if epoch == max_epochs:
+        if stop.epoch == stop.max_epochs:
             warnings.warn("Fail to converge. Try to increase 'max_epochs'.", stacklevel=3)
             return False
         return True

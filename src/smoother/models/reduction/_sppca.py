@@ -30,6 +30,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from ..._core.fit import ClassicStopping
 from ..._settings import logger
 
 _LOG_KEYS = ("elapsed_time", "total_loss", "recon_loss", "spatial_loss")
@@ -275,10 +276,8 @@ class SpatialPCA(nn.Module):
                 self.U.copy_(V)
         opt = torch.optim.SGD([self.U], lr=lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=int(patience / 4) + 1, factor=0.1)
-        max_epochs = 10000 if max_epochs == -1 else int(max_epochs)
-        patience = max(int(patience), 1)
-        prev, d_loss, epoch = np.inf, np.inf, 0
-        while epoch < max_epochs and (d_loss >= tol or (d_loss < 0 and patience > 0)):
+        stop = ClassicStopping(max_epochs, patience, tol)
+        while stop.keep_going():
             opt.zero_grad()
             hidden = self(x)  # k x n
             recon = -hidden.pow(2).sum() / hidden.numel()
@@ -299,19 +298,15 @@ class SpatialPCA(nn.Module):
             opt.step()
             with torch.no_grad():
                 self.U.copy_(torch.linalg.qr(self.U, mode="reduced")[0])
-            epoch += 1
             cur = float(loss.detach())
-            d_loss = prev - cur
-            if d_loss < 0:
-                patience -= 1
-            prev = cur
+            stop.update(cur)
             sched.step(cur)
             self.dr_logs["total_loss"].append(cur)
             self.dr_logs["recon_loss"].append(float(recon.detach()))
             self.dr_logs["spatial_loss"].append(float(spl.detach()))
-            if verbose and epoch % 10 == 0:
-                logger.info("Epoch %d. Loss: (total) %.4f (recon) %.4f (spatial) %.4f", epoch, cur, recon, spl)
-        if d_loss >= tol:
+            if verbose and stop.epoch % 10 == 0:
+                logger.info("Epoch %d. Loss: (total) %.4f (recon) %.4f (spatial) %.4f", stop.epoch, cur, recon, spl)
+        if stop.d_loss >= tol:
             warnings.warn(
                 "SpatialPCA did not converge; increase `max_epochs` or use reduce(method='exact').",
                 UserWarning,
