@@ -156,10 +156,7 @@ class SpatialAutoEncoder(nn.Module):
 
     def load_adata(self, adata, layer: str | None = None) -> None:
         """Load the data to embed (same features as the model)."""
-        if adata.shape[1] != self.n_feature:
-            msg = f"The new data have {adata.shape[1]} features but the model has {self.n_feature}."
-            raise ValueError(msg)
-        X = _adata_matrix(adata, layer)
+        X = _adata_matrix(adata, layer, self.n_feature)
         X = X.toarray() if sp.issparse(X) else X
         self._data = torch.as_tensor(np.ascontiguousarray(X.T), dtype=torch.float32)  # n_feature x n_spot
         self._Q = None

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..._core.fit import ClassicStopping
 from ..._settings import logger
+from ..._validation import _torch_to_scipy
 
 _LOG_KEYS = ("elapsed_time", "total_loss", "recon_loss", "spatial_loss")
 
@@ -40,20 +41,17 @@ def _empty_logs() -> dict:
     return {"elapsed_time": None, "total_loss": [], "recon_loss": [], "spatial_loss": []}
 
 
-def _adata_matrix(adata, layer):
-    """The (spots x features) data of ``adata`` as given (kept sparse), validated."""
+def _adata_matrix(adata, layer, n_feature: int | None = None):
+    """The (spots x features) data of ``adata`` as given (kept sparse), validated (``n_feature`` columns if given)."""
     from ..._anndata import get_matrix
 
+    if n_feature is not None and adata.shape[1] != n_feature:
+        msg = f"The new data have {adata.shape[1]} features but the model has {n_feature}."
+        raise ValueError(msg)
     X, _ = get_matrix(adata, layer)
     if sp.issparse(X):
         return X.astype(np.float64) if not np.issubdtype(X.dtype, np.floating) else X
     return np.asarray(X, dtype=np.float64 if not np.issubdtype(X.dtype, np.floating) else X.dtype)
-
-
-def _torch_sparse_to_scipy(t) -> sp.csr_matrix:
-    t = t.detach().cpu().coalesce()
-    idx = t.indices().numpy()
-    return sp.csr_matrix((t.values().double().numpy(), (idx[0], idx[1])), shape=tuple(t.shape))
 
 
 def quadratic_precision(spatial_loss, n_spots: int) -> tuple[sp.csr_matrix | np.ndarray, float] | None:
@@ -86,13 +84,13 @@ def quadratic_precision(spatial_loss, n_spots: int) -> tuple[sp.csr_matrix | np.
     if hasattr(spatial_loss, "get_precision"):
         Q = spatial_loss.get_precision(0)
     elif getattr(spatial_loss, "inv_cov_2d_sp", None) is not None and spatial_loss.inv_cov_2d_sp.is_sparse:
-        Q = _torch_sparse_to_scipy(spatial_loss.inv_cov_2d_sp)
+        Q = _torch_to_scipy(spatial_loss.inv_cov_2d_sp)
     elif getattr(spatial_loss, "inv_cov", None) is not None:
         Q = spatial_loss.inv_cov[0].detach().double().cpu().numpy()
     if Q is None or Q.shape != (n_spots, n_spots):
         return None
     if hasattr(Q, "is_sparse"):  # a torch tensor
-        Q = _torch_sparse_to_scipy(Q) if Q.is_sparse else Q.detach().double().cpu().numpy()
+        Q = _torch_to_scipy(Q) if Q.is_sparse else Q.detach().double().cpu().numpy()
     return Q, float(conf[0])
 
 
@@ -147,10 +145,7 @@ class SpatialPCA(nn.Module):
     # ------------------------------------------------------------------ data
     def load_adata(self, adata, layer: str | None = None) -> None:
         """Load the data to project (must have the same features as the model)."""
-        if adata.shape[1] != self.n_feature:
-            msg = f"The new data have {adata.shape[1]} features but the model has {self.n_feature}."
-            raise ValueError(msg)
-        self._data = _adata_matrix(adata, layer)  # (n_spots, n_features), AnnData orientation
+        self._data = _adata_matrix(adata, layer, self.n_feature)  # (n_spots, n_features), AnnData orientation
 
     @property
     def n_spot(self) -> int:
