@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -49,7 +51,10 @@ def test_get_neighbor_quantile_value_by_k_brute_force(data, rng):
     np.testing.assert_allclose(get_neighbor_quantile_value_by_k(torch.tensor(M), coords, 2, 8)[COLS], df[COLS])
     np.testing.assert_allclose(get_neighbor_quantile_value_by_k(sp.csr_matrix(M), coords, 2, 8)[COLS], df[COLS])
     # torch sparse (COO and CSR) is read entry by entry, as scipy CSR, never densified
-    for Mt in (torch.tensor(M).to_sparse(), torch.tensor(M).to_sparse_csr()):
+    with warnings.catch_warnings():  # torch: "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        sparse_inputs = (torch.tensor(M).to_sparse(), torch.tensor(M).to_sparse_csr())
+    for Mt in sparse_inputs:
         np.testing.assert_allclose(get_neighbor_quantile_value_by_k(Mt, coords, 2, 8)[COLS], df[COLS])
     with pytest.raises(ValueError, match="shape"):
         get_neighbor_quantile_value_by_k(M[:10, :10], coords)
