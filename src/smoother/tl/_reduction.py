@@ -58,6 +58,29 @@ def _total_sum_of_squares(X, mean: np.ndarray | None) -> float:
     return ss
 
 
+def _check_common(adata, lambda_spatial, prior, rho, standardize, copy, key_added) -> tuple[float, str, float]:
+    """Validate the arguments shared by the reduction entry points; return ``(lambda, prior, rho)``."""
+    check_adata(adata)
+    lam = check_lambda(lambda_spatial)
+    prior, rho = check_precision_args(prior, rho)
+    check_bool(standardize, "standardize")
+    check_bool(copy, "copy")
+    check_key(key_added, "key_added")
+    return lam, prior, rho
+
+
+def _common_params(lam, prior, rho, standardize, connectivity_key, layer) -> dict[str, Any]:
+    """The ``uns[key]['params']`` entries shared by the reduction entry points."""
+    return {
+        "lambda_spatial": lam,
+        "prior": prior,
+        "rho": rho,
+        "standardize": bool(standardize),
+        "connectivity_key": connectivity_key,
+        "layer": layer,
+    }
+
+
 def spatial_pca(
     adata,
     *,
@@ -149,13 +172,8 @@ def spatial_pca(
     """
     from .._core.spca import spatial_pca as _spca
 
-    check_adata(adata)
-    lam = check_lambda(lambda_spatial)
-    prior, rho = check_precision_args(prior, rho)
-    check_bool(standardize, "standardize")
+    lam, prior, rho = _check_common(adata, lambda_spatial, prior, rho, standardize, copy, key_added)
     check_bool(zero_center, "zero_center")
-    check_bool(copy, "copy")
-    check_key(key_added, "key_added")
     if not isinstance(n_comps, (int, np.integer)) or isinstance(n_comps, bool) or n_comps < 1:
         msg = f"Expected `n_comps` to be a positive integer, found `{n_comps!r}`."
         raise ValueError(msg)
@@ -189,12 +207,7 @@ def spatial_pca(
     adata.varm[varm_key] = loadings
     params: dict[str, Any] = {
         "n_comps": int(n_comps),
-        "lambda_spatial": lam,
-        "prior": prior,
-        "rho": rho,
-        "standardize": bool(standardize),
-        "connectivity_key": connectivity_key,
-        "layer": layer,
+        **_common_params(lam, prior, rho, standardize, connectivity_key, layer),
         "use_highly_variable": mask is not None,
         "zero_center": bool(zero_center),
         "solver": solver,
@@ -278,12 +291,7 @@ def spatial_vae(
     ``adata.uns[key_added]`` with ``params`` and the per-epoch ``history`` (``total_loss``, ``recon_loss``,
     ``spatial_loss``) and ``time_per_epoch``.
     """
-    check_adata(adata)
-    lam = check_lambda(lambda_spatial)
-    prior, rho = check_precision_args(prior, rho)
-    check_bool(standardize, "standardize")
-    check_bool(copy, "copy")
-    check_key(key_added, "key_added")
+    lam, prior, rho = _check_common(adata, lambda_spatial, prior, rho, standardize, copy, key_added)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2):
         msg = f"Expected `batch_size` to be None or an integer >= 2, found `{batch_size!r}`."
         raise ValueError(msg)
@@ -326,12 +334,7 @@ def spatial_vae(
     adata.obsm[obsm_key] = np.asarray(Z, dtype=np.float32)
     params = {
         "n_latent": int(n_latent),
-        "lambda_spatial": lam,
-        "prior": prior,
-        "rho": rho,
-        "standardize": bool(standardize),
-        "connectivity_key": connectivity_key,
-        "layer": layer,
+        **_common_params(lam, prior, rho, standardize, connectivity_key, layer),
         "sp_loss_as_kl": bool(sp_loss_as_kl),
         "batch_size": batch_size,
         "max_epochs": int(max_epochs),
