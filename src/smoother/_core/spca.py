@@ -20,9 +20,12 @@ is solved exactly, without gradient descent.
 
 Two solvers:
 
-* ``'dense'``: form ``C`` (``n_features x n_features``) from row chunks of ``X`` (one matrix product per chunk,
-  never an ``n_spots x n_spots`` matrix) and take its top eigenpairs (LAPACK ``eigh`` with
-  ``subset_by_index``, or Lanczos on the small dense ``C`` when ``k`` is much smaller than ``n_features``).
+* ``'dense'``: form ``C`` (``n_features x n_features``) and take its top eigenpairs (LAPACK ``eigh`` with
+  ``subset_by_index`` up to :data:`LAPACK_MAX_FEATURES` features, else Lanczos on the dense ``C`` when ``k`` is
+  much smaller than ``n_features``). ``C`` is built exactly either from dense row chunks of ``X`` (one BLAS
+  product per chunk) or, for sparse ``X``, by scatter-adding :math:`M_{ij} x_i x_j^T` over the non-zeros of
+  :math:`M = I - \lambda Q` and of the rows of ``X`` (numba kernel, float64); see :func:`spatial_gram`.
+  Never an ``n_spots x n_spots`` matrix, never ``X`` densified whole.
 * ``'arpack'`` / ``'lobpcg'``: never form ``C``; apply it implicitly,
   :math:`v \mapsto X^T (u - \lambda Q u)` with :math:`u = X v`, in a Lanczos (ARPACK ``eigsh``) or LOBPCG
   eigensolver. Use it when ``n_features`` is so large that a dense ``C`` does not fit.
