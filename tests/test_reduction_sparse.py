@@ -118,3 +118,21 @@ def test_spatial_pca_sparse_input_equals_dense_input(sparse_problem, zero_center
     np.testing.assert_allclose(rs.objective, rd.objective, rtol=1e-10)
     np.testing.assert_allclose(rs.loadings, rd.loadings, atol=1e-8)
     np.testing.assert_allclose(rs.scores, rd.scores, atol=1e-8)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 8 * 30 * 11, 2**20])  # blocks of 8 and 11 features (ragged), one
+def test_sparse_gram_tiling_and_unsorted_rows(sparse_problem, monkeypatch, block_bytes):
+    X, Q = sparse_problem
+    monkeypatch.setattr(spca, "SPARSE_BLOCK_BYTES", block_bytes)
+    # the same matrix with every row's column indices reversed (unsorted CSR)
+    indices, data = X.indices.copy(), X.data.copy()
+    for i in range(X.shape[0]):
+        s = slice(X.indptr[i], X.indptr[i + 1])
+        indices[s], data[s] = indices[s][::-1], data[s][::-1]
+    Xu = sp.csr_matrix((data, indices, X.indptr.copy()), shape=X.shape)
+    Xu.has_sorted_indices = False
+    ref = _brute(X, Q, 0.2, False)
+    for M in (X, Xu):
+        C, _ = spatial_gram(M, Q, 0.2, zero_center=False, path="sparse")
+        np.testing.assert_allclose(C, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    np.testing.assert_array_equal(Xu.indices, indices)  # the caller's matrix is not re-sorted in place

@@ -126,26 +126,48 @@ def column_means(X) -> np.ndarray:
 
 
 #: The sparse path is used when its estimated scatter-add count times this factor is below the dense flop count
-#: (one scattered multiply-add costs about as much as this many BLAS multiply-adds).
-SPARSE_COST_FACTOR = 8.0
-#: Memory cap (bytes) of the per-thread ``n_features x n_features`` accumulators of the sparse path.
-SPARSE_ACC_BYTES = 1 * 2**30
+#: (one scattered multiply-add costs about as much as this many BLAS multiply-adds; measured ~11).
+SPARSE_COST_FACTOR = 10.0
+#: Bytes of the rows of ``C`` that one tile of the sparse kernel updates (sized for a 1-2 MiB L2 cache).
+SPARSE_BLOCK_BYTES = 2**20
 
 GRAM_PATHS = ("auto", "dense", "sparse")
 
 
-def _xtmx_upper(m_indptr, m_indices, m_data, x_indptr, x_indices, x_data, bounds, out):  # pragma: no cover
-    """Numba kernel: ``out[t] += sum_{i<=j} w_ij x_i x_j^T`` over the rows ``i`` of block ``t``.
+def _xtmx_upper(m_indptr, m_indices, m_data, x_indptr, x_indices, x_data, block, out):  # pragma: no cover
+    """Numba kernel: ``out += sum_{i<=j} w_ij x_i x_j^T`` with ``w_ii = M_ii / 2``, ``w_ij = M_ij`` (``i < j``).
 
-    ``M`` (CSR, symmetric) and ``X`` (CSR) are given by their arrays; the diagonal of ``M`` counts half, so
-    that ``T + T^T`` with ``T = sum_t out[t]`` equals ``X^T M X``. Accumulates in float64.
+    ``M`` (CSR, symmetric) and ``X`` (CSR, sorted column indices) are given by their arrays, so that
+    ``out + out^T`` equals ``X^T M X``. The rows of ``out`` are tiled in blocks of ``block`` features (one
+    block's rows stay in the L2 cache while every pair ``(i, j)`` scatters into them); blocks run in parallel
+    and write disjoint rows. Accumulates in float64.
     """
-    for t in _prange(len(bounds) - 1):
-        acc = out[t]
-        for i in range(bounds[t], bounds[t + 1]):
-            xi0 = x_indptr[i]
-            xi1 = x_indptr[i + 1]
-            if xi0 == xi1:
+    n = x_indptr.shape[0] - 1
+    g = out.shape[0]
+    n_blocks = (g + block - 1) // block
+    for blk in _prange(n_blocks):
+        a0 = blk * block
+        a1 = min(g, a0 + block)
+        for i in range(n):
+            # the entries of x_i with column in [a0, a1): binary searches in the sorted row
+            lo = x_indptr[i]
+            hi = x_indptr[i + 1]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if x_indices[mid] < a0:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            s0 = lo
+            hi = x_indptr[i + 1]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if x_indices[mid] < a1:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            s1 = lo
+            if s0 == s1:
                 continue
             for p in range(m_indptr[i], m_indptr[i + 1]):
                 j = m_indices[p]
@@ -156,9 +178,9 @@ def _xtmx_upper(m_indptr, m_indices, m_data, x_indptr, x_indices, x_data, bounds
                     w *= 0.5
                 xj0 = x_indptr[j]
                 xj1 = x_indptr[j + 1]
-                for a in range(xi0, xi1):
+                for a in range(s0, s1):
                     va = w * np.float64(x_data[a])
-                    row = acc[x_indices[a]]
+                    row = out[x_indices[a]]
                     for b in range(xj0, xj1):
                         row[x_indices[b]] += va * np.float64(x_data[b])
 
@@ -182,21 +204,12 @@ def _xtmx_kernel():
             try:
                 kern = numba.njit(cache=cache, nogil=True, parallel=True)(_xtmx_upper)
                 ip = np.array([0, 1], dtype=np.int64)
-                kern(ip, ip[:1], np.ones(1), ip, ip[:1], np.ones(1), ip, np.zeros((1, 1, 1)))
+                kern(ip, ip[:1], np.ones(1), ip, ip[:1], np.ones(1), 1, np.zeros((1, 1)))
                 break
             except Exception:  # noqa: BLE001  (numba raises various errors when it cannot cache)
                 kern = None
         _XTMX = kern if kern is not None else False
     return _XTMX or None
-
-
-def _n_threads() -> int:
-    try:
-        import numba
-
-        return int(numba.get_num_threads())
-    except ImportError:  # pragma: no cover
-        return 1
 
 
 def _sym_operator(Q, lambda_spatial: float, n: int) -> sp.csr_matrix:
@@ -237,21 +250,16 @@ def _choose_gram_path(X, Q, lambda_spatial: float, path: str):
 def _sparse_gram(X: sp.csr_matrix, M: sp.csr_matrix) -> np.ndarray:
     """``X^T M X`` for sparse ``X`` and sparse symmetric ``M`` by the numba scatter kernel (float64)."""
     kern = _xtmx_kernel()
-    n, g = X.shape
-    X = sp.csr_matrix(X)  # duplicates and unsorted indices are fine: the kernel only adds
-    n_blocks = max(1, min(_n_threads(), SPARSE_ACC_BYTES // (8 * g * g), n))
-    # balance the blocks by the work per row, nnz(x_i) * sum_{j >= i in M} nnz(x_j)
-    k = np.diff(X.indptr).astype(np.float64)
-    work = k * (sp.triu(M, format="csr").astype(bool).astype(np.float64) @ k)
-    cum = np.cumsum(work)
-    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_blocks) / n_blocks) if cum[-1] > 0 else []
-    bounds = np.unique(np.concatenate([[0], np.asarray(cuts, dtype=np.int64), [n]])).astype(np.int64)
-    out = np.zeros((len(bounds) - 1, g, g), dtype=np.float64)
+    g = X.shape[1]
+    X = sp.csr_matrix(X)  # duplicates are fine (the kernel only adds); the binary searches need sorted rows
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    block = int(max(8, min(g, SPARSE_BLOCK_BYTES // (8 * max(g, 1)))))
+    T = np.zeros((g, g), dtype=np.float64)
     kern(M.indptr.astype(np.int64), M.indices.astype(np.int64), M.data, X.indptr.astype(np.int64),
-         X.indices.astype(np.int64), X.data, bounds, out)
-    T = out.sum(axis=0) if out.shape[0] > 1 else out[0]
-    del out
-    return T + T.T
+         X.indices.astype(np.int64), X.data, block, T)
+    T += T.T
+    return T
 
 
 def spatial_gram(
@@ -271,8 +279,8 @@ def spatial_gram(
       ``chunk x n_features`` blocks are dense at any time (BLAS products).
     * ``'sparse'`` (scipy sparse ``X`` and ``Q``): with :math:`M = I - \lambda Q` (symmetrised),
       :math:`C = \sum_{ij} M_{ij}\, x_i x_j^T` over the non-zeros of :math:`M` and of the rows
-      :math:`x_i, x_j`, scatter-added into a dense float64 ``C`` by a parallel numba kernel (one accumulator
-      per thread; ``X`` is never densified, nothing of size ``n_spots x n_features`` is dense). It costs
+      :math:`x_i, x_j`, scatter-added into a dense float64 ``C`` by a parallel numba kernel (tiled over blocks of
+      rows of ``C``; ``X`` is never densified, nothing of size ``n_spots x n_features`` is dense). It costs
       :math:`\sum_{i \le j,\, M_{ij} \ne 0} \mathrm{nnz}(x_i)\,\mathrm{nnz}(x_j)` instead of
       :math:`n\,G^2`.
     * ``'auto'``: ``'sparse'`` when ``X`` is sparse and that count (times :data:`SPARSE_COST_FACTOR`) is below
