@@ -96,3 +96,29 @@ def test_scale_by_histology_reads_visium_layout(grid_coords):
     del a.uns["spatial"]
     with pytest.raises(KeyError, match="read_visium"):
         sm.pp.scale_by_histology(a)
+
+
+def test_scale_by_expr_large_sparse_uses_truncated_svd_without_densifying(monkeypatch):
+    """Above the size limit a sparse X goes through TruncatedSVD: never densified, same edges, similar weights."""
+    import scipy.sparse as sp
+
+    import smoother as sm
+    import smoother.pp._graph as graph_mod
+
+    adata = sm.datasets.simulate_field(n_spots=400, layout="hex", pattern="zones", n_genes=40, noise="poisson", seed=1)
+    adata.X = sp.csr_matrix(adata.X)
+    sm.pp.spatial_graph(adata)
+    dense_path = sm.pp.scale_by_expr(adata, n_pcs=5, copy=True).obsp["smoother_connectivities"]
+
+    def no_densify(self, *args, **kwargs):
+        raise AssertionError("sparse X was densified")
+
+    monkeypatch.setattr(graph_mod, "_DENSE_PCA_MAX_ENTRIES", 0)
+    monkeypatch.setattr(sp.csr_matrix, "toarray", no_densify)
+    sparse_path = sm.pp.scale_by_expr(adata, n_pcs=5, copy=True).obsp["smoother_connectivities"]
+    monkeypatch.undo()
+    W = adata.obsp["spatial_connectivities"]
+    assert (sparse_path != 0).sum() <= W.nnz + adata.n_obs
+    a = np.asarray(dense_path[W.nonzero()]).ravel()
+    b = np.asarray(sparse_path[W.nonzero()]).ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.5

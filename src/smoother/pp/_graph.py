@@ -169,6 +169,10 @@ def _check_scale_args(adata, connectivity_key, key_added, row_scale, copy, metri
     return W
 
 
+#: Up to this many entries (spots x genes) a sparse X is densified for an exact centred PCA.
+_DENSE_PCA_MAX_ENTRIES = 50_000_000
+
+
 def scale_by_expr(
     adata,
     *,
@@ -225,7 +229,10 @@ def scale_by_expr(
         raise ValueError(msg)
     X, _ = get_matrix(adata, layer)
     start = log_start("scaling the spatial graph by expression similarity")
-    Xd = X.toarray() if sp.issparse(X) and (n_pcs is None or X.shape[1] <= 5000) else X
+    # densify a sparse X only when PCA is skipped (n_pcs=None, the user's choice) or when it is small;
+    # large sparse X (e.g. 10^6 spots x 2,000 genes) goes through TruncatedSVD and is never densified whole
+    small = X.shape[0] * X.shape[1] <= _DENSE_PCA_MAX_ENTRIES
+    Xd = X.toarray() if sp.issparse(X) and (n_pcs is None or small) else X
     if sp.issparse(Xd):
         from sklearn.decomposition import TruncatedSVD
 
