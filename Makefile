@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip --disable-pip-version-check
 PIP_QUIET ?= -q
 
-.PHONY: install install-test install-doc demo test docs benchmarks clean
+.PHONY: install install-test install-doc demo lint test docs benchmarks clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,7 +28,11 @@ install-doc: install-test
 demo: install
 	$(PY) -m smoother demo
 
-test: install-test
+lint: install-test
+	$(VENV)/bin/ruff check src tests benchmarks tutorials
+	$(VENV)/bin/ruff format --check src tests benchmarks tutorials
+
+test: install-test lint
 	# two xdist workers, one BLAS/torch/numba thread each: no oversubscription of the 2 cores
 	MPLBACKEND=agg OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15 --nbmake tests tutorials $(PYTEST_ARGS)
 

@@ -34,7 +34,7 @@ def make(n, seed=0, chunk=50_000):
     S = np.repeat(base[:, None], K, axis=1)
     per = G // K
     for k in range(K):
-        S[k * per:(k + 1) * per, k] *= 5.0
+        S[k * per : (k + 1) * per, k] *= 5.0
     S /= S.sum(0, keepdims=True)  # genes x types
     freq = rng.normal(size=(K, 4, 2)) * (2 * np.pi / (side / 4.0))
     phase = rng.uniform(0, 2 * np.pi, size=(K, 4))
@@ -55,8 +55,10 @@ def make(n, seed=0, chunk=50_000):
 def scores(P, T):
     from scipy.spatial.distance import jensenshannon
 
-    return {"rmse": float(np.sqrt(np.mean((P - T) ** 2))),
-            "jsd": float(np.mean(jensenshannon(P, T, axis=1, base=2) ** 2))}
+    return {
+        "rmse": float(np.sqrt(np.mean((P - T) ** 2))),
+        "jsd": float(np.mean(jensenshannon(P, T, axis=1, base=2) ** 2)),
+    }
 
 
 def main():
@@ -96,9 +98,19 @@ def main():
         info = {"lambda": str(getattr(model, "lambda_spatial_", getattr(model, "lambda_spatial", "auto")))}
     else:
         raise SystemExit(f"unknown method {method}")
-    res = {"method": method, "n_spots": n, "n_genes": G, "n_types": K, "seconds": sec, "seconds_data": gen,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_seconds": cpu() - cpu0, "rss_after_data_mb": rss_data,
-           **scores(np.asarray(P), T), **info}
+    res = {
+        "method": method,
+        "n_spots": n,
+        "n_genes": G,
+        "n_types": K,
+        "seconds": sec,
+        "seconds_data": gen,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_seconds": cpu() - cpu0,
+        "rss_after_data_mb": rss_data,
+        **scores(np.asarray(P), T),
+        **info,
+    }
     with open(out, "w") as f:
         json.dump(res, f)
     print(json.dumps(res))

@@ -16,6 +16,7 @@ def cpu():
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
 
+
 import warnings
 
 import numpy as np
@@ -47,8 +48,14 @@ np.savez(
     coef=model.lr.weight.detach().abs().numpy().astype(np.float64),  # spots x types
     bias=model.lr.bias.detach().numpy().astype(np.float64),
     props=model.get_props().numpy().astype(np.float64),
-    W_row=idx[0], W_col=idx[1], W_val=W.values().numpy().astype(np.float64),
-    seconds_total=t2 - t0, seconds_fit=t2 - t1, seconds_graph=t1 - t0,
-    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, cpu_seconds=cpu() - cpu0, rss0_mb=rss0 / 1024,
+    W_row=idx[0],
+    W_col=idx[1],
+    W_val=W.values().numpy().astype(np.float64),
+    seconds_total=t2 - t0,
+    seconds_fit=t2 - t1,
+    seconds_graph=t1 - t0,
+    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    cpu_seconds=cpu() - cpu0,
+    rss0_mb=rss0 / 1024,
     warned=np.array([str(x.message) for x in w]),
 )

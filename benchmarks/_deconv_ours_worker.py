@@ -45,7 +45,19 @@ lam_auto, _ = _choose_lambda(inp["X"], Yt, Q, "nnls", True, {}, None, 0, 1e-6, 5
 ra = core.deconvolve_quadratic(inp["X"], Yt, model="nnls", Q=Q, lam=lam_auto, show_progress=False)
 t4 = time.perf_counter()
 np.savez(
-    sys.argv[2], coef=r.coef, bias=r.bias, seconds_total=t2 - t0, seconds_fit=t2 - t1, seconds_graph=t1 - t0,
-    peak_rss_mb=peak_fit, cpu_seconds=cpu_fit, rss0_mb=rss0 / 1024,
-    n_iter=r.n_iter, coef_auto=ra.coef, lambda_auto=lam_auto, seconds_auto=t4 - t3, kkt=r.kkt_residual, converged=r.converged,
+    sys.argv[2],
+    coef=r.coef,
+    bias=r.bias,
+    seconds_total=t2 - t0,
+    seconds_fit=t2 - t1,
+    seconds_graph=t1 - t0,
+    peak_rss_mb=peak_fit,
+    cpu_seconds=cpu_fit,
+    rss0_mb=rss0 / 1024,
+    n_iter=r.n_iter,
+    coef_auto=ra.coef,
+    lambda_auto=lam_auto,
+    seconds_auto=t4 - t3,
+    kkt=r.kkt_residual,
+    converged=r.converged,
 )

@@ -262,7 +262,8 @@ def write_md(res: dict) -> str:
     lines += [
         "",
         "Objective gap = (objective - exact optimum) / exact optimum, the exact optimum from an independent SuperLU "
-        "solve in float64. smoother returns float32; the objective is flat at the optimum, so rounding shows up only at second order.",
+        "solve in float64. smoother returns float32; the objective is flat at the optimum, "
+        "so rounding shows up only at second order.",
         "",
         "## Scale (smoother only, square grid, `sm.pp.spatial_graph` + `sm.tl.smooth`, end to end)",
         "",

@@ -70,8 +70,13 @@ def run_worker(python, worker, inp: dict, tmp: Path, tag: str, timeout: float = 
     np.savez(fin, **inp)
     env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
     t = time.perf_counter()
-    proc = subprocess.run([str(python), str(ROOT / "benchmarks" / worker), str(fin), str(fout)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [str(python), str(ROOT / "benchmarks" / worker), str(fin), str(fout)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"{worker} failed:\n{proc.stderr[-3000:]}")
@@ -126,8 +131,13 @@ def semi_real(seed=0, depth=2000.0, bandwidth=1.5):
 
 def compare(name, X, Y, coords, T, tmp, *, run_orig=True, lam=LAM):
     inp = {"X": X, "Y": Y, "coords": coords, "lam": np.float64(lam)}
-    row = {"case": name, "n_spots": int(Y.shape[1]), "n_genes": int(Y.shape[0]), "n_types": int(X.shape[1]),
-           "lambda": lam}
+    row = {
+        "case": name,
+        "n_spots": int(Y.shape[1]),
+        "n_genes": int(Y.shape[0]),
+        "n_types": int(X.shape[1]),
+        "lambda": lam,
+    }
     if run_orig:
         o = run_worker(ORIG_PY, "_deconv_orig_worker.py", inp, tmp, f"orig_{name}")
         W_row, W_col, W_val = o["W_row"], o["W_col"], o["W_val"]
@@ -138,25 +148,42 @@ def compare(name, X, Y, coords, T, tmp, *, run_orig=True, lam=LAM):
         W_row, W_col, W_val = W.row, W.col, W.data
     n = Y.shape[1]
     W = sp.csr_matrix((W_val, (W_row, W_col)), shape=(n, n))
-    s = run_worker(OURS_PY, "_deconv_ours_worker.py", {**inp, "W_row": W_row, "W_col": W_col, "W_val": W_val}, tmp,
-                   f"ours_{name}")
+    s = run_worker(
+        OURS_PY, "_deconv_ours_worker.py", {**inp, "W_row": W_row, "W_col": W_col, "W_val": W_val}, tmp, f"ours_{name}"
+    )
     P = props_of(s["coef"])
-    row["ours"] = {"seconds": float(s["seconds_total"]), "seconds_fit": float(s["seconds_fit"]),
-                   "cpu_seconds": float(s["cpu_seconds"]),
-                   "peak_rss_mb": float(s["peak_rss_mb"]), "objective": objective(X, Y, s["coef"], s["bias"], W, lam),
-                   "rmse": rmse(P, T), "jsd": jsd(P, T), "n_iter": int(s["n_iter"]), "kkt": float(s["kkt"]),
-                   "converged": bool(s["converged"])}
+    row["ours"] = {
+        "seconds": float(s["seconds_total"]),
+        "seconds_fit": float(s["seconds_fit"]),
+        "cpu_seconds": float(s["cpu_seconds"]),
+        "peak_rss_mb": float(s["peak_rss_mb"]),
+        "objective": objective(X, Y, s["coef"], s["bias"], W, lam),
+        "rmse": rmse(P, T),
+        "jsd": jsd(P, T),
+        "n_iter": int(s["n_iter"]),
+        "kkt": float(s["kkt"]),
+        "converged": bool(s["converged"]),
+    }
     if "coef_auto" in s:
         Pa = props_of(s["coef_auto"])
-        row["ours_auto"] = {"lambda": float(s["lambda_auto"]), "seconds": float(s["seconds_auto"]), "rmse": rmse(Pa, T),
-                            "jsd": jsd(Pa, T)}
+        row["ours_auto"] = {
+            "lambda": float(s["lambda_auto"]),
+            "seconds": float(s["seconds_auto"]),
+            "rmse": rmse(Pa, T),
+            "jsd": jsd(Pa, T),
+        }
     if run_orig:
         Po = o["props"]
-        row["orig"] = {"seconds": float(o["seconds_total"]), "seconds_fit": float(o["seconds_fit"]),
-                       "cpu_seconds": float(o["cpu_seconds"]),
-                       "peak_rss_mb": float(o["peak_rss_mb"]),
-                       "objective": objective(X, Y, o["coef"], o["bias"], W, lam), "rmse": rmse(Po, T),
-                       "jsd": jsd(Po, T), "warnings": [str(w) for w in o["warned"]]}
+        row["orig"] = {
+            "seconds": float(o["seconds_total"]),
+            "seconds_fit": float(o["seconds_fit"]),
+            "cpu_seconds": float(o["cpu_seconds"]),
+            "peak_rss_mb": float(o["peak_rss_mb"]),
+            "objective": objective(X, Y, o["coef"], o["bias"], W, lam),
+            "rmse": rmse(Po, T),
+            "jsd": jsd(Po, T),
+            "warnings": [str(w) for w in o["warned"]],
+        }
         row["speedup"] = row["orig"]["seconds"] / row["ours"]["seconds"]
         row["speedup_cpu"] = row["orig"]["cpu_seconds"] / row["ours"]["cpu_seconds"]
     print(json.dumps(row), flush=True)
@@ -186,37 +213,61 @@ def semi_real_lambda(tmp_rows):
         sm.tl.deconvolve(a, ref, lambda_spatial=lam)
         sec = time.perf_counter() - t
         P = a.obsm["props"][types].to_numpy()
-        out[str(lam)] = {"seconds": sec, "rmse": rmse(P, T), "jsd": jsd(P, T),
-                         "lambda_used": float(a.uns["props"]["params"]["lambda_spatial"])}
+        out[str(lam)] = {
+            "seconds": sec,
+            "rmse": rmse(P, T),
+            "jsd": jsd(P, T),
+            "lambda_used": float(a.uns["props"]["params"]["lambda_spatial"]),
+        }
     print(json.dumps(out), flush=True)
     return out
 
 
 def write_md(res, out="deconv"):
-    lines = ["# Deconvolution benchmark (NNLS, ICAR rho = 0.99, k = 6 graph, same lambda for both)", "",
-             f"Machine: {res['machine']}. {res['note']}", "",
-             "| case | spots | lambda | ours s | orig s | speed-up (wall) | speed-up (CPU) | ours peak MB | orig peak MB | ours objective | "
-             "orig objective | ours RMSE | orig RMSE | ours JSD | orig JSD |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Deconvolution benchmark (NNLS, ICAR rho = 0.99, k = 6 graph, same lambda for both)",
+        "",
+        f"Machine: {res['machine']}. {res['note']}",
+        "",
+        "| case | spots | lambda | ours s | orig s | speed-up (wall) | speed-up (CPU) | ours peak MB | orig peak MB "
+        "| ours objective | "
+        "orig objective | ours RMSE | orig RMSE | ours JSD | orig JSD |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         o, p = r["ours"], r.get("orig")
         if p is None:
-            lines.append(f"| {r['case']} | {r['n_spots']} | {r['lambda']} | {o['seconds']:.2f} | – | – | – | "
-                         f"{o['peak_rss_mb']:.0f} | – | {o['objective']:.6g} | – | {o['rmse']:.4f} | – | {o['jsd']:.4f} | – |")
+            lines.append(
+                f"| {r['case']} | {r['n_spots']} | {r['lambda']} | {o['seconds']:.2f} | – | – | – | "
+                f"{o['peak_rss_mb']:.0f} | – | {o['objective']:.6g} | – | {o['rmse']:.4f} | – | {o['jsd']:.4f} | – |"
+            )
         else:
-            lines.append(f"| {r['case']} | {r['n_spots']} | {r['lambda']} | {o['seconds']:.2f} | {p['seconds']:.2f} | "
-                         f"{r['speedup']:.1f}x | {r['speedup_cpu']:.1f}x | {o['peak_rss_mb']:.0f} | {p['peak_rss_mb']:.0f} | {o['objective']:.6g} | "
-                         f"{p['objective']:.6g} | {o['rmse']:.4f} | {p['rmse']:.4f} | {o['jsd']:.4f} | {p['jsd']:.4f} |")
+            lines.append(
+                f"| {r['case']} | {r['n_spots']} | {r['lambda']} | {o['seconds']:.2f} | {p['seconds']:.2f} | "
+                f"{r['speedup']:.1f}x | {r['speedup_cpu']:.1f}x | {o['peak_rss_mb']:.0f} | {p['peak_rss_mb']:.0f} | "
+                f"{o['objective']:.6g} | "
+                f"{p['objective']:.6g} | {o['rmse']:.4f} | {p['rmse']:.4f} | {o['jsd']:.4f} | {p['jsd']:.4f} |"
+            )
     auto = [r for r in res["rows"] if "ours_auto" in r]
     if auto:
-        lines += ["", "## smoother with lambda_spatial='auto' (held-out genes) on the same problems", "",
-                  "| case | lambda chosen | RMSE | JSD | seconds (CV + fit) |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## smoother with lambda_spatial='auto' (held-out genes) on the same problems",
+            "",
+            "| case | lambda chosen | RMSE | JSD | seconds (CV + fit) |",
+            "|---|---|---|---|---|",
+        ]
         for r in auto:
             a = r["ours_auto"]
             lines.append(f"| {r['case']} | {a['lambda']:.4g} | {a['rmse']:.4f} | {a['jsd']:.4f} | {a['seconds']:.2f} |")
     if res.get("semi_real_lambda"):
-        lines += ["", "## Semi-real DLPFC: spatial regularization and lambda='auto' (sm.tl.deconvolve, NNLS)", "",
-                  "| lambda_spatial | lambda used | RMSE | JSD | seconds |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Semi-real DLPFC: spatial regularization and lambda='auto' (sm.tl.deconvolve, NNLS)",
+            "",
+            "| lambda_spatial | lambda used | RMSE | JSD | seconds |",
+            "|---|---|---|---|---|",
+        ]
         for k, v in res["semi_real_lambda"].items():
             lines.append(f"| {k} | {v['lambda_used']:.4g} | {v['rmse']:.4f} | {v['jsd']:.4f} | {v['seconds']:.2f} |")
     for k, v in res.get("extra", {}).items():
@@ -233,12 +284,14 @@ def main():
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    res = {"machine": f"{os.cpu_count()} cores, load average at start {load[0]:.1f}",
-           "note": "Shared machine (other helpers ran at the same time): timings are noisy. Objective = classic "
-                   "normalization, evaluated by one function on both solutions; RMSE/JSD of proportions vs truth. "
-                   "orig = smoother-omics 1.1.0 NNLS(backend='pytorch') with default lr=1e-3, max_epochs=1000; "
-                   "ours = exact FISTA (KKT tol 1e-6). Seconds include building the kNN graph and precision.",
-           "rows": []}
+    res = {
+        "machine": f"{os.cpu_count()} cores, load average at start {load[0]:.1f}",
+        "note": "Shared machine (other helpers ran at the same time): timings are noisy. Objective = classic "
+        "normalization, evaluated by one function on both solutions; RMSE/JSD of proportions vs truth. "
+        "orig = smoother-omics 1.1.0 NNLS(backend='pytorch') with default lr=1e-3, max_epochs=1000; "
+        "ours = exact FISTA (KKT tol 1e-6). Seconds include building the kNN graph and precision.",
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for n in args.sizes:

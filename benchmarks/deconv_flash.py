@@ -18,8 +18,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PY = {"smoother": ROOT / ".venv" / "bin" / "python", "smoother_auto": ROOT / ".venv" / "bin" / "python",
-      "flashdeconv": Path(os.environ.get("FLASH_PY", ROOT / ".venv-flash" / "bin" / "python"))}
+PY = {
+    "smoother": ROOT / ".venv" / "bin" / "python",
+    "smoother_auto": ROOT / ".venv" / "bin" / "python",
+    "flashdeconv": Path(os.environ.get("FLASH_PY", ROOT / ".venv-flash" / "bin" / "python")),
+}
 
 
 def main():
@@ -30,18 +33,32 @@ def main():
     ap.add_argument("--out", default="deconv_flash", help="results file stem in benchmarks/results")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"note": f"Shared 2-core machine, load average at start {os.getloadavg()[0]:.1f}; cpu_seconds (user+sys of "
-                   "the process) is the robust figure, wall seconds are inflated by other jobs. Seconds exclude data "
-                   "generation and include graph building.", "rows": []}
+    out = {
+        "note": f"Shared 2-core machine, load average at start {os.getloadavg()[0]:.1f}; cpu_seconds (user+sys of "
+        "the process) is the robust figure, wall seconds are inflated by other jobs. Seconds exclude data "
+        "generation and include graph building.",
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory() as d:
         for n in args.sizes:
             for m in args.methods:
                 f = Path(d) / f"{m}_{n}.json"
                 try:
-                    p = subprocess.run([str(PY[m]), str(ROOT / "benchmarks" / "_deconv_large.py"), m, str(n), str(f)],
-                                       capture_output=True, text=True, timeout=args.timeout)
-                    row = json.loads(f.read_text()) if p.returncode == 0 else {
-                        "method": m, "n_spots": n, "error": p.stderr.strip().splitlines()[-1] if p.stderr else "failed"}
+                    p = subprocess.run(
+                        [str(PY[m]), str(ROOT / "benchmarks" / "_deconv_large.py"), m, str(n), str(f)],
+                        capture_output=True,
+                        text=True,
+                        timeout=args.timeout,
+                    )
+                    row = (
+                        json.loads(f.read_text())
+                        if p.returncode == 0
+                        else {
+                            "method": m,
+                            "n_spots": n,
+                            "error": p.stderr.strip().splitlines()[-1] if p.stderr else "failed",
+                        }
+                    )
                 except subprocess.TimeoutExpired:
                     row = {"method": m, "n_spots": n, "error": f"timed out after {args.timeout:.0f} s"}
                 print(json.dumps(row), flush=True)
@@ -51,17 +68,25 @@ def main():
 
 
 def write_md(out, stem="deconv_flash"):
-    lines = ["# smoother vs FlashDeconv (K = 10, 2,000 genes, Poisson counts)", "", out["note"], "",
-             "| method | spots | wall s | CPU s | peak MB | RMSE | JSD | lambda | note |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# smoother vs FlashDeconv (K = 10, 2,000 genes, Poisson counts)",
+        "",
+        out["note"],
+        "",
+        "| method | spots | wall s | CPU s | peak MB | RMSE | JSD | lambda | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in out["rows"]:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['n_spots']} | – | – | – | – | – | – | {r['error']} |")
         else:
             lam = r.get("lambda")
             lam = f"{lam:.3g}" if isinstance(lam, float) else lam
-            lines.append(f"| {r['method']} | {r['n_spots']} | {r['seconds']:.1f} | {r.get('cpu_seconds', float('nan')):.1f} | "
-                         f"{r['peak_rss_mb']:.0f} | {r['rmse']:.4f} | {r['jsd']:.4f} | {lam} | "
-                         f"{'iters ' + str(r['n_iter']) if 'n_iter' in r else ''} |")
+            lines.append(
+                f"| {r['method']} | {r['n_spots']} | {r['seconds']:.1f} | {r.get('cpu_seconds', float('nan')):.1f} | "
+                f"{r['peak_rss_mb']:.0f} | {r['rmse']:.4f} | {r['jsd']:.4f} | {lam} | "
+                f"{'iters ' + str(r['n_iter']) if 'n_iter' in r else ''} |"
+            )
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 

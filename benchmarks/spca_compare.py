@@ -71,8 +71,17 @@ def main(n_side=100, n_genes=2000, k=20, lam=0.1, seed=0):
     factors = np.sin(coords @ freqs.T + rng.uniform(0, np.pi, 10))
     X = np.maximum(factors @ rng.standard_normal((10, n_genes)) * 0.5 + rng.standard_normal((n, n_genes)) + 1.0, 0)
     X = X.astype(np.float32)
-    res: dict = {"load_average_at_start": list(os.getloadavg()), "n_spots": n, "n_genes": n_genes, "n_comps": k, "lambda": lam, "prior": "icar", "rho": 0.99,
-                 "cpu_count": os.cpu_count(), "note": "2-core machine shared with other jobs"}
+    res: dict = {
+        "load_average_at_start": list(os.getloadavg()),
+        "n_spots": n,
+        "n_genes": n_genes,
+        "n_comps": k,
+        "lambda": lam,
+        "prior": "icar",
+        "rho": 0.99,
+        "cpu_count": os.cpu_count(),
+        "note": "2-core machine shared with other jobs",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         inp, outp = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(inp, X=X, coords=coords, lam=lam, k=k)
@@ -125,20 +134,26 @@ def main(n_side=100, n_genes=2000, k=20, lam=0.1, seed=0):
     rows = [
         "| method | time (s) | classic loss (lower is better) | max abs(U^T U - I) |",
         "| --- | --- | --- | --- |",
-        f"| ours: SpatialPCA.reduce() exact (sparse X) | {t_ours:.2f} | {res['ours_loss']:.6f} | {res['ours_orthonormality_err']:.1e} |",
+        f"| ours: SpatialPCA.reduce() exact (sparse X) | {t_ours:.2f} | {res['ours_loss']:.6f} | "
+        f"{res['ours_orthonormality_err']:.1e} |",
         f"| ours: exact (dense X) | {res['ours_reduce_dense_input_s']:.2f} | same | |",
     ]
     if pub is not None:
         rows.append(
             f"| published SpatialPCA.reduce() defaults ({res['published_epochs']} epochs) | "
-            f"{res['published_reduce_s']:.2f} | {res['published_loss']:.6f} | {res['published_orthonormality_err']:.1e} |"
+            f"{res['published_reduce_s']:.2f} | {res['published_loss']:.6f} | "
+            f"{res['published_orthonormality_err']:.1e} |"
         )
     md = (
         f"# Spatial PCA: exact vs published SGD\n\n{n} spots x {n_genes} genes, {k} components, ICAR rho=0.99 on a "
         f"6-NN graph, lambda={lam}. Both scored with the published package's precision matrix.\n\n"
         + "\n".join(rows)
-        + (f"\n\nSpeed-up: {res['speedup']:.1f}x; loss gap (published - ours): "
-           f"{res['loss_gap_published_minus_ours']:.3g}.\n" if pub is not None else "\n")
+        + (
+            f"\n\nSpeed-up: {res['speedup']:.1f}x; loss gap (published - ours): "
+            f"{res['loss_gap_published_minus_ours']:.3g}.\n"
+            if pub is not None
+            else "\n"
+        )
         + "\nMachine: 2 cores, shared with other jobs at the time of the run.\n"
     )
     (OUT / "spca_compare.md").write_text(md)

@@ -25,7 +25,8 @@ PUBLISHED = textwrap.dedent(
     """
     import sys, time, numpy as np, scipy.sparse as sp, anndata as ad, importlib.util, smoother
     from smoother import SpatialWeightMatrix, SpatialLoss
-    spec = importlib.util.spec_from_file_location("published_sppca", smoother.__path__[0] + "/models/reduction/_sppca.py")
+    sppca_path = smoother.__path__[0] + "/models/reduction/_sppca.py"
+    spec = importlib.util.spec_from_file_location("published_sppca", sppca_path)
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
     d = np.load(sys.argv[1])
     swm = SpatialWeightMatrix(); swm.calc_weights_knn(d["coords"], k=6, verbose=False)
@@ -82,9 +83,18 @@ def main(noise=6.0, n_comps=10, lambdas=(0.05, 0.1, 0.2, 0.5), seed=0):
     adata.obsm["spatial"] = coords
     W, _ = knn_graph(coords, k=6)
     adata.obsp["spatial_connectivities"] = W
-    res = {"n_spots": adata.n_obs, "n_genes": adata.n_vars, "n_layers": k_true, "noise_sd": noise,
-           "n_comps": n_comps, "prior": "icar", "rho": 0.99, "standardize": True, "kmeans_seed": seed,
-           "load_average_at_start": list(os.getloadavg())}
+    res = {
+        "n_spots": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "n_layers": k_true,
+        "noise_sd": noise,
+        "n_comps": n_comps,
+        "prior": "icar",
+        "rho": 0.99,
+        "standardize": True,
+        "kmeans_seed": seed,
+        "load_average_at_start": list(os.getloadavg()),
+    }
     sc.pp.pca(adata, n_comps=n_comps, svd_solver="arpack")
     res["ari_pca"] = kmeans_ari(adata.obsm["X_pca"], layers, k_true, seed)
     res["ari_spatial_pca"] = {}
@@ -107,18 +117,28 @@ def main(noise=6.0, n_comps=10, lambdas=(0.05, 0.1, 0.2, 0.5), seed=0):
                 res["published_error"] = proc.stderr[-1500:]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "spca_dlpfc.json").write_text(json.dumps(res, indent=2))
-    rows = ["| embedding | lambda | ARI vs true layers | time (s) |", "| --- | --- | --- | --- |",
-            f"| plain PCA (sc.pp.pca) | 0 | {res['ari_pca']:.3f} | |"]
+    rows = [
+        "| embedding | lambda | ARI vs true layers | time (s) |",
+        "| --- | --- | --- | --- |",
+        f"| plain PCA (sc.pp.pca) | 0 | {res['ari_pca']:.3f} | |",
+    ]
     for lam in lambdas:
-        rows.append(f"| ours: sm.tl.spatial_pca (exact) | {lam} | {res['ari_spatial_pca'][str(lam)]:.3f} | "
-                    f"{res['time_spatial_pca_s'][str(lam)]:.2f} |")
+        rows.append(
+            f"| ours: sm.tl.spatial_pca (exact) | {lam} | {res['ari_spatial_pca'][str(lam)]:.3f} | "
+            f"{res['time_spatial_pca_s'][str(lam)]:.2f} |"
+        )
     if "ari_published_spatial_pca_default_lambda" in res:
-        rows.append(f"| published SpatialPCA.reduce() (uncentred, SGD) | 0.1 | "
-                    f"{res['ari_published_spatial_pca_default_lambda']:.3f} | {res['time_published_s']:.2f} |")
-    md = (f"# Semi-real DLPFC 151673: spatial PCA vs PCA\n\n{res['n_spots']} spots, {res['n_genes']} marker genes, "
-          f"expression = layer mean (marker table) + N(0, {noise}^2); {n_comps} components; k-means with "
-          f"{k_true} clusters (seed {seed}); ICAR rho=0.99 on a 6-NN graph, standardized.\n\n" + "\n".join(rows)
-          + "\n\nMachine: 2 cores, shared with other jobs during the run.\n")
+        rows.append(
+            f"| published SpatialPCA.reduce() (uncentred, SGD) | 0.1 | "
+            f"{res['ari_published_spatial_pca_default_lambda']:.3f} | {res['time_published_s']:.2f} |"
+        )
+    md = (
+        f"# Semi-real DLPFC 151673: spatial PCA vs PCA\n\n{res['n_spots']} spots, {res['n_genes']} marker genes, "
+        f"expression = layer mean (marker table) + N(0, {noise}^2); {n_comps} components; k-means with "
+        f"{k_true} clusters (seed {seed}); ICAR rho=0.99 on a 6-NN graph, standardized.\n\n"
+        + "\n".join(rows)
+        + "\n\nMachine: 2 cores, shared with other jobs during the run.\n"
+    )
     (OUT / "spca_dlpfc.md").write_text(md)
     print(md)
 

@@ -62,8 +62,14 @@ def main(n_spots=500_000, n_genes=2000, density=0.03, k=20, lam=0.1, published_t
     W, _ = knn_graph(coords, k=6)
     adata = ad.AnnData(X)
     adata.obsp["spatial_connectivities"] = W
-    res = {"n_spots": n_spots, "n_genes": n_genes, "nnz": int(X.nnz), "n_comps": k, "lambda": lam,
-           "load_average_at_start": list(os.getloadavg())}
+    res = {
+        "n_spots": n_spots,
+        "n_genes": n_genes,
+        "nnz": int(X.nnz),
+        "n_comps": k,
+        "lambda": lam,
+        "load_average_at_start": list(os.getloadavg()),
+    }
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.perf_counter()
     sm.tl.spatial_pca(adata, n_comps=k, lambda_spatial=lam, standardize=False)
@@ -80,7 +86,8 @@ def main(n_spots=500_000, n_genes=2000, density=0.03, k=20, lam=0.1, published_t
     if prev.exists():  # the result of the previous implementation (dense row chunks), kept for before/after
         old = json.loads(prev.read_text())
         res["previous_run"] = old.get("previous_run") or {
-            "ours_time_s": old.get("ours_time_s"), "ours_peak_rss_gb_process": old.get("ours_peak_rss_gb_process"),
+            "ours_time_s": old.get("ours_time_s"),
+            "ours_peak_rss_gb_process": old.get("ours_peak_rss_gb_process"),
             "load_average_at_start": old.get("load_average_at_start"),
             "implementation": "dense float64 row chunks (X[r]^T (X[r] - lambda (QX)[r]))",
         }
@@ -105,8 +112,12 @@ def main(n_spots=500_000, n_genes=2000, density=0.03, k=20, lam=0.1, published_t
             np.save(cp, coords)
             t1 = time.perf_counter()
             try:
-                proc = subprocess.run([str(ORIG), "-c", PUBLISHED, str(xp), str(cp)], capture_output=True, text=True,
-                                      timeout=published_timeout)
+                proc = subprocess.run(
+                    [str(ORIG), "-c", PUBLISHED, str(xp), str(cp)],
+                    capture_output=True,
+                    text=True,
+                    timeout=published_timeout,
+                )
                 res["published_wall_s"] = time.perf_counter() - t1
                 res["published_returncode"] = proc.returncode
                 res["published_stdout"] = proc.stdout[-500:]
@@ -116,26 +127,38 @@ def main(n_spots=500_000, n_genes=2000, density=0.03, k=20, lam=0.1, published_t
                 res["published_outcome"] = f"not finished after {published_timeout} s (killed)"
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "spca_scale.json").write_text(json.dumps(res, indent=2))
-    pub = res.get("published_outcome") or (res.get("published_stdout", "").strip() or res.get("published_stderr_tail", ""))
+    pub = res.get("published_outcome") or (
+        res.get("published_stdout", "").strip() or res.get("published_stderr_tail", "")
+    )
     prevrun = res.get("previous_run") or {}
-    md = (f"# Spatial PCA at scale\n\n{n_spots} spots x {n_genes} genes, sparse X ({res['nnz']} non-zeros), "
-          f"{k} components, ICAR rho=0.99, lambda={lam}, zero_center=True (implicit).\n\n"
-          "| method | time (s) | peak RSS of process (GiB) |\n| --- | --- | --- |\n"
-          f"| ours: sm.tl.spatial_pca (gram path: {res['gram_path_used']}) | {res['ours_time_s']:.1f} | "
-          f"{res['ours_peak_rss_gb_process']:.2f} (before the call: {rss0:.2f}) |\n")
+    md = (
+        f"# Spatial PCA at scale\n\n{n_spots} spots x {n_genes} genes, sparse X ({res['nnz']} non-zeros), "
+        f"{k} components, ICAR rho=0.99, lambda={lam}, zero_center=True (implicit).\n\n"
+        "| method | time (s) | peak RSS of process (GiB) |\n| --- | --- | --- |\n"
+        f"| ours: sm.tl.spatial_pca (gram path: {res['gram_path_used']}) | {res['ours_time_s']:.1f} | "
+        f"{res['ours_peak_rss_gb_process']:.2f} (before the call: {rss0:.2f}) |\n"
+    )
     if prevrun.get("ours_time_s"):
-        md += (f"| previous version (dense row chunks), earlier run at load {prevrun['load_average_at_start'][0]:.0f} | "
-               f"{prevrun['ours_time_s']:.1f} | {prevrun['ours_peak_rss_gb_process']:.2f} |\n")
-    md += (f"| published SpatialPCA.reduce() | {res.get('published_wall_s', float('nan')):.1f} (wall, incl. setup) | "
-           f"see below |\n\n")
+        md += (
+            f"| previous version (dense row chunks), earlier run at load {prevrun['load_average_at_start'][0]:.0f} | "
+            f"{prevrun['ours_time_s']:.1f} | {prevrun['ours_peak_rss_gb_process']:.2f} |\n"
+        )
+    md += (
+        f"| published SpatialPCA.reduce() | {res.get('published_wall_s', float('nan')):.1f} (wall, incl. setup) | "
+        f"see below |\n\n"
+    )
     if "gram_dense_path_s" in res:
-        md += ("Gram matrix C = X_c^T (I - lambda Q) X_c alone, same input, this run: sparse path "
-               f"{res['gram_sparse_path_s']:.1f} s, dense row-chunk path {res['gram_dense_path_s']:.1f} s "
-               f"(max |C_sparse - C_dense| / max |C| = {res['gram_max_rel_diff_sparse_vs_dense']:.1e}).\n\n")
-    md += (f"Target: < 300 s and < 12 GiB; ours took {res['ours_time_s'] / 300:.3f} of the time budget.\n\n"
-           f"Published package: `{pub}`\n\n"
-           f"Load average (1, 5, 15 min) at start: {[round(v, 2) for v in res['load_average_at_start']]}, after ours: "
-           f"{[round(v, 2) for v in res['load_average_after_ours']]} (2 cores; other helpers' jobs may share them).\n")
+        md += (
+            "Gram matrix C = X_c^T (I - lambda Q) X_c alone, same input, this run: sparse path "
+            f"{res['gram_sparse_path_s']:.1f} s, dense row-chunk path {res['gram_dense_path_s']:.1f} s "
+            f"(max |C_sparse - C_dense| / max |C| = {res['gram_max_rel_diff_sparse_vs_dense']:.1e}).\n\n"
+        )
+    md += (
+        f"Target: < 300 s and < 12 GiB; ours took {res['ours_time_s'] / 300:.3f} of the time budget.\n\n"
+        f"Published package: `{pub}`\n\n"
+        f"Load average (1, 5, 15 min) at start: {[round(v, 2) for v in res['load_average_at_start']]}, after ours: "
+        f"{[round(v, 2) for v in res['load_average_after_ours']]} (2 cores; other helpers' jobs may share them).\n"
+    )
     (OUT / "spca_scale.md").write_text(md)
     print(md)
 

@@ -116,7 +116,9 @@ def main():
             r["published_seconds"] = 10 * PUBLISHED["100x100"]
             r["speedup_vs_published"] = r["published_seconds"] / r["seconds_median"]
     meta = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, torch {torch.__version__}",
+        "machine": (
+            f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, torch {torch.__version__}"
+        ),
         "load_average_at_start": LOAD_START,
         "load_average_at_end": os.getloadavg(),
         "note": (
@@ -136,7 +138,8 @@ def main():
         f"{', '.join(f'{x:.2f}' for x in meta['load_average_at_start'])}, at end: "
         f"{', '.join(f'{x:.2f}' for x in meta['load_average_at_end'])} (2 cores shared with other jobs).",
         "",
-        "| case | bars H0 / H1 | fwd+bwd median (s) | fwd+bwd best (s) | persistence only (s) | published (s) | speed-up (median) |",
+        "| case | bars H0 / H1 | fwd+bwd median (s) | fwd+bwd best (s) | persistence only (s) | published (s) "
+        "| speed-up (median) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -149,7 +152,9 @@ def main():
             sp = f"{sp:.0f}x"
         bars = f"{r['n_bars_h0']} / {r['n_bars_h1']}" if "n_bars_h0" in r else ""
         po = f"{r['persistence_only_seconds']:.4f}" if "persistence_only_seconds" in r else ""
-        lines.append(f"| {r['case']} | {bars} | {r['seconds_median']:.4f} | {r['seconds_min']:.4f} | {po} | {pub} | {sp} |")
+        lines.append(
+            f"| {r['case']} | {bars} | {r['seconds_median']:.4f} | {r['seconds_min']:.4f} | {po} | {pub} | {sp} |"
+        )
     (OUT / "toploss.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -11,8 +11,8 @@ import scipy.sparse as sp
 import torch
 
 import smoother as sm
-from smoother._core import knn_graph, precision
 from smoother._core import deconv as core
+from smoother._core import knn_graph, precision
 from smoother._core.fit import fit, should_stop, torch_threads
 from smoother.models import deconv as classic
 
@@ -75,15 +75,17 @@ def test_exact_solver_kkt_and_cvxpy(small, model, bias):
     cp = pytest.importorskip("cvxpy")
     X, Y, Q = small
     lam = 4.0
-    r = core.deconvolve_quadratic(X, Y, model=model, Q=Q, lam=lam, bias=bias, tol=1e-10, max_iter=20000,
-                                  show_progress=False)
+    r = core.deconvolve_quadratic(
+        X, Y, model=model, Q=Q, lam=lam, bias=bias, tol=1e-10, max_iter=20000, show_progress=False
+    )
     assert r.converged and r.kkt_residual <= 1e-10
     w = core.dwls_weights(Y) if model == "dwls" else None
     gb, viol, gscale = _kkt(X, Y, r.coef, r.bias, Q, lam, model != "lr", w=w)
     assert gb < 1e-8 and viol < 1e-7
     assert r.objective == pytest.approx(_objective_dense(X, Y, r.coef, r.bias, Q, lam, w=w), rel=1e-10)
-    ref = classic._solve_cvxpy(model, X, Y, Q=Q, lam=lam, confidences=1.0, bias=bias, nonneg=model != "lr",
-                               solver=cp.CLARABEL)
+    ref = classic._solve_cvxpy(
+        model, X, Y, Q=Q, lam=lam, confidences=1.0, bias=bias, nonneg=model != "lr", solver=cp.CLARABEL
+    )
     assert r.objective <= ref.objective + 1e-9
     np.testing.assert_allclose(r.coef, ref.coef, atol=2e-5)
 
@@ -95,20 +97,21 @@ def test_per_type_precisions_and_confidences(small):
     rng = np.random.default_rng(5)
     Qs = [Q, precision(knn_graph(rng.uniform(size=(n, 2)), k=4)[0], "car", 0.2), sp.identity(n, format="csr"), Q]
     s = np.array([1.0, 2.0, 0.5, 3.0])
-    r = core.deconvolve_quadratic(X, Y, model="nnls", Q=Qs, lam=10.0, confidences=s, tol=1e-10, max_iter=20000,
-                                  show_progress=False)
+    r = core.deconvolve_quadratic(
+        X, Y, model="nnls", Q=Qs, lam=10.0, confidences=s, tol=1e-10, max_iter=20000, show_progress=False
+    )
     gb, viol, _ = _kkt(X, Y, r.coef, r.bias, Qs, 10.0, True, s=s)
     assert gb < 1e-8 and viol < 1e-7
-    ref = classic._solve_cvxpy("nnls", X, Y, Q=Qs, lam=10.0, confidences=s, bias=True, nonneg=True,
-                               solver=cp.CLARABEL)
+    ref = classic._solve_cvxpy("nnls", X, Y, Q=Qs, lam=10.0, confidences=s, bias=True, nonneg=True, solver=cp.CLARABEL)
     np.testing.assert_allclose(r.coef, ref.coef, atol=2e-5)
 
 
 def test_sparse_input_and_dense_sma_precision_agree(small):
     X, Y, Q = small
     r1 = core.deconvolve_quadratic(X, Y, Q=Q, lam=2.0, tol=1e-10, max_iter=20000, show_progress=False)
-    r2 = core.deconvolve_quadratic(X, sp.csr_matrix(Y), Q=Q.toarray(), lam=2.0, tol=1e-10, max_iter=20000,
-                                   show_progress=False)
+    r2 = core.deconvolve_quadratic(
+        X, sp.csr_matrix(Y), Q=Q.toarray(), lam=2.0, tol=1e-10, max_iter=20000, show_progress=False
+    )
     np.testing.assert_allclose(r1.coef, r2.coef, atol=1e-8)
 
 
@@ -124,8 +127,9 @@ def test_spatial_loss_smooths_solution(small):
 def test_max_iter_warns(small):
     X, Y, Q = small
     with pytest.warns(core.ConvergenceWarning, match="before converging"):
-        r = core.deconvolve_quadratic(X, Y, Q=Q, lam=50.0, tol=1e-14, max_iter=3, init_with_lr_sol=False,
-                                      show_progress=False)
+        r = core.deconvolve_quadratic(
+            X, Y, Q=Q, lam=50.0, tol=1e-14, max_iter=3, init_with_lr_sol=False, show_progress=False
+        )
     assert not r.converged and r.n_iter == 3
 
 
@@ -152,8 +156,16 @@ def test_fit_converges_and_reports_max_epochs():
     target = torch.tensor([1.0, -2.0])
     p = torch.zeros(2, requires_grad=True)
     with torch_threads(1):
-        res = fit([p], lambda: (((p - target) ** 2).sum(), {}), optimizer="lbfgs", lr=1.0, max_epochs=50, tol=1e-10,
-                  patience=2, show_progress=False)
+        res = fit(
+            [p],
+            lambda: (((p - target) ** 2).sum(), {}),
+            optimizer="lbfgs",
+            lr=1.0,
+            max_epochs=50,
+            tol=1e-10,
+            patience=2,
+            show_progress=False,
+        )
     assert res.converged and res.n_epochs < 50
     np.testing.assert_allclose(p.detach().numpy(), target.numpy(), atol=1e-6)
     q = torch.zeros(2, requires_grad=True)
@@ -211,8 +223,17 @@ def test_lognorm_and_top_loss_paths(small):
     mt = classic.NNLS()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", core.ConvergenceWarning)
-        mt.deconv(X, Y.T, spatial_loss=Q, lambda_spatial_loss=1.0, top_loss=penalty, lambda_top_loss=5.0, lr=1e-2,
-                  max_epochs=300, quiet=True)
+        mt.deconv(
+            X,
+            Y.T,
+            spatial_loss=Q,
+            lambda_spatial_loss=1.0,
+            top_loss=penalty,
+            lambda_top_loss=5.0,
+            lr=1e-2,
+            max_epochs=300,
+            quiet=True,
+        )
     start_total = exact.result.objective + 5.0 * float((exact.result.coef**2).mean())
     assert mt.result.top_loss > 0
     assert mt.result.objective < start_total
@@ -258,8 +279,13 @@ def test_classic_and_tl_agree(mixture):
     sig = sm.tl._deconv.reference_signatures(ref, "cell_type").loc[ad.var_names]
     Q = precision(ad.obsp["spatial_connectivities"], "icar", 0.99)
     m = classic.NNLS()
-    m.deconv(torch.tensor(sig.to_numpy()), torch.tensor(np.asarray(ad.X).T), spatial_loss=Q,
-             lambda_spatial_loss=3.0, quiet=True)
+    m.deconv(
+        torch.tensor(sig.to_numpy()),
+        torch.tensor(np.asarray(ad.X).T),
+        spatial_loss=Q,
+        lambda_spatial_loss=3.0,
+        quiet=True,
+    )
     np.testing.assert_allclose(m.get_props().numpy(), a.obsm["props"][list(sig.columns)].to_numpy(), atol=1e-5)
     assert float(m.get_sp_loss()) == pytest.approx(a.uns["props"]["objective"]["spatial"], rel=1e-4)
 
@@ -316,7 +342,9 @@ def test_bad_input_raises_before_work(mixture, make, kwargs, exc, match):
     ad = ad.copy()
     if make == "empty_group":
         r = ref.copy()
-        r.obs["cell_type"] = pd.Categorical(r.obs["cell_type"], categories=[*sorted(r.obs["cell_type"].unique()), "ghost"])
+        r.obs["cell_type"] = pd.Categorical(
+            r.obs["cell_type"], categories=[*sorted(r.obs["cell_type"].unique()), "ghost"]
+        )
     elif make == "renamed":
         r = ref.copy()
         r.var_names = [f"other_{g}" for g in r.var_names]
@@ -387,8 +415,16 @@ def test_classic_spatial_loss_object(mixture):
     beta = m.get_coefs().double()
     assert float(m.get_sp_loss()) == pytest.approx(2.0 * float(sl.double()(beta)), rel=1e-4)
     # KKT of the full objective with the per-group confidences
-    gb, viol, _ = _kkt(sig.to_numpy(), np.asarray(ad.X, dtype=float), m.result.coef, m.result.bias,
-                       sl.get_precision(0), 2.0, True, s=np.array([1.0, 0.5, 2.0, 1.0]))
+    gb, viol, _ = _kkt(
+        sig.to_numpy(),
+        np.asarray(ad.X, dtype=float),
+        m.result.coef,
+        m.result.bias,
+        sl.get_precision(0),
+        2.0,
+        True,
+        s=np.array([1.0, 0.5, 2.0, 1.0]),
+    )
     assert gb < 1e-8 and viol < 1e-6 * np.abs(sig.to_numpy()).max()
 
 
@@ -397,8 +433,9 @@ def test_betti_priors_build_toploss(mixture):
     types = sorted(ref.obs["cell_type"].unique().astype(str))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", core.ConvergenceWarning)
-        a = sm.tl.deconvolve(ad, ref, groupby="cell_type", betti_priors={types[0]: {0: 1}}, lambda_topo=1.0,
-                             max_epochs=3, copy=True)
+        a = sm.tl.deconvolve(
+            ad, ref, groupby="cell_type", betti_priors={types[0]: {0: 1}}, lambda_topo=1.0, max_epochs=3, copy=True
+        )
     assert a.uns["props"]["objective"]["topological"] > 0
     assert a.uns["props"]["convergence"]["solver"].startswith("torch")
     with pytest.raises(KeyError, match="not in the reference types"):

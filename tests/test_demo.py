@@ -70,8 +70,9 @@ def test_cli_rejects_a_bad_size_before_any_work(tmp_path, capsys):
 
 
 def test_cli_help_explains_the_options():
-    res = subprocess.run([sys.executable, "-m", "smoother", "demo", "--help"], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "smoother", "demo", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0
     for option in ("--n-spots", "--out", "--seed"):
         assert option in res.stdout

@@ -60,7 +60,9 @@ def test_joint_denoise_and_fill_equals_dense_solve():
 
 def _classic_loss(coords, rho=0.99):
     swm = SpatialWeightMatrix()
-    swm.calc_weights_knn(coords, k=4, verbose=False) if "verbose" in SpatialWeightMatrix.calc_weights_knn.__code__.co_varnames else swm.calc_weights_knn(coords, k=4)
+    swm.calc_weights_knn(
+        coords, k=4, verbose=False
+    ) if "verbose" in SpatialWeightMatrix.calc_weights_knn.__code__.co_varnames else swm.calc_weights_knn(coords, k=4)
     return SpatialLoss("icar", swm, rho=rho, use_sparse=True)
 
 
@@ -82,12 +84,21 @@ def test_classic_imputetorch_agrees_with_tl_impute(fixed_obs):
     np.testing.assert_allclose(res, out.X, atol=1e-5)
     # and it is the optimum of the classic objective: Adam from the classic defaults ends higher
     with pytest.warns(UserWarning, match="converge"):  # 200 Adam epochs do not converge
-        adam = ImputeTorch(torch.as_tensor(a.X), loss, fixed_obs=fixed_obs, lambda_spatial_loss=lam_c,
-                           quiet=True, method="adam", max_epochs=200)
+        adam = ImputeTorch(
+            torch.as_tensor(a.X),
+            loss,
+            fixed_obs=fixed_obs,
+            lambda_spatial_loss=lam_c,
+            quiet=True,
+            method="adam",
+            max_epochs=200,
+        )
     assert m.objective() <= adam.objective(lam_c) + 1e-9
     # forward() imputes a new matrix on the same graph
     y2 = torch.as_tensor(a.X * 2)
-    np.testing.assert_allclose(m.forward(y2, lambda_spatial_loss=lam_c, quiet=True).numpy(), 2 * res, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        m.forward(y2, lambda_spatial_loss=lam_c, quiet=True).numpy(), 2 * res, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_classic_nonneg_and_convex_agree():

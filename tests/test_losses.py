@@ -219,8 +219,9 @@ def test_contrastive_matches_definition_with_fixed_seed(swm):
     assert float(loss(beta)) != pytest.approx(float(expected), rel=1e-9)
     np.testing.assert_allclose(float(loss(beta, generator=torch.Generator().manual_seed(7))), expected, rtol=1e-5)
     # lower bound: in units of the normalized loss, times numel when normalize=False
-    tight = ContrastiveSpatialLoss(spatial_weights=swm, rho=0.9, num_perm=4, neg2pos_ratio=50.0,
-                                   lower_bound=-0.25, random_state=7)
+    tight = ContrastiveSpatialLoss(
+        spatial_weights=swm, rho=0.9, num_perm=4, neg2pos_ratio=50.0, lower_bound=-0.25, random_state=7
+    )
     assert float(tight(beta)) == pytest.approx(-0.25)
     assert float(tight(beta, normalize=False)) == pytest.approx(-0.25 * beta.numel())
 

@@ -86,7 +86,9 @@ def test_scale_by_histology_reads_visium_layout(grid_coords):
     img[:, 53:] = 1.0  # the boundary falls between two columns of spots (hires x = 50 and 55)
     a = ad.AnnData(np.zeros((len(full), 2), dtype=np.float32))
     a.obsm["spatial"] = full
-    a.uns["spatial"] = {"lib": {"images": {"hires": img}, "scalefactors": {"spot_diameter_fullres": 6.0, "tissue_hires_scalef": scalef}}}
+    a.uns["spatial"] = {
+        "lib": {"images": {"hires": img}, "scalefactors": {"spot_diameter_fullres": 6.0, "tissue_hires_scalef": scalef}}
+    }
     sm.pp.spatial_graph(a, n_neighs=4)
     sm.pp.scale_by_histology(a)
     W = a.obsp["smoother_connectivities"].tocoo()

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from smoother._core import knn_graph, precision
-from smoother._core import spca
+from smoother._core import knn_graph, precision, spca
 from smoother._core.spca import spatial_gram
 from smoother._core.spca import spatial_pca as core_spca
 
@@ -67,7 +66,9 @@ def test_sparse_gram_float32_unsorted_duplicates(sparse_problem):
     X32.has_sorted_indices = False
     ref = _brute(sp.csr_matrix(X32, dtype=np.float64), Q, 0.1, True)
     C, _ = spatial_gram(X32, Q, 0.1, zero_center=True, path="sparse")
-    np.testing.assert_allclose(C, ref, rtol=0, atol=1e-7 * np.abs(ref).max())  # float32 input: duplicates may be summed in float32
+    np.testing.assert_allclose(
+        C, ref, rtol=0, atol=1e-7 * np.abs(ref).max()
+    )  # float32 input: duplicates may be summed in float32
 
 
 def test_sparse_gram_nonsymmetric_Q_is_symmetrised(sparse_problem):

@@ -11,7 +11,6 @@ import scipy.sparse as sp
 from scipy.optimize import lsq_linear
 
 import smoother as sm
-from smoother._core import knn_graph
 from smoother._core.smooth import prior_operator
 
 PRIORS = ["sma", "sar", "isar", "car", "icar"]
@@ -81,7 +80,10 @@ def test_nonneg_is_the_exact_constrained_optimum(prior, dense_precision):
     A = np.vstack([np.eye(a.n_obs), np.sqrt(lam) * L.T])
     for g in range(a.n_vars):
         ref = lsq_linear(A, np.r_[Y[:, g], np.zeros(a.n_obs)], bounds=(0, np.inf), tol=1e-12).x
-        obj = lambda x: ((Y[:, g] - x) ** 2).sum() + lam * x @ Q @ x  # noqa: E731
+
+        def obj(x, y=Y[:, g]):
+            return ((y - x) ** 2).sum() + lam * x @ Q @ x
+
         assert obj(X[:, g]) <= obj(ref) * (1 + 1e-6)
         np.testing.assert_allclose(X[:, g], ref, atol=1e-4)
 
@@ -97,8 +99,8 @@ def test_auto_lambda_within_10_percent_of_best_fixed():
     gcv = a.uns["smoothed"]["gcv"]
     assert len(gcv["lambda"]) == len(gcv["score"]) == len(gcv["trace"])
     errs = []
-    for l in np.logspace(-2, 2, 25):
-        b = sm.tl.smooth(a, lambda_spatial=float(l), key_added="s", copy=True)
+    for lam_fixed in np.logspace(-2, 2, 25):
+        b = sm.tl.smooth(a, lambda_spatial=float(lam_fixed), key_added="s", copy=True)
         errs.append(np.mean((b.layers["s"] - truth) ** 2))
     assert err_auto <= 1.10 * min(errs)
     assert err_auto < np.mean((np.asarray(a.X) - truth) ** 2) / 2  # smoothing helps a lot here

@@ -39,11 +39,23 @@ CLASSES = {
             "estimate_confidence": [("ref_exp", _), ("st_exp", _), ("method", "lr")],
             "forward": [("coefs", _), ("normalize", True)],
             "calc_corr_decay_stats": [
-                ("coords", _), ("min_k", 0), ("max_k", 50), ("cov_ind", 0), ("return_var", False)
+                ("coords", _),
+                ("min_k", 0),
+                ("max_k", 50),
+                ("cov_ind", 0),
+                ("return_var", False),
             ],
         },
-        "attributes": ["prior", "spatial_weights", "rho", "use_sparse", "standardize_cov", "inv_cov",
-                       "inv_cov_2d_sp", "confidences"],
+        "attributes": [
+            "prior",
+            "spatial_weights",
+            "rho",
+            "use_sparse",
+            "standardize_cov",
+            "inv_cov",
+            "inv_cov_2d_sp",
+            "confidences",
+        ],
     },
     "TopLoss": {
         "bases": ["torch.nn.Module"],
@@ -56,9 +68,17 @@ CLASSES = {
     },
     "ContrastiveSpatialLoss": {
         "bases": ["SpatialLoss"],
-        "init": [("prior", "icar"), ("spatial_weights", None), ("rho", 1), ("use_sparse", True),
-                 ("standardize_cov", True), ("num_perm", 10), ("neg2pos_ratio", 0.5), ("lower_bound", -1),
-                 ("check_positive_definite", False)],
+        "init": [
+            ("prior", "icar"),
+            ("spatial_weights", None),
+            ("rho", 1),
+            ("use_sparse", True),
+            ("standardize_cov", True),
+            ("num_perm", 10),
+            ("neg2pos_ratio", 0.5),
+            ("lower_bound", -1),
+            ("check_positive_definite", False),
+        ],
         "methods": {
             "check_positive_definite": [("n_tests", 10)],
             "forward": [("coefs", _), ("normalize", True)],

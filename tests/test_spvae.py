@@ -81,7 +81,7 @@ def test_spatial_vae_trains_and_writes(counts, batch_size):
     assert Z.shape == (a.n_obs, 3) and np.isfinite(Z).all()
     u = a.uns["spatial_vae"]
     assert len(u["history"]["total_loss"]) == 3 and u["time_per_epoch"] > 0
-    assert u["params"]["batch_size"] == ("None" if batch_size is None else batch_size)
+    assert u["params"]["batch_size"] == batch_size
     assert "_scvi_uuid" not in a.uns and not any(c.startswith("_scvi") for c in a.obs.columns)
 
 

@@ -11,7 +11,6 @@ from smoother.losses import TopLoss
 gudhi = pytest.importorskip("gudhi")
 
 
-
 def _load_oracle():
     """gudhi oracle from test_persistence.py (loaded by path: pytest runs with --import-mode=importlib)."""
     import importlib.util

@@ -81,12 +81,14 @@ def test_dist_matches_brute_force(coords, scale_coords):
     A = np.where((D <= r) & ~np.eye(len(D), dtype=bool), np.exp(-(D**2) / (2 * bw**2)), 0.0)
     iso = A.sum(1) == 0
     A[iso, iso] = 1
-    W = wmod.coordinate_to_weights_dist_sparse(coords, scale_coords=scale_coords, radius_cutoff=radius,
-                                               band_width=bw, row_scale=False)
+    W = wmod.coordinate_to_weights_dist_sparse(
+        coords, scale_coords=scale_coords, radius_cutoff=radius, band_width=bw, row_scale=False
+    )
     np.testing.assert_allclose(W.to_dense().numpy(), A, rtol=1e-6, atol=1e-8)
     swm = SpatialWeightMatrix()
-    swm.calc_weights_dist(torch.tensor(coords), scale_coords=scale_coords, radius_cutoff=radius, band_width=bw,
-                          verbose=False)  # classic default row_scale=True
+    swm.calc_weights_dist(
+        torch.tensor(coords), scale_coords=scale_coords, radius_cutoff=radius, band_width=bw, verbose=False
+    )  # classic default row_scale=True
     np.testing.assert_allclose(swm.swm.to_dense().numpy(), rowscale(A), rtol=1e-6, atol=1e-8)
 
 
@@ -112,7 +114,7 @@ def _cos(F):
 
 def _gauss(F):
     F = F / np.abs(F).max()
-    return np.exp(-cdist(F, F) ** 2 / (2 * 0.1**2))
+    return np.exp(-(cdist(F, F) ** 2) / (2 * 0.1**2))
 
 
 def _pca_scores(X, dim):

@@ -26,10 +26,23 @@ import scipy.sparse as sp
 
 from . import _constants as K
 from ._settings import logger
-from ._validation import check_coords, check_nonneg_scalar, check_prior, check_rho, view_to_actual
+from ._validation import (
+    check_bool,
+    check_coords,
+    check_key,
+    check_lambda,
+    check_prior,
+    check_rho,
+    view_to_actual,
+)
 
 __all__ = [
     "check_adata",
+    "check_bool",
+    "check_key",
+    "check_lambda",
+    "get_prior_operator",
+    "save_result",
     "get_graph",
     "get_matrix",
     "get_precision",
@@ -40,18 +53,33 @@ __all__ = [
 ]
 
 
-def check_adata(adata: Any, *, name: str = "adata") -> None:
-    """Raise ``TypeError`` unless ``adata`` is an :class:`~anndata.AnnData`; turn a view into an actual object.
+def check_adata(adata: Any, *, name: str = "adata", copy: Any = False, writes: bool = True) -> None:
+    """Check that ``adata`` is an :class:`~anndata.AnnData` (and ``copy`` a bool), changing nothing.
 
-    A view is copied in place with scanpy's warning "Received a view of an AnnData. Making a copy.", so results
-    can be written to it.
+    Part of the contract of every public function: nothing is changed before the work succeeded. A view is made
+    actual only when results are written (:func:`save_result`, scanpy's warning), never here.
+
+    Raises
+    ------
+    TypeError
+        ``adata`` is not an AnnData, or ``copy`` is not a bool.
+    ValueError
+        ``adata`` is backed (opened with ``backed='r'``) and the function writes results: ``copy=True`` cannot copy
+        a backed object without a file name and in-place writes would not reach the file; the message says to
+        call ``adata.to_memory()`` first.
     """
     from anndata import AnnData
 
     if not isinstance(adata, AnnData):
         msg = f"Expected `{name}` to be an AnnData object, found {type(adata).__name__}."
         raise TypeError(msg)
-    view_to_actual(adata)
+    check_bool(copy, "copy")
+    if writes and getattr(adata, "isbacked", False):
+        msg = (
+            f"`{name}` is backed by a file (backed mode); results cannot be written to it"
+            f"{' and `copy=True` needs a file name' if copy else ''}. Load it first: `{name} = {name}.to_memory()`."
+        )
+        raise ValueError(msg)
 
 
 def _layer_name(layer: str | None) -> str:
@@ -99,7 +127,7 @@ def get_matrix(
     if layer is None:
         X = adata.X
         if X is None:
-            msg = "`adata.X` is None; pass `layer=` to use one of the layers " f"{list(adata.layers.keys())}."
+            msg = f"`adata.X` is None; pass `layer=` to use one of the layers {list(adata.layers.keys())}."
             raise ValueError(msg)
     else:
         if not isinstance(layer, str):
@@ -309,10 +337,10 @@ def symmetrize_for_prior(W: sp.csr_matrix, prior: str) -> sp.csr_matrix:
 def to_writable(value: Any) -> Any:
     """Convert ``value`` to types AnnData can write to h5ad (lists not tuples, str keys, numpy scalars unwrapped).
 
-    ``None`` becomes the string ``'None'`` (h5ad cannot store ``None``).
+    ``None`` stays ``None`` (anndata writes it to h5ad and zarr).
     """
     if value is None:
-        return "None"
+        return None
     if isinstance(value, Mapping):
         return {str(k): to_writable(v) for k, v in value.items()}
     if isinstance(value, (bool, np.bool_)):
@@ -355,22 +383,129 @@ def log_added(*fields: str) -> None:
         logger.info("    added %s", field)
 
 
-def check_bool(value: Any, name: str) -> bool:
-    """A plain bool (``numpy.bool_`` accepted); ``TypeError`` otherwise."""
-    if not isinstance(value, (bool, np.bool_)):
-        msg = f"Expected `{name}` to be True or False, found `{value!r}`."
-        raise TypeError(msg)
-    return bool(value)
+# ----------------------------------------------------------------------------------------------------------------
+# the prior every fitting and diagnostic function uses
+# ----------------------------------------------------------------------------------------------------------------
+def get_prior_operator(W: sp.csr_matrix, prior: str, rho: float, standardize: bool = False):
+    """The prior on the graph ``W`` exactly as every ``sm.tl`` function uses it.
+
+    ``smooth``, ``impute``, ``enhance``, ``deconvolve``, ``spatial_pca`` and ``corr_decay``/``scan_rho``/
+    ``fit_decay`` all build their prior here, so a diagnostic describes the prior a fit uses: for 'car'/'icar' an
+    asymmetric graph is symmetrized with ``max(W, W.T)`` (:func:`symmetrize_for_prior`).
+
+    Returns
+    -------
+    :class:`smoother._core.smooth.PriorOperator` (``op.Q`` is the precision matrix).
+
+    Raises
+    ------
+    ValueError
+        The prior is improper in a way the caller cannot use (``standardize=True`` on an intrinsic prior at
+        ``rho = 1``, or a 'car' precision that is not positive definite); the message names a ``rho`` that works.
+    """
+    from ._core import smooth as core
+    from ._core.linalg import NotPositiveDefiniteError, SPDFactor
+    from ._core.precision import not_pd_message
+
+    W = symmetrize_for_prior(W, prior)
+    if standardize and prior in ("icar", "isar") and rho >= 1.0:
+        raise ValueError(not_pd_message(prior, rho) + " `standardize=True` needs a proper prior.")
+    try:
+        op = core.prior_operator(W, prior, rho, standardize=standardize)
+    except NotPositiveDefiniteError as e:
+        raise ValueError(not_pd_message(prior, rho, W)) from e
+    if prior == "car":
+        # Q = I - rho W can be indefinite (rho >= 1 / lambda_max(W)); Gershgorin first, then a factorization
+        rowsum = np.asarray(abs(W).sum(axis=1)).ravel()
+        if not (rho * rowsum.max() < 1.0):
+            try:
+                SPDFactor(op.Q)
+            except NotPositiveDefiniteError as e:
+                raise ValueError(not_pd_message(prior, rho, W)) from e
+    return op
 
 
-def check_key(value: Any, name: str) -> str:
-    """A non-empty string key (``key_added`` etc.)."""
-    if not isinstance(value, str) or not value:
-        msg = f"Expected `{name}` to be a non-empty string, found `{value!r}`."
-        raise TypeError(msg)
-    return value
+# ----------------------------------------------------------------------------------------------------------------
+# the one result writer
+# ----------------------------------------------------------------------------------------------------------------
+_SLOTS = ("layers", "obs", "var", "obsm", "varm", "obsp", "varp")
 
 
-def check_lambda(value: Any, name: str = "lambda_spatial") -> float:
-    """A finite penalty strength ``>= 0``."""
-    return check_nonneg_scalar(value, name)
+def target_adata(adata, copy: bool):
+    """The object results go to: a copy with ``copy=True`` (the input is never touched, a view stays a view),
+    else ``adata`` itself, a view made actual with scanpy's warning."""
+    if copy:
+        return adata.copy()
+    view_to_actual(adata)
+    return adata
+
+
+def save_result(
+    adata,
+    *,
+    copy: bool = False,
+    uns_key: str | tuple[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    uns: Mapping[str, Any] | None = None,
+    **slots: Mapping[str, Any],
+):
+    """Write the results of one call — the only writer of ``sm.pp``/``sm.tl`` (in the spirit of squidpy's
+    ``_save_data``).
+
+    Call it once, after all the work succeeded, so that an error leaves ``adata`` unchanged.
+
+    Parameters
+    ----------
+    adata
+        The user's AnnData.
+    copy
+        Write to a copy and return it (``adata`` itself is never touched, a view stays a view). Otherwise a view is
+        made actual with scanpy's warning and ``None`` is returned.
+    uns_key
+        ``adata.uns[uns_key]`` receives ``{'params': params, **uns}``, *replacing* any previous entry, so nothing
+        stale survives a re-run with other options. A pair ``(outer, name)`` replaces ``adata.uns[outer][name]``
+        only (e.g. ``('corr_decay', 'icar_rho0.99')``).
+    params
+        The call's parameters, in the shared vocabulary (``lambda_spatial``, ``random_state``, ...; ``None`` stays
+        ``None``).
+    uns
+        Further entries of ``adata.uns[uns_key]``.
+    layers, obs, var, obsm, varm, obsp, varp
+        ``{key: value}`` to write into that slot. A value ``None`` *removes* the key if present: list every key
+        the function may write, with ``None`` for those this call does not produce, and a re-run never leaves a
+        stale column behind.
+
+    Returns
+    -------
+    The modified copy with ``copy=True``, else ``None``. Every key written or removed is logged at info level.
+    """
+    unknown = set(slots) - set(_SLOTS)
+    if unknown:  # programming error of ours
+        raise TypeError(f"save_result got unknown slot(s) {sorted(unknown)}")
+    out = target_adata(adata, copy)
+    for slot in _SLOTS:
+        for key, value in (slots.get(slot) or {}).items():
+            container = getattr(out, slot)
+            present = key in (container.columns if slot in ("obs", "var") else container)
+            if value is None:
+                if present:
+                    del container[key]
+                    logger.info("    removed adata.%s[%r] (stale result of an earlier call)", slot, key)
+                continue
+            container[key] = value
+            logger.info("    added adata.%s[%r]", slot, key)
+    if uns_key is not None:
+        entry = {} if params is None else {"params": to_writable(dict(params))}
+        for name, value in (uns or {}).items():
+            entry[str(name)] = to_writable(value)
+        if isinstance(uns_key, tuple):
+            outer, inner = uns_key
+            store = out.uns.get(outer)
+            store = dict(store) if isinstance(store, Mapping) else {}
+            store[inner] = entry
+            out.uns[outer] = store
+            logger.info("    added adata.uns[%r][%r]", outer, inner)
+        else:
+            out.uns[uns_key] = entry
+            logger.info("    added adata.uns[%r]", uns_key)
+    return out if copy else None

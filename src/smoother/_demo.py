@@ -49,7 +49,8 @@ def run_demo(*, n_spots: int = 3000, out: str | Path = "demo_out", seed: int = 0
     signal) -> :func:`smoother.pp.spatial_graph` -> :func:`smoother.tl.smooth` with ``lambda_spatial='auto'`` ->
     :func:`smoother.tl.similarity_decay` and :func:`smoother.tl.corr_decay` for two priors, plotted with
     :func:`smoother.pl.corr_decay` and :func:`smoother.pl.similarity_cdf` -> a simulated cell-type mixture
-    deconvolved by :func:`smoother.tl.deconvolve` without and with the spatial loss (``lambda_spatial='auto'``), plotted with
+    deconvolved by :func:`smoother.tl.deconvolve` without and with the spatial loss (``lambda_spatial='auto'``),
+    plotted with
     :func:`smoother.pl.props`.
 
     Parameters

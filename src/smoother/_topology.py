@@ -294,8 +294,7 @@ class TopLoss(torch.nn.Module):
         bad = [g for g in self.betti_priors if g >= num_group]
         if bad:
             msg = (
-                f"`betti_priors` names group(s) {bad}, but coefs has only {num_group} rows "
-                f"(groups 0..{num_group - 1})."
+                f"`betti_priors` names group(s) {bad}, but coefs has only {num_group} rows (groups 0..{num_group - 1})."
             )
             raise ValueError(msg)
         groups = sorted(self.topfn)

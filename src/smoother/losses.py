@@ -313,8 +313,10 @@ class SpatialLoss(nn.Module):
                 self._num_spot = self.spatial_weights.num_spot
             return
 
-        swms = [self.spatial_weights] if isinstance(self.spatial_weights, SpatialWeightMatrix) else list(
-            self.spatial_weights
+        swms = (
+            [self.spatial_weights]
+            if isinstance(self.spatial_weights, SpatialWeightMatrix)
+            else list(self.spatial_weights)
         )
         self.rho = check_rho(rho, self.prior)
         done: dict[int, object] = {}

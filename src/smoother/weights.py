@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------------------
@@ -131,8 +130,7 @@ def _dist_csr(coords, scale_coords, radius_cutoff, band_width, dist_metric, row_
     coords = check_coords(coords)
     _check_bool(scale_coords, "scale_coords")
     _check_bool(row_scale, "row_scale")
-    radius = _check_positive(radius_cutoff.item() if torch.is_tensor(radius_cutoff) else radius_cutoff,
-                             "radius_cutoff")
+    radius = _check_positive(radius_cutoff.item() if torch.is_tensor(radius_cutoff) else radius_cutoff, "radius_cutoff")
     bw = _check_positive(band_width, "band_width")
     _check_metric_euclidean(dist_metric)
     if scale_coords:
@@ -442,8 +440,12 @@ class SpatialWeightMatrix:
         """
         self._set_weights(_knn_csr(coords, k, symmetric, row_scale))
         self._check_swm_stats(scaled=False, verbose=verbose)
-        self.config["weight"] = {"method": "knn", "k": int(k), "symmetric": bool(symmetric),
-                                 "row_scale": bool(row_scale)}
+        self.config["weight"] = {
+            "method": "knn",
+            "k": int(k),
+            "symmetric": bool(symmetric),
+            "row_scale": bool(row_scale),
+        }
 
     def calc_weights_dist(
         self,
@@ -476,9 +478,14 @@ class SpatialWeightMatrix:
         """
         self._set_weights(_dist_csr(coords, scale_coords, radius_cutoff, band_width, dist_metric, row_scale))
         self._check_swm_stats(scaled=False, verbose=verbose)
-        self.config["weight"] = {"method": "dist", "scale_coords": bool(scale_coords),
-                                 "radius_cutoff": float(radius_cutoff), "band_width": float(band_width),
-                                 "dist_metric": dist_metric, "row_scale": bool(row_scale)}
+        self.config["weight"] = {
+            "method": "dist",
+            "scale_coords": bool(scale_coords),
+            "radius_cutoff": float(radius_cutoff),
+            "band_width": float(band_width),
+            "dist_metric": dist_metric,
+            "row_scale": bool(row_scale),
+        }
 
     # ---- scaling -------------------------------------------------------------------------------------------
     def _edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -686,8 +693,13 @@ class SpatialWeightMatrix:
             raise ValueError(msg)
         F = _sim.histology_features(xy, image, scale_factors, padding=red != "mean")
         self._scale_by_features(F, metric, red, dim, row_scale, verbose)
-        self.config["similarity"] = {"source": "histology", "scale_factors": dict(scale_factors),
-                                     "dist_metric": dist_metric, "reduce": reduce, "dim": dim}
+        self.config["similarity"] = {
+            "source": "histology",
+            "scale_factors": dict(scale_factors),
+            "dist_metric": dist_metric,
+            "reduce": reduce,
+            "dim": dim,
+        }
 
     # ---- precision -----------------------------------------------------------------------------------------
     def get_precision(self, model, rho=1, standardize=False):

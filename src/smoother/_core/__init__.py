@@ -1,8 +1,8 @@
 """Core math of smoother: arrays in, arrays out (numpy, scipy.sparse, torch). No AnnData here."""
 
+from .._constants import PRIORS
 from .graph import fill_isolated, knn_graph, radius_graph, row_normalize
 from .linalg import NotPositiveDefiniteError, SPDFactor, inv_diag, is_positive_definite
-from .._constants import PRIORS
 from .precision import precision, rho_upper_bound, standardize_precision
 from .quadratic import block_diag_sparse, quadratic_form, to_torch_sparse
 

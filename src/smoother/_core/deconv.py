@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .._settings import logger, progress
+from .._settings import progress
 
 QUADRATIC_MODELS = ("lr", "nnls", "dwls")
 TORCH_MODELS = ("nusvr", "lognorm")
@@ -154,7 +154,9 @@ def quadratic_data(
                 my[start:stop] = m
                 ss -= G * np.dot(m, m)
             const += ss
-        return QuadraticData(H=H, C=C, const=float(const), scale=1.0 / (G * N), bias=bias, my=my, mx=mx if bias else None)
+        return QuadraticData(
+            H=H, C=C, const=float(const), scale=1.0 / (G * N), bias=bias, my=my, mx=mx if bias else None
+        )
     if weights != "dwls":
         msg = f"Unknown weights `{weights!r}`: expected None or 'dwls'."
         raise ValueError(msg)
@@ -414,7 +416,9 @@ def solve_quadratic(
     converged = False
     n_raise = 0
     it = 0
-    bar = progress(total=max_iter, desc="deconvolution (FISTA)", disable=None if show_progress is None else not show_progress)
+    bar = progress(
+        total=max_iter, desc="deconvolution (FISTA)", disable=None if show_progress is None else not show_progress
+    )
     try:
         for it in range(1, max_iter + 1):
             gY = hess(Yp) - a * data.C
@@ -664,7 +668,12 @@ def solve_torch(
     log_y = torch.log(Yt + kw.get("epsilon", 1.0)) if model == "lognorm" else None
 
     spatial = SpatialTerm(Q, lam, confidences, K, N)
-    Qt = [to_torch_sparse(q, dtype=dtype, device=device) if sp.issparse(q) else torch.as_tensor(q, dtype=dtype, device=device) for q in spatial.Qs]
+    Qt = [
+        to_torch_sparse(q, dtype=dtype, device=device)
+        if sp.issparse(q)
+        else torch.as_tensor(q, dtype=dtype, device=device)
+        for q in spatial.Qs
+    ]
     s_t = torch.as_tensor(spatial.s, dtype=dtype, device=device)
 
     def pred():
@@ -694,7 +703,13 @@ def solve_torch(
             q = Qt[0]
             QZ = torch.sparse.mm(q, Z) if q.is_sparse else q @ Z
         else:
-            QZ = torch.stack([(torch.sparse.mm(q, Z[:, k : k + 1]) if q.is_sparse else q @ Z[:, k : k + 1])[:, 0] for k, q in enumerate(Qt)], dim=1)
+            QZ = torch.stack(
+                [
+                    (torch.sparse.mm(q, Z[:, k : k + 1]) if q.is_sparse else q @ Z[:, k : k + 1])[:, 0]
+                    for k, q in enumerate(Qt)
+                ],
+                dim=1,
+            )
         return spatial.coef * ((Z * QZ).sum(0) * s_t).sum()
 
     use_top = top_loss is not None and lam_top > 0
@@ -714,8 +729,18 @@ def solve_torch(
 
     small = device.type == "cpu" and N * X.shape[0] * K < 20_000_000
     with torch_threads(1 if small else None):
-        fr = fit(params, loss_fn, optimizer=optimizer, lr=lr, max_epochs=max_epochs, tol=tol, patience=patience,
-                 project=project if nonneg else None, show_progress=show_progress, desc=f"deconvolution ({model})")
+        fr = fit(
+            params,
+            loss_fn,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            tol=tol,
+            patience=patience,
+            project=project if nonneg else None,
+            show_progress=show_progress,
+            desc=f"deconvolution ({model})",
+        )
     if not fr.converged:
         warnings.warn(
             f"Deconvolution ({model}) stopped after {fr.n_epochs} epochs before converging ({fr.reason}); "

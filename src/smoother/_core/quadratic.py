@@ -71,5 +71,8 @@ def quadratic_form(beta: torch.Tensor, Q: torch.Tensor, group_scales=1.0) -> tor
         flat = beta.reshape(-1, 1)
         Qb = (torch.sparse.mm(Q, flat) if Q.is_sparse else Q @ flat).reshape(g, n)
         return (s * (beta * Qb).sum(dim=1)).sum()
-    msg = f"Precision of shape {tuple(Q.shape)} does not fit beta of shape {(g, n)}: expected ({n}, {n}) or ({g * n}, {g * n})."
+    msg = (
+        f"Precision of shape {tuple(Q.shape)} does not fit beta of shape {(g, n)}: "
+        f"expected ({n}, {n}) or ({g * n}, {g * n})."
+    )
     raise ValueError(msg)

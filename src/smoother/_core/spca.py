@@ -256,8 +256,16 @@ def _sparse_gram(X: sp.csr_matrix, M: sp.csr_matrix) -> np.ndarray:
         X = X.sorted_indices()
     block = int(max(8, min(g, SPARSE_BLOCK_BYTES // (8 * max(g, 1)))))
     T = np.zeros((g, g), dtype=np.float64)
-    kern(M.indptr.astype(np.int64), M.indices.astype(np.int64), M.data, X.indptr.astype(np.int64),
-         X.indices.astype(np.int64), X.data, block, T)
+    kern(
+        M.indptr.astype(np.int64),
+        M.indices.astype(np.int64),
+        M.data,
+        X.indptr.astype(np.int64),
+        X.indices.astype(np.int64),
+        X.data,
+        block,
+        T,
+    )
     T += T.T
     return T
 
@@ -401,7 +409,9 @@ def _top_eigs_dense(C: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return w[order], V[:, order]
 
 
-def _top_eigs_implicit(op: LinearOperator, k: int, solver: str, tol: float, random_state) -> tuple[np.ndarray, np.ndarray]:
+def _top_eigs_implicit(
+    op: LinearOperator, k: int, solver: str, tol: float, random_state
+) -> tuple[np.ndarray, np.ndarray]:
     g = op.shape[0]
     rng = np.random.default_rng(random_state)
     if solver == "arpack":

@@ -30,7 +30,8 @@ def check_int(value, name: str, *, minimum: int = 1) -> int:
 def check_positive(value, name: str, *, allow_zero: bool = False) -> float:
     """A finite real number ``> 0`` (or ``>= 0`` with ``allow_zero``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        msg = f"Expected `{name}` to be a finite {'non-negative' if allow_zero else 'positive'} number, found `{value!r}`."
+        kind = "non-negative" if allow_zero else "positive"
+        msg = f"Expected `{name}` to be a finite {kind} number, found `{value!r}`."
         raise TypeError(msg)
     if value < 0 or (value == 0 and not allow_zero):
         msg = f"Expected `{name}` {'>=' if allow_zero else '>'} 0, found `{value}`."

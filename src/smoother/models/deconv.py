@@ -67,8 +67,12 @@ def spatial_loss_precisions(spatial_loss, n_types: int):
         raise ValueError(msg)
     if hasattr(spatial_loss, "get_precision"):
         n_cov = _n_covs(spatial_loss)
-        Qs = [sp.csr_matrix(spatial_loss.get_precision(i)) if sp.issparse(spatial_loss.get_precision(i))
-              else np.asarray(spatial_loss.get_precision(i)) for i in range(n_cov)]
+        Qs = [
+            sp.csr_matrix(spatial_loss.get_precision(i))
+            if sp.issparse(spatial_loss.get_precision(i))
+            else np.asarray(spatial_loss.get_precision(i))
+            for i in range(n_cov)
+        ]
         if len(Qs) not in (1, n_types):
             msg = f"`spatial_loss` holds {len(Qs)} precision matrices, expected 1 or {n_types} (one per group)."
             raise ValueError(msg)
@@ -114,8 +118,15 @@ class DeconvModel:
 
     _model: str = "lr"
 
-    def __init__(self, backend: str = "pytorch", *, bias: bool = True, nonneg: bool | None = None,
-                 solver: str = "auto", **model_kwargs) -> None:
+    def __init__(
+        self,
+        backend: str = "pytorch",
+        *,
+        bias: bool = True,
+        nonneg: bool | None = None,
+        solver: str = "auto",
+        **model_kwargs,
+    ) -> None:
         if backend not in _BACKENDS:
             msg = f"Unknown backend `{backend!r}`: expected one of {list(_BACKENDS)}."
             raise ValueError(msg)
@@ -142,10 +153,23 @@ class DeconvModel:
         return f"{type(self).__name__}(backend={self.backend!r}, bias={self.use_bias}, nonneg={self.nonneg})"
 
     # -- fitting -------------------------------------------------------------------------------------------
-    def deconv(self, x, y, spatial_loss=None, lambda_spatial_loss: float = 0.0, top_loss=None,
-               lambda_top_loss: float = 0.0, lr: float = 1e-3, max_epochs: int = 1000, patience: int = 10,
-               tol: float = 1e-5, init_with_lr_sol: bool = True, verbose: bool = True, quiet: bool = False,
-               **kwargs):
+    def deconv(
+        self,
+        x,
+        y,
+        spatial_loss=None,
+        lambda_spatial_loss: float = 0.0,
+        top_loss=None,
+        lambda_top_loss: float = 0.0,
+        lr: float = 1e-3,
+        max_epochs: int = 1000,
+        patience: int = 10,
+        tol: float = 1e-5,
+        init_with_lr_sol: bool = True,
+        verbose: bool = True,
+        quiet: bool = False,
+        **kwargs,
+    ):
         """Deconvolve ``y`` with signatures ``x``.
 
         Parameters
@@ -187,8 +211,14 @@ class DeconvModel:
             raise ValueError(msg)
         K, N = X.shape[1], Yg.shape[1]
         Q, conf = spatial_loss_precisions(spatial_loss if lam > 0 else None, K)
-        self.deconv_configs = {"lambda_spatial_loss": lam, "lambda_top_loss": lam_top, "lr": lr,
-                               "max_epochs": max_epochs, "patience": patience, "tol": tol}
+        self.deconv_configs = {
+            "lambda_spatial_loss": lam,
+            "lambda_top_loss": lam_top,
+            "lr": lr,
+            "max_epochs": max_epochs,
+            "patience": patience,
+            "tol": tol,
+        }
         Y = Yg.T  # spots x genes
         show = None if (verbose and not quiet) else False
         if self.backend == "cvxpy":
@@ -198,22 +228,51 @@ class DeconvModel:
             if conf is None:
                 msg = "The cvxpy backend needs a quadratic spatial loss (not the KL prior)."
                 raise ValueError(msg)
-            self.result = _solve_cvxpy(self._model, X, Y, Q=Q, lam=lam, confidences=conf, bias=self.use_bias,
-                                       nonneg=self.nonneg, verbose=verbose and not quiet, **self.model_kwargs,
-                                       **kwargs)
+            self.result = _solve_cvxpy(
+                self._model,
+                X,
+                Y,
+                Q=Q,
+                lam=lam,
+                confidences=conf,
+                bias=self.use_bias,
+                nonneg=self.nonneg,
+                verbose=verbose and not quiet,
+                **self.model_kwargs,
+                **kwargs,
+            )
         else:
             use_top = top_loss is not None and lam_top > 0
             exact = self._model in _dc.QUADRATIC_MODELS and self.solver in ("auto", "exact") and conf is not None
             if exact and not use_top:
                 self.result = _dc.deconvolve_quadratic(
-                    X, Y, model=self._model, Q=Q, lam=lam, confidences=conf, bias=self.use_bias,
-                    nonneg=self.nonneg, max_weights=self.model_kwargs.get("max_weights", 8.0),
-                    max_iter=max(int(max_epochs), 5000), init_with_lr_sol=init_with_lr_sol, show_progress=show)
+                    X,
+                    Y,
+                    model=self._model,
+                    Q=Q,
+                    lam=lam,
+                    confidences=conf,
+                    bias=self.use_bias,
+                    nonneg=self.nonneg,
+                    max_weights=self.model_kwargs.get("max_weights", 8.0),
+                    max_iter=max(int(max_epochs), 5000),
+                    init_with_lr_sol=init_with_lr_sol,
+                    show_progress=show,
+                )
             else:
                 z0 = b0 = None
                 if init_with_lr_sol and exact:  # start the topological fit at the exact spatial optimum
-                    r0 = _dc.deconvolve_quadratic(X, Y, model=self._model, Q=Q, lam=lam, confidences=conf,
-                                                  bias=self.use_bias, nonneg=self.nonneg, show_progress=False)
+                    r0 = _dc.deconvolve_quadratic(
+                        X,
+                        Y,
+                        model=self._model,
+                        Q=Q,
+                        lam=lam,
+                        confidences=conf,
+                        bias=self.use_bias,
+                        nonneg=self.nonneg,
+                        show_progress=False,
+                    )
                     z0, b0 = r0.coef, r0.bias
                 elif not init_with_lr_sol:
                     z0 = np.zeros((N, K))
@@ -223,18 +282,39 @@ class DeconvModel:
                 smooth = self._model == "nusvr" and not self.nonneg and not use_top and spatial_fn is None
                 optimizer = "lbfgs" if self.solver == "lbfgs" or (self.solver == "auto" and smooth) else "adam"
                 self.result = _dc.solve_torch(
-                    X, Y, model=self._model, Q=Q, lam=lam, confidences=1.0 if conf is None else conf,
-                    spatial_fn=spatial_fn, bias=self.use_bias, nonneg=self.nonneg,
-                    top_loss=top_loss if use_top else None, lam_top=lam_top, model_kwargs=self.model_kwargs,
-                    z0=z0, b0=b0, optimizer=optimizer, lr=1.0 if optimizer == "lbfgs" and self.solver == "auto" else lr,
-                    max_epochs=max_epochs, tol=tol, patience=patience,
-                    device=kwargs.get("device", "cpu"), show_progress=show)
+                    X,
+                    Y,
+                    model=self._model,
+                    Q=Q,
+                    lam=lam,
+                    confidences=1.0 if conf is None else conf,
+                    spatial_fn=spatial_fn,
+                    bias=self.use_bias,
+                    nonneg=self.nonneg,
+                    top_loss=top_loss if use_top else None,
+                    lam_top=lam_top,
+                    model_kwargs=self.model_kwargs,
+                    z0=z0,
+                    b0=b0,
+                    optimizer=optimizer,
+                    lr=1.0 if optimizer == "lbfgs" and self.solver == "auto" else lr,
+                    max_epochs=max_epochs,
+                    tol=tol,
+                    patience=patience,
+                    device=kwargs.get("device", "cpu"),
+                    show_progress=show,
+                )
         self.deconv_time = time.perf_counter() - t0
         if not quiet:
             logger.info(
                 "=== Time %.2fs. Loss: (total) %.4g, (model) %.4g, (spatial) %.4g. %s after %d iterations.",
-                self.deconv_time, self.result.objective, self.result.model_loss, self.result.spatial_loss,
-                "Converged" if self.result.converged else "Not converged", self.result.n_iter)
+                self.deconv_time,
+                self.result.objective,
+                self.result.model_loss,
+                self.result.spatial_loss,
+                "Converged" if self.result.converged else "Not converged",
+                self.result.n_iter,
+            )
 
     # -- results -------------------------------------------------------------------------------------------
     def _check_fitted(self) -> _dc.DeconvResult:
@@ -352,8 +432,24 @@ def LogNormReg(backend: str = "pytorch", **kwargs) -> DeconvModel:  # noqa: N802
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _solve_cvxpy(model, X, Y, *, Q, lam, confidences, bias, nonneg, verbose=False, solver=None, C=1.0, nu=0.1,
-                 loss_mode="l2", max_weights=8.0, **solver_kwargs) -> _dc.DeconvResult:
+def _solve_cvxpy(
+    model,
+    X,
+    Y,
+    *,
+    Q,
+    lam,
+    confidences,
+    bias,
+    nonneg,
+    verbose=False,
+    solver=None,
+    C=1.0,
+    nu=0.1,
+    loss_mode="l2",
+    max_weights=8.0,
+    **solver_kwargs,
+) -> _dc.DeconvResult:
     """The same objective in cvxpy (an independent reference; small problems)."""
     try:
         import cvxpy as cp
@@ -384,8 +480,10 @@ def _solve_cvxpy(model, X, Y, *, Q, lam, confidences, bias, nonneg, verbose=Fals
     if Q is not None and lam > 0:
         Qs = Q if isinstance(Q, list) else [Q] * K
         s = np.broadcast_to(np.asarray(confidences, dtype=np.float64).reshape(-1), (K,))
-        terms = [s[k] * cp.quad_form(Z[:, k], cp.psd_wrap(sp.csr_matrix(Qs[k]) if sp.issparse(Qs[k]) else Qs[k]))
-                 for k in range(K)]
+        terms = [
+            s[k] * cp.quad_form(Z[:, k], cp.psd_wrap(sp.csr_matrix(Qs[k]) if sp.issparse(Qs[k]) else Qs[k]))
+            for k in range(K)
+        ]
         spl = lam / (K * N) * cp.sum(cp.hstack(terms))
     prob = cp.Problem(cp.Minimize(ml + spl))
     prob.solve(solver=solver, verbose=verbose, **solver_kwargs)
@@ -393,9 +491,13 @@ def _solve_cvxpy(model, X, Y, *, Q, lam, confidences, bias, nonneg, verbose=Fals
         msg = f"cvxpy finished with status {prob.status!r}; try backend='pytorch'."
         raise RuntimeError(msg)
     return _dc.DeconvResult(
-        coef=np.asarray(Z.value), bias=None if not bias else np.asarray(b.value).ravel(),
-        model_loss=float(ml.value), spatial_loss=float(spl.value) if not isinstance(spl, int) else 0.0,
-        n_iter=int(prob.solver_stats.num_iters or 0), converged=prob.status == cp.OPTIMAL,
-        solver=f"cvxpy-{prob.solver_stats.solver_name}", seconds=time.perf_counter() - t0,
+        coef=np.asarray(Z.value),
+        bias=None if not bias else np.asarray(b.value).ravel(),
+        model_loss=float(ml.value),
+        spatial_loss=float(spl.value) if not isinstance(spl, int) else 0.0,
+        n_iter=int(prob.solver_stats.num_iters or 0),
+        converged=prob.status == cp.OPTIMAL,
+        solver=f"cvxpy-{prob.solver_stats.solver_name}",
+        seconds=time.perf_counter() - t0,
         extra={"model": model, **({"epsilon": float(eps.value)} if model == "nusvr" else {})},
     )

@@ -148,7 +148,9 @@ class ImputeModel:
 
     def _solve_exact(self, lambda_spatial_loss: float) -> np.ndarray:
         Q = self._precision()
-        op = core.PriorOperator(str(self.spatial_loss_all.prior), float(getattr(self.spatial_loss_all, "rho", 1.0)), Q=Q)
+        op = core.PriorOperator(
+            str(self.spatial_loss_all.prior), float(getattr(self.spatial_loss_all, "rho", 1.0)), Q=Q
+        )
         y = _to_numpy(self.y_obs)
         observed = np.r_[np.ones(self.n_obs, bool), np.zeros(self.n_missing, bool)]
         if self.fixed_obs:
@@ -234,8 +236,14 @@ class ImputeTorch(ImputeModel, nn.Module):
             msg = f"Expected `lambda_spatial_loss` >= 0, found {lambda_spatial_loss}."
             raise ValueError(msg)
         if not self._record_configs(
-            lambda_spatial_loss, lr=lr, max_epochs=max_epochs, patience=patience, tol=tol, verbose=verbose,
-            quiet=quiet, method=method,
+            lambda_spatial_loss,
+            lr=lr,
+            max_epochs=max_epochs,
+            patience=patience,
+            tol=tol,
+            verbose=verbose,
+            quiet=quiet,
+            method=method,
         ):
             return False
         exact = method == "exact" or (method == "auto" and _is_quadratic(self.spatial_loss_all))

@@ -15,14 +15,20 @@ def _as_frame(adata, key: str, what: str):
     import pandas as pd
 
     if key not in adata.obsm:
-        fix = "Please run `sm.tl.deconvolve` first." if what == "estimate" else "Simulated data carry it (`sm.datasets.simulate_mixture`)."
+        fix = (
+            "Please run `sm.tl.deconvolve` first."
+            if what == "estimate"
+            else "Simulated data carry it (`sm.datasets.simulate_mixture`)."
+        )
         msg = f"Proportions `adata.obsm[{key!r}]` not found. {fix}"
         raise KeyError(msg)
     val = adata.obsm[key]
     if isinstance(val, pd.DataFrame):
         return val
     cols = adata.uns.get(key, {}).get("types") if isinstance(adata.uns.get(key), dict) else None
-    cols = list(cols) if cols is not None and len(cols) == np.shape(val)[1] else [str(i) for i in range(np.shape(val)[1])]
+    cols = (
+        list(cols) if cols is not None and len(cols) == np.shape(val)[1] else [str(i) for i in range(np.shape(val)[1])]
+    )
     return pd.DataFrame(np.asarray(val), index=adata.obs_names, columns=cols)
 
 

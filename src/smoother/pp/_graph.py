@@ -249,8 +249,15 @@ def scale_by_expr(
         "bandwidth": bw,
     }
     return _finish_scaling(
-        adata, W, sim, connectivity_key=connectivity_key, key_added=key_added, row_scale=row_scale, copy=copy,
-        params=params, start=start,
+        adata,
+        W,
+        sim,
+        connectivity_key=connectivity_key,
+        key_added=key_added,
+        row_scale=row_scale,
+        copy=copy,
+        params=params,
+        start=start,
     )
 
 
@@ -304,8 +311,15 @@ def scale_by_identity(
         "boundary_connectivity": b,
     }
     return _finish_scaling(
-        adata, W, sim, connectivity_key=connectivity_key, key_added=key_added, row_scale=row_scale, copy=copy,
-        params=params, start=start,
+        adata,
+        W,
+        sim,
+        connectivity_key=connectivity_key,
+        key_added=key_added,
+        row_scale=row_scale,
+        copy=copy,
+        params=params,
+        start=start,
     )
 
 
@@ -417,6 +431,13 @@ def scale_by_histology(
         "bandwidth": bw,
     }
     return _finish_scaling(
-        adata, W, sim, connectivity_key=connectivity_key, key_added=key_added, row_scale=row_scale, copy=copy,
-        params=params, start=start,
+        adata,
+        W,
+        sim,
+        connectivity_key=connectivity_key,
+        key_added=key_added,
+        row_scale=row_scale,
+        copy=copy,
+        params=params,
+        start=start,
     )

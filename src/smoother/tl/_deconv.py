@@ -15,7 +15,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import _constants as K
-from .._anndata import check_adata, check_bool, check_key, check_precision_args, get_graph, get_matrix, get_precision, write_params
+from .._anndata import (
+    check_adata,
+    check_bool,
+    check_key,
+    check_precision_args,
+    get_matrix,
+    get_precision,
+    write_params,
+)
 from .._core import deconv as core
 from .._settings import log_finish, log_start
 from .._validation import check_nonneg_scalar
@@ -23,11 +31,16 @@ from .._validation import check_nonneg_scalar
 __all__ = ["deconvolve", "reference_signatures"]
 
 _MODEL_ALIASES = {
-    "lr": "lr", "linear": "lr", "linearregression": "lr",
+    "lr": "lr",
+    "linear": "lr",
+    "linearregression": "lr",
     "nnls": "nnls",
-    "nusvr": "nusvr", "svr": "nusvr",
+    "nusvr": "nusvr",
+    "svr": "nusvr",
     "dwls": "dwls",
-    "lognorm": "lognorm", "lognormreg": "lognorm", "log-normal": "lognorm",
+    "lognorm": "lognorm",
+    "lognormreg": "lognorm",
+    "log-normal": "lognorm",
 }
 _COUNT_MODELS = ("dwls", "lognorm")  # models whose loss needs non-negative values
 _FEW_GENES = 20
@@ -85,8 +98,10 @@ def reference_signatures(reference, groupby: str | None = None, *, layer: str | 
         counts = np.bincount(codes, minlength=len(cats))
         if (counts == 0).any():
             empty = [str(c) for c in np.asarray(cats)[counts == 0]]
-            msg = (f"Group(s) {empty} of `reference.obs[{groupby!r}]` have no cells; remove unused categories "
-                   "(`reference.obs[groupby] = reference.obs[groupby].cat.remove_unused_categories()`).")
+            msg = (
+                f"Group(s) {empty} of `reference.obs[{groupby!r}]` have no cells; remove unused categories "
+                "(`reference.obs[groupby] = reference.obs[groupby].cat.remove_unused_categories()`)."
+            )
             raise ValueError(msg)
         if len(cats) < 1:
             msg = "The reference has no cells."
@@ -113,7 +128,10 @@ def reference_signatures(reference, groupby: str | None = None, *, layer: str | 
             msg = "The `reference` DataFrame has duplicated gene names in its index."
             raise ValueError(msg)
         return pd.DataFrame(vals, index=reference.index.astype(str), columns=[str(c) for c in reference.columns])
-    msg = f"Expected `reference` to be an AnnData (single cells) or a genes x types DataFrame, found {type(reference).__name__}."
+    msg = (
+        "Expected `reference` to be an AnnData (single cells) or a genes x types DataFrame, "
+        f"found {type(reference).__name__}."
+    )
     raise TypeError(msg)
 
 
@@ -124,7 +142,10 @@ def _check_top(top_loss, betti_priors, lambda_top_loss, lambda_topo):
         msg = "Pass either `top_loss` (a module) or `betti_priors` (to build one), not both."
         raise ValueError(msg)
     if top_loss is not None and not callable(top_loss):
-        msg = f"Expected `top_loss` to be callable on the (n_types, n_spots) coefficients, found {type(top_loss).__name__}."
+        msg = (
+            "Expected `top_loss` to be callable on the (n_types, n_spots) coefficients, "
+            f"found {type(top_loss).__name__}."
+        )
         raise TypeError(msg)
     if betti_priors is not None and not isinstance(betti_priors, dict):
         msg = "Expected `betti_priors` to be a dict {type: {betti_k: expected number}}."
@@ -292,14 +313,20 @@ def deconvolve(
     shared_mask = pd.Index(var_names.astype(str)).isin(ref_index)
     n_shared = int(shared_mask.sum())
     if n_shared == 0:
-        msg = (f"No genes are shared between `adata.var_names` ({len(var_names)} genes, e.g. {list(var_names[:3])}) "
-               f"and the reference ({len(ref_index)} genes, e.g. {list(ref_index[:3])}); check that both use the "
-               "same gene identifiers (symbols vs Ensembl IDs).")
+        msg = (
+            f"No genes are shared between `adata.var_names` ({len(var_names)} genes, e.g. {list(var_names[:3])}) "
+            f"and the reference ({len(ref_index)} genes, e.g. {list(ref_index[:3])}); check that both use the "
+            "same gene identifiers (symbols vs Ensembl IDs)."
+        )
         raise ValueError(msg)
     n_types = sig.shape[1]
     if n_shared < max(_FEW_GENES, 2 * n_types):
-        warnings.warn(f"Only {n_shared} genes are shared with the reference; proportions of {n_types} types may be "
-                      "poorly determined.", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"Only {n_shared} genes are shared with the reference; proportions of {n_types} types may be "
+            "poorly determined.",
+            UserWarning,
+            stacklevel=2,
+        )
     gene_names = var_names[shared_mask].astype(str)
     Y = Y[:, np.flatnonzero(shared_mask)]
     Y = Y.astype(np.float64) if sp.issparse(Y) else np.asarray(Y, dtype=np.float64)
@@ -307,8 +334,11 @@ def deconvolve(
     if mdl in _COUNT_MODELS:
         ymin = Y.min() if Y.shape[0] else 0.0
         if ymin < 0:
-            msg = (f"model={mdl!r} needs non-negative (count-like) expression, but {('adata.X' if layer is None else f'layer {layer!r}')} "
-                   "has negative values; pass raw counts with `layer=` or use model='nnls'.")
+            msg = (
+                f"model={mdl!r} needs non-negative (count-like) expression, but "
+                f"{('adata.X' if layer is None else f'layer {layer!r}')} "
+                "has negative values; pass raw counts with `layer=` or use model='nnls'."
+            )
             raise ValueError(msg)
     need_graph = lam == "auto" or lam > 0
     Q = None
@@ -325,29 +355,66 @@ def deconvolve(
     auto_info = None
     if lam == "auto":
         lam, auto_info = _choose_lambda(Xsig, Y, Q, mdl, bias, mkw, auto_grid, random_state, tol, max_iter)
-    res = _solve(Xsig, Y, Q, float(lam), mdl, bias=bias, backend=backend, device=device, mkw=mkw,
-                 top_module=top_module, lam_top=lam_top_eff, tol=tol, max_iter=max_iter, lr=lr,
-                 max_epochs=max_epochs)
+    res = _solve(
+        Xsig,
+        Y,
+        Q,
+        float(lam),
+        mdl,
+        bias=bias,
+        backend=backend,
+        device=device,
+        mkw=mkw,
+        top_module=top_module,
+        lam_top=lam_top_eff,
+        tol=tol,
+        max_iter=max_iter,
+        lr=lr,
+        max_epochs=max_epochs,
+    )
     props, n_empty = core.coef_to_props(res.coef)
     if n_empty:
-        warnings.warn(f"{n_empty} spot(s) have no positive coefficient; their proportions are set uniform.",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{n_empty} spot(s) have no positive coefficient; their proportions are set uniform.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = pd.DataFrame(props, index=adata.obs_names.copy(), columns=list(sig.columns))
     params = {
-        "model": mdl, "lambda_spatial": float(lam), "lambda_spatial_requested": str(lambda_spatial)
-        if isinstance(lambda_spatial, str) else float(lambda_spatial), "prior": prior, "rho": rho,
-        "standardize": bool(standardize), "connectivity_key": connectivity_key, "layer": layer, "groupby": groupby,
-        "bias": bool(bias), "backend": backend, "device": str(device), "model_kwargs": mkw,
-        "lambda_top_loss": float(lam_top_eff) if top_module is not None else 0.0, "tol": float(tol),
-        "max_iter": int(max_iter), "random_state": random_state,
+        "model": mdl,
+        "lambda_spatial": float(lam),
+        "lambda_spatial_requested": str(lambda_spatial) if isinstance(lambda_spatial, str) else float(lambda_spatial),
+        "prior": prior,
+        "rho": rho,
+        "standardize": bool(standardize),
+        "connectivity_key": connectivity_key,
+        "layer": layer,
+        "groupby": groupby,
+        "bias": bool(bias),
+        "backend": backend,
+        "device": str(device),
+        "model_kwargs": mkw,
+        "lambda_top_loss": float(lam_top_eff) if top_module is not None else 0.0,
+        "tol": float(tol),
+        "max_iter": int(max_iter),
+        "random_state": random_state,
     }
     extra = {
-        "objective": {"model": res.model_loss, "spatial": res.spatial_loss, "topological": res.top_loss,
-                      "total": res.objective},
-        "convergence": {"converged": bool(res.converged), "n_iter": int(res.n_iter),
-                        "kkt_residual": float(res.kkt_residual), "solver": res.solver, "seconds": float(res.seconds)},
+        "objective": {
+            "model": res.model_loss,
+            "spatial": res.spatial_loss,
+            "topological": res.top_loss,
+            "total": res.objective,
+        },
+        "convergence": {
+            "converged": bool(res.converged),
+            "n_iter": int(res.n_iter),
+            "kkt_residual": float(res.kkt_residual),
+            "solver": res.solver,
+            "seconds": float(res.seconds),
+        },
         "genes": np.asarray(gene_names, dtype=object).astype(str),
         "types": np.asarray(list(sig.columns), dtype=str),
     }
@@ -360,34 +427,79 @@ def deconvolve(
     return adata if copy else None
 
 
-def _solve(X, Y, Q, lam, mdl, *, bias, backend, device, mkw, top_module, lam_top, tol, max_iter, lr, max_epochs,
-           z0=None, show_progress=None):
+def _solve(
+    X,
+    Y,
+    Q,
+    lam,
+    mdl,
+    *,
+    bias,
+    backend,
+    device,
+    mkw,
+    top_module,
+    lam_top,
+    tol,
+    max_iter,
+    lr,
+    max_epochs,
+    z0=None,
+    show_progress=None,
+):
     if backend == "cvxpy":
         from ..models.deconv import _solve_cvxpy
 
         Yd = Y.toarray() if sp.issparse(Y) else Y
-        return _solve_cvxpy(mdl, X, Yd, Q=Q, lam=lam, confidences=1.0, bias=bias, nonneg=mdl not in ("lr", "nusvr"),
-                            **mkw)
+        return _solve_cvxpy(
+            mdl, X, Yd, Q=Q, lam=lam, confidences=1.0, bias=bias, nonneg=mdl not in ("lr", "nusvr"), **mkw
+        )
     exact = mdl in core.QUADRATIC_MODELS and backend == "auto"
     if exact and top_module is None:
-        data = core.quadratic_data(X, Y, bias=bias, weights="dwls" if mdl == "dwls" else None,
-                                   max_weights=mkw.get("max_weights", 8.0))
+        data = core.quadratic_data(
+            X, Y, bias=bias, weights="dwls" if mdl == "dwls" else None, max_weights=mkw.get("max_weights", 8.0)
+        )
         spatial = core.SpatialTerm(Q, lam, 1.0, X.shape[1], Y.shape[0])
-        return core.solve_quadratic(data, spatial, nonneg=mdl != "lr", tol=tol, max_iter=max_iter, z0=z0,
-                                    show_progress=show_progress)
+        return core.solve_quadratic(
+            data, spatial, nonneg=mdl != "lr", tol=tol, max_iter=max_iter, z0=z0, show_progress=show_progress
+        )
     z0b = None, None
     if exact:  # start the topological fit from the exact spatial optimum
-        r0 = core.deconvolve_quadratic(X, Y, model=mdl, Q=Q, lam=lam, bias=bias, tol=tol, max_iter=max_iter,
-                                       max_weights=mkw.get("max_weights", 8.0), show_progress=False)
+        r0 = core.deconvolve_quadratic(
+            X,
+            Y,
+            model=mdl,
+            Q=Q,
+            lam=lam,
+            bias=bias,
+            tol=tol,
+            max_iter=max_iter,
+            max_weights=mkw.get("max_weights", 8.0),
+            show_progress=False,
+        )
         z0b = r0.coef, r0.bias
     smooth = mdl == "nusvr" and top_module is None
-    return core.solve_torch(X, Y, model=mdl, Q=Q, lam=lam, bias=bias, top_loss=top_module, lam_top=lam_top,
-                            model_kwargs=mkw, z0=z0b[0], b0=z0b[1], optimizer="lbfgs" if smooth else "adam",
-                            lr=1.0 if smooth else lr, max_epochs=max_epochs, device=device)
+    return core.solve_torch(
+        X,
+        Y,
+        model=mdl,
+        Q=Q,
+        lam=lam,
+        bias=bias,
+        top_loss=top_module,
+        lam_top=lam_top,
+        model_kwargs=mkw,
+        z0=z0b[0],
+        b0=z0b[1],
+        optimizer="lbfgs" if smooth else "adam",
+        lr=1.0 if smooth else lr,
+        max_epochs=max_epochs,
+        device=device,
+    )
 
 
 def _default_grid(X, Q, bias) -> np.ndarray:
-    """Log grid around the strength where the data and spatial curvatures of a coefficient balance.
+    r"""Log grid around the strength where the data and spatial curvatures of a coefficient balance.
 
     Per coefficient the data term curves by :math:`2 H_{kk} / (GN)` and the spatial term by
     :math:`2 \lambda Q_{nn} / (KN)`; they are equal at :math:`\lambda_0 = \mathrm{tr}(H) / (G\,\overline{Q_{nn}})`.
@@ -417,15 +529,17 @@ def _choose_lambda(X, Y, Q, mdl, bias, mkw, grid, random_state, tol, max_iter, n
         train = np.setdiff1d(np.arange(G), test)
         Ytr, Yte = Yc[:, train], Yc[:, test]
         Yte = Yte.toarray() if sp.issparse(Yte) else Yte
-        data = core.quadratic_data(X[train], Ytr, bias=bias, weights="dwls" if mdl == "dwls" else None,
-                                   max_weights=mkw.get("max_weights", 8.0))
+        data = core.quadratic_data(
+            X[train], Ytr, bias=bias, weights="dwls" if mdl == "dwls" else None, max_weights=mkw.get("max_weights", 8.0)
+        )
         z = None
         for i, lam in enumerate(grid):
             spatial = core.SpatialTerm(Q, lam, 1.0, X.shape[1], Y.shape[0])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", core.ConvergenceWarning)
-                r = core.solve_quadratic(data, spatial, nonneg=mdl != "lr", tol=max(tol, 1e-5), max_iter=max_iter,
-                                         z0=z, show_progress=False)
+                r = core.solve_quadratic(
+                    data, spatial, nonneg=mdl != "lr", tol=max(tol, 1e-5), max_iter=max_iter, z0=z, show_progress=False
+                )
             z = r.coef
             pred = z @ X[test].T
             if r.bias is not None:

@@ -22,7 +22,6 @@ from .._anndata import (
 )
 from .._settings import log_finish, log_start
 
-
 _obsm_key = K.reduction_obsm_key
 _varm_key = K.reduction_varm_key
 
@@ -292,7 +291,9 @@ def spatial_vae(
     ``spatial_loss``) and ``time_per_epoch``.
     """
     lam, prior, rho = _check_common(adata, lambda_spatial, prior, rho, standardize, copy, key_added)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2
+    ):
         msg = f"Expected `batch_size` to be None or an integer >= 2, found `{batch_size!r}`."
         raise ValueError(msg)
     if batch_size is not None and coords_key not in adata.obsm:
@@ -323,10 +324,22 @@ def spatial_vae(
         if random_state is not None:
             torch.manual_seed(int(random_state))
         SpatialVAE.setup_anndata(work)
-        model = SpatialVAE(work, spatial_loss=Q, lambda_spatial_loss=lam, sp_loss_as_kl=sp_loss_as_kl,
-                           n_latent=n_latent, **model_kwargs)
-        model.train(max_epochs=max_epochs, lr=lr, batch_size=batch_size, coords_key=coords_key,
-                    random_state=random_state, enable_progress_bar=False)
+        model = SpatialVAE(
+            work,
+            spatial_loss=Q,
+            lambda_spatial_loss=lam,
+            sp_loss_as_kl=sp_loss_as_kl,
+            n_latent=n_latent,
+            **model_kwargs,
+        )
+        model.train(
+            max_epochs=max_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            coords_key=coords_key,
+            random_state=random_state,
+            enable_progress_bar=False,
+        )
         Z = model.get_latent_representation()
     if copy:
         adata = adata.copy()

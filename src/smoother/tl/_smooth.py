@@ -21,12 +21,12 @@ from .._anndata import (
     get_coords,
     get_graph,
     get_matrix,
+    get_prior_operator,
     log_added,
-    symmetrize_for_prior,
     write_params,
 )
 from .._core import smooth as core
-from .._core.linalg import NotPositiveDefiniteError, SPDFactor
+from .._core.linalg import NotPositiveDefiniteError
 from .._core.precision import not_pd_message
 from .._settings import log_finish, log_start, logger
 from .._validation import check_nonneg_scalar
@@ -69,23 +69,8 @@ def _check_chunk(chunk_size) -> int | None:
 
 
 def _operator(W: sp.csr_matrix, prior: str, rho: float, standardize: bool) -> core.PriorOperator:
-    """The prior on ``W``, with an actionable error when it is improper in a way smoothing cannot use."""
-    W = symmetrize_for_prior(W, prior)
-    if standardize and prior in ("icar", "isar") and rho >= 1.0:
-        raise ValueError(not_pd_message(prior, rho) + " `standardize=True` needs a proper prior.")
-    try:
-        op = core.prior_operator(W, prior, rho, standardize=standardize)
-    except NotPositiveDefiniteError as e:
-        raise ValueError(not_pd_message(prior, rho, W)) from e
-    if prior == "car":
-        # Q = I - rho W can be indefinite (rho >= 1 / lambda_max(W)); Gershgorin first, then a factorization
-        rowsum = np.asarray(abs(W).sum(axis=1)).ravel()
-        if not (rho * rowsum.max() < 1.0):
-            try:
-                SPDFactor(op.Q)
-            except NotPositiveDefiniteError as e:
-                raise ValueError(not_pd_message(prior, rho, W)) from e
-    return op
+    """The prior on ``W`` (the one shared builder :func:`smoother._anndata.get_prior_operator`)."""
+    return get_prior_operator(W, prior, rho, standardize)
 
 
 def _lambda_record(lam) -> float | np.ndarray:
@@ -237,8 +222,14 @@ def smooth(
     var_lambda = None
     if lam == "auto":
         res = core.gcv(
-                Y, op, grid=gcv_grid, criterion=criterion, per_gene=per_gene, seed=int(random_state),
-            chunk_size=chunk_size, dtype=dt,
+            Y,
+            op,
+            grid=gcv_grid,
+            criterion=criterion,
+            per_gene=per_gene,
+            seed=int(random_state),
+            chunk_size=chunk_size,
+            dtype=dt,
         )
         gcv_rec = {
             "lambda": res.grid,
@@ -423,10 +414,20 @@ def impute(
                 X[:n_obs, s0 : s0 + Yc.shape[1]] = Yc
                 X[n_obs:, s0 : s0 + Yc.shape[1]] = core.conditional_mean(op, Yc, observed, nonneg=bool(nonneg))
         else:
-            Yall = sp.vstack([sp.csr_matrix(Y), sp.csr_matrix((n_new, Y.shape[1]))]).tocsr() if sp.issparse(Y) else np.vstack(
-                [np.asarray(Y, dtype=np.float64), np.zeros((n_new, Y.shape[1]))]
+            Yall = (
+                sp.vstack([sp.csr_matrix(Y), sp.csr_matrix((n_new, Y.shape[1]))]).tocsr()
+                if sp.issparse(Y)
+                else np.vstack([np.asarray(Y, dtype=np.float64), np.zeros((n_new, Y.shape[1]))])
             )
-            X[:] = core.smooth(Yall, op, float(lam), weights=observed.astype(float), nonneg=bool(nonneg), dtype=dt, chunk_size=chunk_size)
+            X[:] = core.smooth(
+                Yall,
+                op,
+                float(lam),
+                weights=observed.astype(float),
+                nonneg=bool(nonneg),
+                dtype=dt,
+                chunk_size=chunk_size,
+            )
     except NotPositiveDefiniteError as e:
         msg = (
             "Some new spots are not connected to any observed spot through the graph, so their values are "
@@ -442,7 +443,13 @@ def impute(
     out.obsm[K.SPATIAL_KEY] = coords
     ck, dk, nk = K.conn_key("spatial"), K.dist_key("spatial"), K.neighbors_key("spatial")
     out.obsp[ck], out.obsp[dk] = W, Dm
-    graph_params = {"method": graph_method, "n_neighbors": n_neighs, "mutual": mutual, "radius": radius, "bandwidth": bandwidth}
+    graph_params = {
+        "method": graph_method,
+        "n_neighbors": n_neighs,
+        "mutual": mutual,
+        "radius": radius,
+        "bandwidth": bandwidth,
+    }
     write_params(out, nk, graph_params, connectivities_key=ck, distances_key=dk)
     params = {
         "fixed_obs": bool(fixed_obs),

@@ -129,7 +129,9 @@ class SpatialAutoEncoder(nn.Module):
             "use_bias": use_bias,
         }
         self._recon_loss_fn = (
-            nn.MSELoss(reduction="mean") if recon_loss_mode == "mse" else nn.PoissonNLLLoss(log_input=False, reduction="mean")
+            nn.MSELoss(reduction="mean")
+            if recon_loss_mode == "mse"
+            else nn.PoissonNLLLoss(log_input=False, reduction="mean")
         )
         self._data = None
         self.load_adata(adata, layer)

@@ -316,8 +316,13 @@ class SpatialPCA(nn.Module):
         The exact solver does not depend on the start; the loadings matter for ``reduce(method='sgd')`` or when
         the model is used without refitting.
         """
-        model = cls(st_adata, layer=layer, n_latent=rna_model.n_latent, spatial_loss=spatial_loss,
-                    lambda_spatial_loss=lambda_spatial_loss)
+        model = cls(
+            st_adata,
+            layer=layer,
+            n_latent=rna_model.n_latent,
+            spatial_loss=spatial_loss,
+            lambda_spatial_loss=lambda_spatial_loss,
+        )
         with torch.no_grad():
             model.U.copy_(rna_model.U.detach().to(model.U.dtype))
         return model
@@ -329,8 +334,13 @@ class SpatialPCA(nn.Module):
             msg = "`adata.varm['PCs']` not found; run `sc.pp.pca(adata)` first."
             raise KeyError(msg)
         PCs = np.asarray(adata.varm["PCs"], dtype=np.float64)
-        model = cls(adata, layer=layer, n_latent=PCs.shape[1], spatial_loss=spatial_loss,
-                    lambda_spatial_loss=lambda_spatial_loss)
+        model = cls(
+            adata,
+            layer=layer,
+            n_latent=PCs.shape[1],
+            spatial_loss=spatial_loss,
+            lambda_spatial_loss=lambda_spatial_loss,
+        )
         with torch.no_grad():
             model.U.copy_(torch.as_tensor(np.ascontiguousarray(PCs)))
         return model

@@ -139,7 +139,9 @@ def _make_splitter_cls():
         def __init__(self, adata_manager, *args, coords=None, tile_batch_size=None, seed=0, **kwargs):
             for k in ("batch_size", "train_size", "validation_size", "shuffle_set_split"):
                 kwargs.pop(k, None)
-            super().__init__(adata_manager, *args, train_size=1.0, validation_size=None, shuffle_set_split=False, **kwargs)
+            super().__init__(
+                adata_manager, *args, train_size=1.0, validation_size=None, shuffle_set_split=False, **kwargs
+            )
             self._coords, self._tile_bs, self._seed = coords, tile_batch_size, seed
 
         def setup(self, stage=None):
@@ -450,8 +452,14 @@ def _make_models():
 
         _scvi_cls = SCANVI
 
-        def __init__(self, st_adata, spatial_loss=None, lambda_spatial_loss: float = 0.1, sp_loss_as_kl: bool = False,
-                     **model_kwargs):
+        def __init__(
+            self,
+            st_adata,
+            spatial_loss=None,
+            lambda_spatial_loss: float = 0.1,
+            sp_loss_as_kl: bool = False,
+            **model_kwargs,
+        ):
             if sp_loss_as_kl:
                 msg = "`sp_loss_as_kl=True` is only available for SpatialVAE."
                 raise ValueError(msg)
@@ -470,8 +478,14 @@ def _make_models():
 
         _scvi_cls = MULTIVI
 
-        def __init__(self, st_adata, spatial_loss=None, lambda_spatial_loss: float = 0.1, sp_loss_as_kl: bool = False,
-                     **model_kwargs):
+        def __init__(
+            self,
+            st_adata,
+            spatial_loss=None,
+            lambda_spatial_loss: float = 0.1,
+            sp_loss_as_kl: bool = False,
+            **model_kwargs,
+        ):
             if sp_loss_as_kl:
                 msg = "`sp_loss_as_kl=True` is only available for SpatialVAE."
                 raise ValueError(msg)
