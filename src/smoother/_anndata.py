@@ -214,7 +214,7 @@ def get_graph(adata, connectivity_key: str = K.DEFAULT_CONN) -> sp.csr_matrix:
         The key is missing; the message names ``sq.gr.spatial_neighbors`` and ``sm.pp.spatial_graph`` (and
         ``sm.pp.scale_by_*`` for the scaled key).
     ValueError
-        Wrong shape, or NaN/inf weights.
+        Wrong shape, NaN/inf weights, or negative weights (which the priors would otherwise clip to 0 silently).
     """
     if not isinstance(connectivity_key, str):
         msg = f"Expected `connectivity_key` to be a string, found {type(connectivity_key).__name__}."
@@ -243,7 +243,15 @@ def get_graph(adata, connectivity_key: str = K.DEFAULT_CONN) -> sp.csr_matrix:
         )
         raise ValueError(msg)
     if W.nnz and not np.isfinite(W.data).all():
-        msg = f"`adata.obsp[{connectivity_key!r}]` contains NaN or inf weights."
+        msg = f"`adata.obsp[{connectivity_key!r}]` contains NaN or inf weights; rebuild it with `sm.pp.spatial_graph`."
+        raise ValueError(msg)
+    if W.nnz and (W.data < 0).any():
+        n_neg = int((W.data < 0).sum())
+        msg = (
+            f"`adata.obsp[{connectivity_key!r}]` has {n_neg} negative weight(s); the spatial priors need non-negative "
+            "edge weights (similarities, not distances or correlations). Rebuild the graph with `sm.pp.spatial_graph` "
+            "or rescale it with `sm.pp.scale_by_expr`."
+        )
         raise ValueError(msg)
     return W
 
