@@ -12,15 +12,22 @@ $(PY):
 	python3 -m venv $(VENV)
 
 # torch first: the pinned CPU wheel lies on disk; a bare `torch` would pull a CUDA build.
-install: $(PY)
+# The installs are stamped: they rerun only when pyproject.toml changed (the package itself is installed editable).
+$(VENV)/.stamp-install: pyproject.toml | $(PY)
 	$(PIP) install $(PIP_QUIET) torch==2.13.0 2>&1 | sed "/is ignored: it is neither/d"
 	$(PIP) install $(PIP_QUIET) -e . 2>&1 | sed "/is ignored: it is neither/d"
 	$(PY) -c "import smoother, torch; print('smoother', smoother.__version__, '| torch', torch.__version__)"
+	touch $@
 
-install-test: $(PY)
+$(VENV)/.stamp-install-test: pyproject.toml | $(PY)
 	$(PIP) install $(PIP_QUIET) torch==2.13.0 2>&1 | sed "/is ignored: it is neither/d"
 	$(PIP) install $(PIP_QUIET) -e ".[test,doc]" 2>&1 | sed "/is ignored: it is neither/d"
 	$(PY) -c "import smoother, torch, pytest; print('smoother', smoother.__version__, '| torch', torch.__version__)"
+	touch $@
+
+install: $(VENV)/.stamp-install
+
+install-test: $(VENV)/.stamp-install-test
 
 # the doc extra comes with install-test (tests/test_docs.py builds the docs in `make test`)
 install-doc: install-test

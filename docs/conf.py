@@ -41,7 +41,7 @@ project = "smoother"
 author = "smoother developers"
 copyright = f"{date.today().year}, {author}"
 try:
-    release = _version("smoother")
+    release = _version("smoother-spatial")
 except PackageNotFoundError:  # pragma: no cover
     release = "0.0.0"
 version = release

@@ -2,21 +2,71 @@
 
 A spatial graph becomes the precision matrix of a Gaussian random field prior (SMA, SAR, ISAR, CAR, ICAR); its
 quadratic form regularizes any spatial variable. AnnData-first API in :mod:`smoother.pp`, :mod:`smoother.tl`,
-:mod:`smoother.pl`, simulated data in :mod:`smoother.datasets`, and the classic object API
-(:class:`SpatialWeightMatrix`, :class:`SpatialLoss`, ...) of smoother-omics 1.1.0 on the same core.
+:mod:`smoother.pl`, data in :mod:`smoother.datasets`, and the classic object API (:class:`SpatialWeightMatrix`,
+:class:`SpatialLoss`, ...) of smoother-omics 1.1.0 on the same core.
+
+``import smoother`` is instant: the submodules, and with them torch, numba, scipy and matplotlib, load on first use
+(``sm.tl``, ``sm.SpatialLoss``, ...).
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from . import datasets, pl, pp, tl
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._settings import settings
-from .losses import ContrastiveSpatialLoss, SpatialLoss, TopLoss
-from .weights import SpatialWeightMatrix
 
-try:
-    __version__ = version("smoother")
-except PackageNotFoundError:  # pragma: no cover
-    __version__ = "0.0.0"
+DISTRIBUTION = "smoother-spatial"  # the name on PyPI; the import name is `smoother`
+
+# name -> (module, attribute or None for the module itself), loaded on first access
+_LAZY = {
+    "datasets": ("smoother.datasets", None),
+    "pl": ("smoother.pl", None),
+    "pp": ("smoother.pp", None),
+    "tl": ("smoother.tl", None),
+    "losses": ("smoother.losses", None),
+    "weights": ("smoother.weights", None),
+    "models": ("smoother.models", None),
+    "utils": ("smoother.utils", None),
+    "SpatialLoss": ("smoother.losses", "SpatialLoss"),
+    "ContrastiveSpatialLoss": ("smoother.losses", "ContrastiveSpatialLoss"),
+    "TopLoss": ("smoother.losses", "TopLoss"),
+    "SpatialWeightMatrix": ("smoother.weights", "SpatialWeightMatrix"),
+}
+
+if TYPE_CHECKING:  # for type checkers and IDEs; not executed
+    from . import datasets, losses, models, pl, pp, tl, utils, weights
+    from .losses import ContrastiveSpatialLoss, SpatialLoss, TopLoss
+    from .weights import SpatialWeightMatrix
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # pragma: no cover
+        return "0.0.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()["__version__"] = value = _version()
+        return value
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'smoother' has no attribute {name!r}") from None
+    obj = importlib.import_module(module)
+    if attr is not None:
+        obj = getattr(obj, attr)
+    globals()[name] = obj  # later accesses skip __getattr__
+    return obj
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ContrastiveSpatialLoss",
@@ -24,8 +74,12 @@ __all__ = [
     "SpatialWeightMatrix",
     "TopLoss",
     "datasets",
+    "losses",
+    "models",
     "pl",
     "pp",
     "settings",
     "tl",
+    "utils",
+    "weights",
 ]

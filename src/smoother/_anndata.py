@@ -211,7 +211,7 @@ def get_graph(adata, connectivity_key: str = K.DEFAULT_CONN) -> sp.csr_matrix:
     Raises
     ------
     KeyError
-        The key is missing; the message names ``sq.gr.spatial_neighbors`` and ``sm.pp.spatial_graph`` (and
+        The key is missing; the message names ``sm.pp.spatial_graph`` and ``sq.gr.spatial_neighbors_knn`` (and
         ``sm.pp.scale_by_*`` for the scaled key).
     ValueError
         Wrong shape, NaN/inf weights, or negative weights (which the priors would otherwise clip to 0 silently).
@@ -222,9 +222,10 @@ def get_graph(adata, connectivity_key: str = K.DEFAULT_CONN) -> sp.csr_matrix:
     if connectivity_key not in adata.obsp:
         base = connectivity_key[: -len("_connectivities")] if connectivity_key.endswith("_connectivities") else None
         fix = (
-            f"`sq.gr.spatial_neighbors(adata, key_added={base!r})` or `sm.pp.spatial_graph(adata, key_added={base!r})`"
+            f"`sm.pp.spatial_graph(adata, key_added={base!r})` or "
+            f"`sq.gr.spatial_neighbors_knn(adata, key_added={base!r})`"
             if base and base != "spatial"
-            else "`sq.gr.spatial_neighbors(adata)` or `sm.pp.spatial_graph(adata)`"
+            else "`sm.pp.spatial_graph(adata)` or `sq.gr.spatial_neighbors_knn(adata)`"
         )
         if connectivity_key == K.SCALED_CONN:
             fix = "`sm.pp.scale_by_expr`, `sm.pp.scale_by_identity` or `sm.pp.scale_by_histology`"

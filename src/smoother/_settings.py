@@ -1,12 +1,15 @@
 """Package-wide settings and the ``smoother`` logger.
 
 ``sm.settings.verbosity`` follows scanpy's scale (0 errors, 1 warnings, 2 info, 3 hints/debug);
-``sm.settings.progress_bar`` switches tqdm bars on long work on or off.
+``sm.settings.progress_bar`` switches tqdm bars on long work on (``True``), off (``False``) or, by default
+(``None``), on only in interactive sessions (a terminal or a Jupyter kernel), so scripts, CI logs and batch jobs
+stay quiet.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ class _Settings:
     """Settings of smoother (``sm.settings``)."""
 
     _verbosity: int = 1
-    progress_bar: bool = True
+    progress_bar: bool | None = None
 
     @property
     def verbosity(self) -> int:
@@ -56,12 +59,29 @@ settings = _Settings()
 logger.setLevel(_LEVELS[settings.verbosity])
 
 
+def _interactive() -> bool:
+    """A terminal on stderr or a Jupyter/IPython kernel."""
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stream
+        return False
+
+
+def progress_enabled() -> bool:
+    """Whether long work shows a progress bar (``sm.settings.progress_bar``; ``None``: only when interactive)."""
+    if settings.progress_bar is None:
+        return _interactive()
+    return bool(settings.progress_bar)
+
+
 def progress(iterable=None, *, total=None, desc=None, disable=None, **kwargs):
     """A tqdm progress bar that respects ``sm.settings.progress_bar`` (and ``disable=`` when given)."""
     from tqdm.auto import tqdm
 
     if disable is None:
-        disable = not settings.progress_bar
+        disable = not progress_enabled()
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kwargs)
 
 
