@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from smoother._core import knn_graph, precision
-from smoother._core.spca import TooFewPositiveDirectionsError, lambda_upper_bound, spatial_gram
+from smoother._core.spca import lambda_upper_bound, spatial_gram
 from smoother._core.spca import spatial_pca as core_spca
 
 
@@ -89,18 +89,72 @@ def test_core_spatial_penalty_trades_variance_for_smoothness(problem):
     assert b.objective.sum() > pca_obj
 
 
-def test_core_too_few_positive_directions(problem):
-    _, X, _, Q = problem
+@pytest.fixture(scope="module")
+def tiny():
+    """6 x 6 grid, 7 genes: small enough for a dense eigen-decomposition of every matrix involved."""
+    rng = np.random.default_rng(5)
+    xx, yy = np.meshgrid(np.arange(6.0), np.arange(6.0))
+    coords = np.column_stack([xx.ravel(), yy.ravel()])
+    X = np.column_stack([np.sin(coords[:, 0]), coords[:, 1] / 3.0]) @ rng.standard_normal((2, 7))
+    X += 0.7 * rng.standard_normal(X.shape)
+    W, _ = knn_graph(coords, k=4)
+    return coords, X, W, precision(W, "icar", 0.99)
+
+
+@pytest.mark.filterwarnings("ignore:The problem size:UserWarning")  # LOBPCG falls back to dense on 7 genes
+@pytest.mark.parametrize("zero_center", [True, False])
+@pytest.mark.parametrize("solver", ["dense", "arpack", "lobpcg"])
+def test_core_negative_objectives_are_returned_not_refused(tiny, zero_center, solver):
+    _, X, _, Q = tiny
     k = 5
-    ub = lambda_upper_bound(X, Q, k)
+    ub = lambda_upper_bound(X, Q, k, zero_center=zero_center)
     assert np.isfinite(ub) and ub > 0
-    core_spca(X, Q, k, 0.98 * ub)  # just below the bound works
-    with pytest.raises(TooFewPositiveDirectionsError, match=r"lambda_spatial < "):
-        core_spca(X, Q, k, 1.05 * ub)
-    # the bound is where the k-th eigenvalue of the brute-force matrix changes sign
-    w_lo, _ = _brute_force(X, Q, k, 0.99 * ub, True)
-    w_hi, _ = _brute_force(X, Q, k, 1.01 * ub, True)
-    assert w_lo[-1] > 0 > w_hi[-1]
+    lam = 3.0 * ub  # beyond the bound: some of the top k eigenvalues are negative
+    w, V = _brute_force(X, Q, k, lam, zero_center)
+    assert (w < 0).any() and (w > 0).any()
+    res = core_spca(X, Q, k, lam, zero_center=zero_center, solver=solver)
+    scale = np.abs(w).max()
+    np.testing.assert_allclose(res.objective, w, rtol=1e-7, atol=1e-8 * scale)
+    np.testing.assert_allclose(np.abs(res.loadings.T @ V), np.eye(k), atol=1e-5)
+    np.testing.assert_array_equal(res.info["negative"], np.flatnonzero(w < 0))
+    # Ky Fan: no orthonormal U does better on tr(U^T C U), however indefinite C is
+    Xc = X - X.mean(axis=0) if zero_center else X
+    C = Xc.T @ (np.eye(X.shape[0]) - lam * Q.toarray()) @ Xc
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        U, _ = np.linalg.qr(rng.standard_normal((X.shape[1], k)))
+        assert np.trace(U.T @ C @ U) <= res.objective.sum() + 1e-9 * scale
+
+
+def test_tl_warns_names_negative_components(tiny):
+    import anndata as ad
+
+    import smoother as sm
+
+    coords, X, W, _ = tiny
+    a = ad.AnnData(X.copy())
+    a.obsm["spatial"] = coords
+    a.obsp["spatial_connectivities"] = W
+    k = 5
+    Q = precision(W, "icar", 0.99, standardize=True)
+    lam = 3.0 * lambda_upper_bound(X, Q, k)
+    w, V = _brute_force(X, Q, k, lam, True)
+    neg = np.flatnonzero(w < 0)
+    assert neg.size and neg.size < k
+    names = ", ".join(str(i + 1) for i in neg)
+    with pytest.warns(UserWarning, match=rf"Spatial PCs {names} \(of {k}\) have a negative objective"):
+        sm.tl.spatial_pca(a, n_comps=k, lambda_spatial=lam)
+    u = a.uns["spatial_pca"]
+    np.testing.assert_allclose(u["objective"], w / a.n_obs, rtol=1e-7, atol=1e-9 * np.abs(w).max())
+    assert u["n_negative"] == neg.size
+    np.testing.assert_allclose(np.abs(a.varm["spatial_PCs"].T @ V), np.eye(k), atol=1e-6)
+    # below the bound every component is positive and nothing is said
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sm.tl.spatial_pca(a, n_comps=k, lambda_spatial=0.5 * lam / 3.0)
+    assert a.uns["spatial_pca"]["n_negative"] == 0 and (a.uns["spatial_pca"]["objective"] > 0).all()
 
 
 # --------------------------------------------------------------------------------------- sm.tl.spatial_pca
@@ -181,15 +235,25 @@ def test_tl_bad_input_leaves_adata_unchanged(adata):
     snap = _snapshot(adata)
     with pytest.raises(ValueError, match="n_comps"):
         sm.tl.spatial_pca(adata, n_comps=adata.n_vars)
-    with pytest.raises(ValueError, match=r"positive spatial PCA objective.*lambda_spatial="):
-        sm.tl.spatial_pca(adata, n_comps=20, lambda_spatial=50.0)
     with pytest.raises(KeyError, match="spatial_neighbors"):
         sm.tl.spatial_pca(adata, n_comps=3, connectivity_key="other_connectivities")
     with pytest.raises(KeyError, match="highly_variable"):
-        sm.tl.spatial_pca(adata, n_comps=3, use_highly_variable=True)
+        sm.tl.spatial_pca(adata, n_comps=3, mask_var="highly_variable")
     _unchanged(adata, snap)
     adata.X[0, 0] = np.nan
     snap = _snapshot(adata)
     with pytest.raises(ValueError, match="NaN"):
         sm.tl.spatial_pca(adata, n_comps=3)
     assert (set(adata.obsm), set(adata.varm), set(adata.uns)) == snap[:3]
+
+
+def test_tl_sma_prior_matches_dense_precision(adata, problem, dense_precision):
+    """prior='sma' goes through the sparse factor B (an operator), never a dense n x n; same result as dense Q."""
+    import smoother as sm
+
+    _, X, W, _ = problem
+    Qd = dense_precision(W, "sma", 0.5, standardize=False)
+    w, V = _brute_force(X, Qd, 3, 0.3, True)
+    sm.tl.spatial_pca(adata, n_comps=3, lambda_spatial=0.3, prior="sma", rho=0.5, standardize=False)
+    np.testing.assert_allclose(adata.uns["spatial_pca"]["objective"] * adata.n_obs, w, rtol=1e-8)
+    np.testing.assert_allclose(np.abs(adata.varm["spatial_PCs"].T @ V), np.eye(3), atol=1e-6)

@@ -50,10 +50,6 @@ CHUNK_BYTES = 256 * 2**20
 SOLVERS = ("auto", "dense", "arpack", "lobpcg")
 
 
-class TooFewPositiveDirectionsError(ValueError):
-    """Fewer than ``n_comps`` directions have a positive spatial PCA objective at this ``lambda``."""
-
-
 @dataclass
 class SpatialPCAResult:
     """Result of :func:`spatial_pca`.
@@ -319,7 +315,9 @@ def spatial_gram(
     else:
         C = _dense_gram(X, Q, lambda_spatial, chunk_size)
         ones = np.ones(n)
-        if lambda_spatial != 0.0:
+        if lambda_spatial != 0.0 and isinstance(Q, LinearOperator):  # symmetric by construction
+            r = ones - lambda_spatial * np.asarray(Q @ ones, dtype=np.float64).ravel()
+        elif lambda_spatial != 0.0:
             Qs = Q if sp.issparse(Q) else np.asarray(Q)
             r = ones - 0.5 * lambda_spatial * (_apply_Q(Qs, ones) + np.asarray(Qs.T @ ones, dtype=np.float64))
         else:
@@ -335,8 +333,14 @@ def spatial_gram(
 
 
 def _dense_gram(X, Q, lambda_spatial: float, chunk_size: int | None) -> np.ndarray:
-    """``sym(X^T (I - lambda Q) X)`` from dense row chunks (float64 BLAS products)."""
+    """``sym(X^T (I - lambda Q) X)`` from dense row chunks (float64 BLAS products).
+
+    When ``Q`` is a :class:`~scipy.sparse.linalg.LinearOperator` (e.g. :func:`sma_precision`), its rows are not
+    available: ``C`` is built from column chunks instead, ``C[:, c] = X^T (X[:, c] - lambda Q X[:, c])``.
+    """
     n, g = X.shape
+    if lambda_spatial != 0.0 and isinstance(Q, LinearOperator):
+        return _operator_gram(X, Q, lambda_spatial, chunk_size)
     step = _chunk_rows(n, g, chunk_size)
     C = np.zeros((g, g), dtype=np.float64)
     Qcsr = sp.csr_matrix(Q) if sp.issparse(Q) else np.asarray(Q)
@@ -349,6 +353,34 @@ def _dense_gram(X, Q, lambda_spatial: float, chunk_size: int | None) -> np.ndarr
         else:
             C += Xr.T @ Xr
     return 0.5 * (C + C.T)
+
+
+def _operator_gram(X, Q: LinearOperator, lambda_spatial: float, chunk_size: int | None) -> np.ndarray:
+    n, g = X.shape
+    step = _chunk_rows(g, n, chunk_size)  # n x step dense blocks
+    C = np.zeros((g, g), dtype=np.float64)
+    for start in range(0, g, step):
+        cols = slice(start, min(g, start + step))
+        Xc = _dense_rows(X[:, cols])
+        C[:, cols] = np.asarray(X.T @ (Xc - lambda_spatial * _apply_Q(Q, Xc)), dtype=np.float64)
+    return 0.5 * (C + C.T)
+
+
+def sma_precision(B) -> LinearOperator:
+    r"""The SMA precision :math:`Q = (B B^T)^{-1}` as a symmetric ``LinearOperator`` (``B`` sparse, never inverted).
+
+    One sparse LU factorization of ``B``; each product is two triangular solves, :math:`Q u = B^{-T} (B^{-1} u)`.
+    """
+    from scipy.sparse.linalg import splu
+
+    n = B.shape[0]
+    lu = splu(sp.csc_matrix(B, dtype=np.float64))
+
+    def matmat(U):
+        U = np.asarray(U, dtype=np.float64)
+        return lu.solve(lu.solve(U), trans="T")
+
+    return LinearOperator((n, n), matvec=matmat, matmat=matmat, rmatvec=matmat, rmatmat=matmat, dtype=np.float64)
 
 
 def spatial_operator(X, Q, lambda_spatial: float, *, mean: np.ndarray | None = None) -> LinearOperator:
@@ -500,11 +532,12 @@ def spatial_pca(
         sum of squares and spatial loss, with :math:`\text{objective}_k = \text{variance}_k - \lambda\,
         \text{spatial\_loss}_k`.
 
-    Raises
-    ------
-    TooFewPositiveDirectionsError
-        When fewer than ``n_comps`` directions have a positive objective; the message names the largest
-        ``lambda`` that works (when it can be computed densely).
+    Notes
+    -----
+    The top ``k`` eigenvectors maximise :math:`\mathrm{tr}(U^T C U)` over orthonormal ``U`` for every
+    :math:`\lambda`, also when :math:`C` is indefinite and some of the ``k`` largest eigenvalues are negative
+    (a large :math:`\lambda` or a rough component): nothing is refused. ``info['negative']`` lists the
+    (0-based) components whose objective is negative; callers report them.
     """
     X = _as_matrix(X)
     n, g = X.shape
@@ -536,21 +569,7 @@ def spatial_pca(
     spatial = np.einsum("ij,ij->j", H, _apply_Q(Q, H))
     objective = variance - lam * spatial
     scale = max(float(np.abs(w).max()), 1e-300)
-    if w[-1] <= 1e-10 * scale:
-        n_pos = int((w > 1e-10 * scale).sum())
-        hint = ""
-        if g <= DENSE_MAX_FEATURES:
-            ub = lambda_upper_bound(X, Q, int(n_comps), zero_center=zero_center, chunk_size=chunk_size)
-            if np.isfinite(ub) and ub > 0:
-                hint = f" It has {n_comps} for lambda_spatial < {ub:.4g}; e.g. lambda_spatial={0.9 * ub:.3g}."
-        else:
-            hint = f" Try a smaller lambda_spatial, e.g. {lam / 10:.3g}."
-        msg = (
-            f"Only {n_pos} of the requested {n_comps} directions have a positive spatial PCA objective at "
-            f"lambda_spatial = {lam:g} (the matrix X^T (I - lambda Q) X is too indefinite).{hint} "
-            "Or ask for fewer components."
-        )
-        raise TooFewPositiveDirectionsError(msg)
+    negative = np.flatnonzero(w < -1e-10 * scale)
     return SpatialPCAResult(
         loadings=U,
         scores=H,
@@ -559,5 +578,5 @@ def spatial_pca(
         spatial_loss=spatial,
         mean=mean,
         solver=used,
-        info={"eigenvalues": w},
+        info={"eigenvalues": w, "negative": negative},
     )

@@ -2,54 +2,117 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from .. import _constants as K
 from .._anndata import (
     check_adata,
-    check_bool,
-    check_key,
-    check_lambda,
     check_precision_args,
+    get_coords,
     get_graph,
     get_matrix,
-    get_precision,
-    log_added,
-    write_params,
+    get_prior_operator,
+    save_result,
 )
 from .._settings import log_finish, log_start
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_device,
+    check_int,
+    check_key,
+    check_lambda,
+    check_random_state,
+    check_real,
+)
 
 _obsm_key = K.reduction_obsm_key
 _varm_key = K.reduction_varm_key
 
 
-def _hv_mask(adata, use_highly_variable: bool | None) -> np.ndarray | None:
-    if use_highly_variable is None:
-        use_highly_variable = "highly_variable" in adata.var.columns
-    elif not isinstance(use_highly_variable, (bool, np.bool_)):
-        msg = f"Expected `use_highly_variable` to be True, False or None, found `{use_highly_variable!r}`."
-        raise TypeError(msg)
-    if not use_highly_variable:
-        return None
-    if "highly_variable" not in adata.var.columns:
-        msg = (
-            "`use_highly_variable=True` but `adata.var['highly_variable']` is missing; run "
-            "`sc.pp.highly_variable_genes(adata)` first or pass `use_highly_variable=False`."
+class _Default:
+    """Sentinel of an argument that was not given (scanpy's ``_empty``): ``mask_var`` then follows scanpy's default."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT: Any = _Default()
+
+
+def _var_mask(adata, mask_var, use_highly_variable) -> tuple[Any, np.ndarray | None]:
+    """Resolve ``mask_var`` / ``use_highly_variable`` as ``sc.pp.pca`` (scanpy >= 1.10) does.
+
+    Returns the value recorded in ``params`` (a ``var`` column name, a boolean array or ``None``) and the boolean
+    gene mask (``None``: every gene).
+    """
+    if use_highly_variable is not None:
+        if not isinstance(use_highly_variable, (bool, np.bool_)):
+            msg = (
+                f"Expected `use_highly_variable` to be True, False or None, found "
+                f"{type(use_highly_variable).__name__} `{use_highly_variable!r}` (e.g. mask_var='highly_variable')."
+            )
+            raise TypeError(msg)
+        if mask_var is not _DEFAULT:
+            msg = (
+                "Pass either `mask_var` or the deprecated `use_highly_variable`, not both: "
+                "`use_highly_variable=True` is `mask_var='highly_variable'`, `use_highly_variable=False` is "
+                "`mask_var=None`."
+            )
+            raise ValueError(msg)
+        warnings.warn(
+            "`use_highly_variable` is deprecated (as in scanpy >= 1.10); use `mask_var='highly_variable'` "
+            "(or `mask_var=None` for every gene).",
+            FutureWarning,
+            stacklevel=3,
         )
-        raise KeyError(msg)
-    mask = np.asarray(adata.var["highly_variable"], dtype=bool)
-    if not mask.any():
-        msg = "`adata.var['highly_variable']` selects no gene; pass `use_highly_variable=False`."
+        mask_var = "highly_variable" if use_highly_variable else None
+    elif mask_var is _DEFAULT:
+        mask_var = "highly_variable" if "highly_variable" in adata.var.columns else None
+    if mask_var is None:
+        return None, None
+    if isinstance(mask_var, str):
+        if mask_var not in adata.var.columns:
+            hint = " run `sc.pp.highly_variable_genes(adata)` first or" if mask_var == "highly_variable" else ""
+            msg = (
+                f"`mask_var={mask_var!r}` but `adata.var[{mask_var!r}]` does not exist (columns: "
+                f"{list(adata.var.columns)[:10]});{hint} pass `mask_var=None` to use every gene."
+            )
+            raise KeyError(msg)
+        col = adata.var[mask_var]
+        if col.isna().any():
+            msg = f"`adata.var[{mask_var!r}]` (`mask_var`) contains missing values; it must be True/False per gene."
+            raise ValueError(msg)
+        where = f"`adata.var[{mask_var!r}]` (`mask_var`)"
+        values = col.to_numpy(dtype=bool) if pd.api.types.is_bool_dtype(col.dtype) else np.asarray(col)
+    else:
+        if hasattr(mask_var, "to_numpy"):
+            mask_var = mask_var.to_numpy()
+        values = np.asarray(mask_var)
+        where = "`mask_var`"
+        if values.shape != (adata.n_vars,):
+            msg = f"{where} must be a boolean array of length n_vars = {adata.n_vars}, found shape {values.shape}."
+            raise ValueError(msg)
+    if values.dtype != bool:
+        msg = (
+            f"{where} must be boolean (True for the genes to use), found dtype {values.dtype}; "
+            "e.g. mask_var='highly_variable'."
+        )
+        raise TypeError(msg)
+    if not values.any():
+        msg = f"{where} selects no gene; pass `mask_var=None` to use every gene."
         raise ValueError(msg)
-    return mask
+    return (mask_var if isinstance(mask_var, str) else values.copy()), values.astype(bool, copy=True)
 
 
 def _total_sum_of_squares(X, mean: np.ndarray | None) -> float:
     if sp.issparse(X):
-        ss = float(X.multiply(X).sum())
+        ss = float(X.multiply(X).sum(dtype=np.float64))
     else:
         ss = float(np.einsum("ij,ij->", X, X, dtype=np.float64))
     if mean is not None:
@@ -57,27 +120,32 @@ def _total_sum_of_squares(X, mean: np.ndarray | None) -> float:
     return ss
 
 
-def _check_common(adata, lambda_spatial, prior, rho, standardize, copy, key_added) -> tuple[float, str, float]:
-    """Validate the arguments shared by the reduction entry points; return ``(lambda, prior, rho)``."""
-    check_adata(adata)
+def _prior_args(lambda_spatial, prior, rho, standardize) -> tuple[float, str, float, bool]:
+    """The checked ``(lambda_spatial, prior, rho, standardize)`` shared by the reduction entry points."""
     lam = check_lambda(lambda_spatial)
     prior, rho = check_precision_args(prior, rho)
-    check_bool(standardize, "standardize")
-    check_bool(copy, "copy")
-    check_key(key_added, "key_added")
-    return lam, prior, rho
+    return lam, prior, rho, check_bool(standardize, "standardize")
 
 
-def _common_params(lam, prior, rho, standardize, connectivity_key, layer) -> dict[str, Any]:
-    """The ``uns[key]['params']`` entries shared by the reduction entry points."""
+def _common_params(lam, prior, rho, standardize, connectivity_key, layer, key_added) -> dict[str, Any]:
+    """The ``uns[key]['params']`` entries shared by the reduction entry points (the package's vocabulary)."""
     return {
         "lambda_spatial": lam,
         "prior": prior,
         "rho": rho,
-        "standardize": bool(standardize),
+        "standardize": standardize,
         "connectivity_key": connectivity_key,
         "layer": layer,
+        "key_added": key_added,
     }
+
+
+def _precision(W, prior: str, rho: float, standardize: bool):
+    """The prior's precision as the fitting functions use it (:func:`get_prior_operator`); SMA as an operator."""
+    from .._core.spca import sma_precision
+
+    op = get_prior_operator(W, prior, rho, standardize)
+    return op.Q if op.Q is not None else sma_precision(op.B)
 
 
 def spatial_pca(
@@ -90,42 +158,29 @@ def spatial_pca(
     standardize: bool = True,
     connectivity_key: str = K.DEFAULT_CONN,
     layer: str | None = None,
+    mask_var: np.ndarray | str | None = _DEFAULT,
     use_highly_variable: bool | None = None,
     zero_center: bool = True,
     solver: Literal["auto", "dense", "arpack", "lobpcg"] = "auto",
     key_added: str = K.SPATIAL_PCA,
     copy: bool = False,
 ):
-    r"""Spatially aware PCA, solved exactly.
+    r"""Spatially aware PCA: principal components that vary smoothly over the tissue, solved exactly.
 
-    Finds orthonormal loadings :math:`U` (``n_genes x n_comps``) that maximise the projected variance minus
-    ``lambda_spatial`` times the spatial loss of the projection :math:`H = X_c U`,
-
-    .. math::
-
-        \max_{U^T U = I} \mathrm{tr}(H^T H) - \lambda\, \mathrm{tr}(H^T Q H)
-        = \mathrm{tr}\big(U^T X_c^T (I - \lambda Q) X_c U\big),
-
-    where :math:`Q` is the precision matrix of the spatial prior on the graph ``adata.obsp[connectivity_key]``
-    and :math:`X_c` the (centred) data. This is the objective of the classic
-    :class:`smoother.models.reduction.SpatialPCA`; its exact maximiser is the top ``n_comps`` eigenvectors of
-    the ``n_genes x n_genes`` matrix :math:`X_c^T (I - \lambda Q) X_c`, computed directly (see
-    :func:`smoother._core.spca.spatial_pca`) instead of by gradient descent. ``lambda_spatial = 0`` gives
-    ordinary PCA (``sc.pp.pca`` up to signs).
-
-    Unlike the classic ``SpatialPCA``, which works on the data as given (uncentred), this function centres the
-    genes by default (``zero_center=True``, as ``sc.pp.pca``); pass ``zero_center=False`` to reproduce the
-    classic objective. Sparse data are centred implicitly, never densified.
+    Use it instead of ``sc.pp.pca`` when the embedding should follow the tissue's spatial structure (layers,
+    domains) rather than spot-level noise. Expects log-normalized expression (as ``sc.pp.pca``) and a spatial
+    graph in ``adata.obsp[connectivity_key]`` (``sq.gr.spatial_neighbors`` or ``sm.pp.spatial_graph``).
 
     Parameters
     ----------
     adata
         AnnData with a spatial graph in ``adata.obsp[connectivity_key]``.
     n_comps
-        Number of components (smaller than the number of genes used).
+        Number of components; smaller than both the number of spots and the number of genes used.
     lambda_spatial
         Strength of the spatial penalty :math:`\lambda \ge 0` (the classic ``lambda_spatial_loss``; both terms
-        of the classic loss are divided by the same ``n_comps * n_obs``, so the value carries over).
+        of the classic loss are divided by the same ``n_comps * n_obs``, so the value carries over). ``0`` is
+        ordinary PCA.
     prior
         Spatial prior whose precision :math:`Q` defines the spatial loss.
     rho
@@ -136,9 +191,13 @@ def spatial_pca(
         Key of the spatial graph in ``adata.obsp``.
     layer
         Layer to use instead of ``adata.X``.
+    mask_var
+        Genes to use, as in ``sc.pp.pca`` (scanpy >= 1.10): a boolean array over ``var_names`` or the name of a
+        boolean ``adata.var`` column; ``None`` uses every gene. Not given: ``'highly_variable'`` when that column
+        exists, else every gene. Loadings of the other genes are 0.
     use_highly_variable
-        Use only genes with ``adata.var['highly_variable']``; ``None`` uses them when that column exists
-        (as ``sc.pp.pca``). Loadings of the other genes are 0.
+        Deprecated alias (as in scanpy): ``True`` is ``mask_var='highly_variable'``, ``False`` is
+        ``mask_var=None``. Giving both is an error.
     zero_center
         Centre the genes first (as ``sc.pp.pca``); ``False`` is the classic uncentred objective.
     solver
@@ -147,7 +206,7 @@ def spatial_pca(
     key_added
         Name of the result.
     copy
-        Return a modified copy instead of writing to ``adata``.
+        Return a modified copy instead of writing to ``adata`` (which is then left untouched).
 
     Returns
     -------
@@ -156,74 +215,140 @@ def spatial_pca(
     - ``adata.obsm['X_' + key_added]``: ``(n_obs, n_comps)`` spatial PC scores :math:`H`;
     - ``adata.varm['spatial_PCs']`` (``adata.varm[key_added + '_PCs']`` for another ``key_added``):
       ``(n_vars, n_comps)`` loadings :math:`U`;
-    - ``adata.uns[key_added]``: ``objective``, ``variance``, ``spatial_loss`` (each ``(n_comps,)`` and divided
-      by ``n_obs``, with ``objective = variance - lambda_spatial * spatial_loss``), ``variance_ratio`` (share of
-      the total sum of squares), ``solver`` and ``params``.
+    - ``adata.uns[key_added]`` (replaced): ``objective``, ``variance``, ``spatial_loss`` (each ``(n_comps,)``
+      and divided by ``n_obs``, with ``objective = variance - lambda_spatial * spatial_loss``),
+      ``variance_ratio`` (share of the total sum of squares), ``n_negative`` (components with a negative
+      objective), ``solver`` and ``params``.
+
+    Warns
+    -----
+    UserWarning
+        When some components have a negative objective (their spatial loss outweighs their variance at this
+        ``lambda_spatial``); the warning names them. They are still the exact optimum and are returned.
 
     Raises
     ------
-    ValueError
-        ``n_comps`` not below the number of genes; NaN in the data; ``lambda_spatial`` so large that fewer than
-        ``n_comps`` directions have a positive objective (the message names the largest ``lambda_spatial``
-        that works). ``adata`` is unchanged.
+    TypeError, ValueError
+        A wrong argument (the message names it), ``n_comps`` too large, NaN/inf in the data, a backed
+        ``adata``. Nothing is computed and ``adata`` is unchanged.
     KeyError
-        Missing graph, layer or ``highly_variable`` column.
+        Missing graph, layer or ``mask_var`` column.
+
+    Notes
+    -----
+    Finds orthonormal loadings :math:`U` (``n_genes x n_comps``) that maximise the projected variance minus
+    ``lambda_spatial`` times the spatial loss of the projection :math:`H = X_c U`,
+
+    .. math::
+
+        \max_{U^T U = I} \mathrm{tr}(H^T H) - \lambda\, \mathrm{tr}(H^T Q H)
+        = \mathrm{tr}\big(U^T X_c^T (I - \lambda Q) X_c U\big),
+
+    where :math:`Q` is the precision matrix of the spatial prior and :math:`X_c` the (centred) data. This is the
+    objective of the classic :class:`smoother.models.reduction.SpatialPCA`; by the Ky Fan theorem its exact
+    maximiser is the top ``n_comps`` eigenvectors of the ``n_genes x n_genes`` matrix
+    :math:`X_c^T (I - \lambda Q) X_c`, for every :math:`\lambda` — also when that matrix is indefinite and
+    some of the top eigenvalues (the per-component objectives) are negative. No ``n_spots x n_spots`` matrix is
+    formed and sparse data are never densified (centring is implicit).
+
+    Unlike the classic ``SpatialPCA``, which works on the data as given (uncentred), this function centres the
+    genes by default (``zero_center=True``, as ``sc.pp.pca``); ``zero_center=False`` reproduces the classic
+    objective.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=30, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.spatial_pca(adata, n_comps=5, lambda_spatial=0.5)
+    >>> adata.obsm["X_spatial_pca"].shape, adata.varm["spatial_PCs"].shape
+    ((400, 5), (30, 5))
     """
+    from .._core.spca import SOLVERS
     from .._core.spca import spatial_pca as _spca
 
-    lam, prior, rho = _check_common(adata, lambda_spatial, prior, rho, standardize, copy, key_added)
-    check_bool(zero_center, "zero_center")
-    if not isinstance(n_comps, (int, np.integer)) or isinstance(n_comps, bool) or n_comps < 1:
-        msg = f"Expected `n_comps` to be a positive integer, found `{n_comps!r}`."
-        raise ValueError(msg)
-    mask = _hv_mask(adata, use_highly_variable)
+    check_adata(adata, copy=copy)
+    n_comps = check_int(n_comps, "n_comps", low=1, example="20")
+    lam, prior, rho, standardize = _prior_args(lambda_spatial, prior, rho, standardize)
+    zero_center = check_bool(zero_center, "zero_center")
+    solver = check_choice(solver, "solver", SOLVERS)
+    key_added = check_key(key_added, "key_added")
+    mask_param, mask = _var_mask(adata, mask_var, use_highly_variable)
     n_genes = int(mask.sum()) if mask is not None else adata.n_vars
-    if n_comps >= n_genes:
+    limit = min(adata.n_obs, n_genes)
+    if limit < 2:
         msg = (
-            f"`n_comps` ({n_comps}) must be smaller than the number of genes used ({n_genes}); "
-            f"use n_comps <= {n_genes - 1}."
+            f"`n_comps`: spatial PCA needs at least 2 spots and 2 genes, but `adata` has {adata.n_obs} spot(s) and "
+            f"{n_genes} gene(s) used."
+        )
+        raise ValueError(msg)
+    if n_comps >= limit:
+        msg = (
+            f"Expected `n_comps` < min(n_obs, genes used) = min({adata.n_obs}, {n_genes}) = {limit}, "
+            f"found {n_comps} (e.g. n_comps={limit - 1})."
         )
         raise ValueError(msg)
     W = get_graph(adata, connectivity_key)
     X, _ = get_matrix(adata, layer, genes=mask)
 
     start = log_start(f"computing spatial PCA ({n_comps} components, lambda_spatial={lam:g}, prior={prior!r})")
-    Q = get_precision(adata, prior=prior, rho=rho, standardize=standardize, W=W)
-    res = _spca(X, Q, int(n_comps), lam, zero_center=bool(zero_center), solver=solver)
+    Q = _precision(W, prior, rho, standardize)
+    res = _spca(X, Q, n_comps, lam, zero_center=zero_center, solver=solver)
     n = adata.n_obs
     total = _total_sum_of_squares(X, res.mean)
+    negative = np.asarray(res.info["negative"], dtype=int)
+    if negative.size:
+        which = ", ".join(str(i + 1) for i in negative)
+        warnings.warn(
+            f"Spatial PCs {which} (of {n_comps}) have a negative objective at lambda_spatial={lam:g}: their "
+            "spatial loss outweighs their variance (objective per component in "
+            f"`adata.uns[{key_added!r}]['objective']`). They are still the exact optimum and are returned; a "
+            "smaller `lambda_spatial` or fewer `n_comps` keeps every component positive.",
+            UserWarning,
+            stacklevel=2,
+        )
 
-    if copy:
-        adata = adata.copy()
     out_dtype = np.float32 if X.dtype == np.float32 else np.float64
-    obsm_key, varm_key = _obsm_key(key_added), _varm_key(key_added)
-    adata.obsm[obsm_key] = res.scores.astype(out_dtype, copy=False)
     loadings = np.zeros((adata.n_vars, n_comps), dtype=out_dtype)
     if mask is None:
         loadings[:] = res.loadings
     else:
         loadings[mask] = res.loadings
-    adata.varm[varm_key] = loadings
     params: dict[str, Any] = {
-        "n_comps": int(n_comps),
-        **_common_params(lam, prior, rho, standardize, connectivity_key, layer),
-        "use_highly_variable": mask is not None,
-        "zero_center": bool(zero_center),
+        "n_comps": n_comps,
+        **_common_params(lam, prior, rho, standardize, connectivity_key, layer, key_added),
+        "mask_var": mask_param,
+        "use_highly_variable": isinstance(mask_param, str) and mask_param == "highly_variable",
+        "zero_center": zero_center,
         "solver": solver,
     }
-    write_params(
+    out = save_result(
         adata,
-        key_added,
-        params,
-        objective=res.objective / n,
-        variance=res.variance / n,
-        spatial_loss=res.spatial_loss / n,
-        variance_ratio=res.variance / total if total > 0 else np.zeros(n_comps),
-        solver=res.solver,
+        copy=copy,
+        uns_key=key_added,
+        params=params,
+        uns={
+            "objective": res.objective / n,
+            "variance": res.variance / n,
+            "spatial_loss": res.spatial_loss / n,
+            "variance_ratio": res.variance / total if total > 0 else np.zeros(n_comps),
+            "n_negative": int(negative.size),
+            "solver": res.solver,
+        },
+        obsm={_obsm_key(key_added): res.scores.astype(out_dtype, copy=False)},
+        varm={_varm_key(key_added): loadings},
     )
-    log_added(f"adata.obsm[{obsm_key!r}]", f"adata.varm[{varm_key!r}]", f"adata.uns[{key_added!r}]")
     log_finish(start)
-    return adata if copy else None
+    return out
+
+
+def _accelerator(device: str) -> tuple[str, Any]:
+    """Lightning's ``(accelerator, devices)`` for a checked torch device name."""
+    if device == "cpu":
+        return "cpu", "auto"
+    if device.startswith("cuda"):
+        return "gpu", [int(device.split(":")[1])] if ":" in device else "auto"
+    return "mps", "auto"
 
 
 def spatial_vae(
@@ -241,19 +366,16 @@ def spatial_vae(
     max_epochs: int = 400,
     lr: float = 0.01,
     coords_key: str = K.SPATIAL_KEY,
+    device: str = "cpu",
     random_state: int | None = 0,
     key_added: str = K.SPATIAL_VAE,
     copy: bool = False,
     **model_kwargs,
 ):
-    r"""Spatially aware scVI embedding (:class:`smoother.models.reduction.SpatialVAE`; needs scvi-tools).
+    r"""Spatially aware scVI embedding of counts (needs scvi-tools: ``pip install 'smoother[scvi]'``).
 
-    Trains an scVI model on the counts with the spatial loss
-    :math:`\frac{\lambda}{|B|}\mathrm{tr}(M^T Q_{BB} M)` of the latent means :math:`M` of each batch
-    :math:`B` added to its objective, where :math:`Q` is the prior's precision on the graph
-    ``adata.obsp[connectivity_key]``. ``batch_size=None`` trains full batch (as the published package);
-    an integer trains on spatial tiles of about that many contiguous spots (coordinates in
-    ``adata.obsm[coords_key]``), each with the spatial loss on its own sub-graph.
+    Use it for a non-linear embedding of raw counts in which neighbouring spots are encouraged to lie close
+    together; for log-normalized data and an exact, deterministic answer use :func:`spatial_pca`.
 
     Parameters
     ----------
@@ -262,7 +384,7 @@ def spatial_vae(
     n_latent
         Dimension of the embedding.
     lambda_spatial
-        Weight of the spatial loss.
+        Weight of the spatial loss (``>= 0``).
     prior, rho, standardize, connectivity_key
         The spatial prior and its graph.
     layer
@@ -270,36 +392,66 @@ def spatial_vae(
     sp_loss_as_kl
         Replace the standard normal KL term by the KL to the spatial prior.
     batch_size
-        ``None`` (full batch) or the approximate number of spots per spatial tile.
+        ``None`` (full batch) or the approximate number of spots per spatial tile (``>= 2``).
     max_epochs, lr
-        Training length and learning rate.
+        Training length (``>= 1``) and learning rate (``> 0``).
     coords_key
-        Coordinates used for the tiles.
+        Coordinates used for the tiles (``adata.obsm[coords_key]``; needed when ``batch_size`` is set).
+    device
+        Torch device to train on: ``'cpu'``, ``'cuda'``, ``'cuda:1'``, ``'mps'``; checked before training.
     random_state
         Seed of the weights, the tiles and the batch order (the global torch RNG is restored afterwards).
     key_added
         Name of the result.
     copy
-        Return a modified copy instead of writing to ``adata``.
+        Return a modified copy instead of writing to ``adata`` (which is then left untouched).
     **model_kwargs
-        Passed to ``SpatialVAE`` (e.g. ``n_hidden``, ``gene_likelihood``).
+        Passed to :class:`smoother.models.reduction.SpatialVAE` (e.g. ``n_hidden``, ``gene_likelihood``).
 
     Returns
     -------
     Returns ``None`` (or the changed copy) and sets ``adata.obsm['X_' + key_added]`` ``(n_obs, n_latent)`` and
-    ``adata.uns[key_added]`` with ``params`` and the per-epoch ``history`` (``total_loss``, ``recon_loss``,
-    ``spatial_loss``) and ``time_per_epoch``.
+    ``adata.uns[key_added]`` (replaced) with ``params``, the per-epoch ``history`` (``total_loss``,
+    ``recon_loss``, ``spatial_loss``) and ``time_per_epoch``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A wrong argument (the message names it; ``device='cuda'`` without CUDA included), negative values in the
+        data, fewer than 2 spots, a backed ``adata``. Nothing is trained and ``adata`` is unchanged.
+    KeyError
+        Missing graph, layer or coordinates.
+    ImportError
+        scvi-tools is not installed.
+
+    Notes
+    -----
+    Trains an scVI model on the counts with the spatial loss
+    :math:`\frac{\lambda}{|B|}\mathrm{tr}(M^T Q_{BB} M)` of the latent means :math:`M` of each batch
+    :math:`B` added to its objective, where :math:`Q` is the prior's precision on the graph
+    ``adata.obsp[connectivity_key]``. ``batch_size=None`` trains full batch (as the published package);
+    an integer trains on spatial tiles of about that many contiguous spots, each with the spatial loss on its
+    own sub-graph.
     """
-    lam, prior, rho = _check_common(adata, lambda_spatial, prior, rho, standardize, copy, key_added)
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2
-    ):
-        msg = f"Expected `batch_size` to be None or an integer >= 2, found `{batch_size!r}`."
+    check_adata(adata, copy=copy)
+    n_latent = check_int(n_latent, "n_latent", low=1, example="10")
+    lam, prior, rho, standardize = _prior_args(lambda_spatial, prior, rho, standardize)
+    sp_loss_as_kl = check_bool(sp_loss_as_kl, "sp_loss_as_kl")
+    batch_size = check_int(batch_size, "batch_size", low=2, allow_none=True, example="256")
+    max_epochs = check_int(max_epochs, "max_epochs", low=1, example="400")
+    lr = check_real(lr, "lr", low=0.0, low_open=True, example="0.01")
+    coords_key = check_key(coords_key, "coords_key")
+    device = check_device(device)
+    random_state = check_random_state(random_state)
+    key_added = check_key(key_added, "key_added")
+    if sp_loss_as_kl and lam == 0:
+        msg = "`sp_loss_as_kl=True` replaces the KL term by the spatial prior's and needs `lambda_spatial` > 0."
         raise ValueError(msg)
-    if batch_size is not None and coords_key not in adata.obsm:
-        msg = f"`batch_size` tiles need coordinates in `adata.obsm[{coords_key!r}]`; or pass batch_size=None."
-        raise KeyError(msg)
+    if adata.n_obs < 2 or adata.n_vars < 1:
+        msg = f"`adata`: a spatial VAE needs at least 2 spots and 1 gene, found {adata.n_obs} x {adata.n_vars}."
+        raise ValueError(msg)
     W = get_graph(adata, connectivity_key)
+    coords = get_coords(adata, coords_key) if batch_size is not None else None
     X, _ = get_matrix(adata, layer)
     vals = X.data if sp.issparse(X) else X
     if vals.size and (vals.min() < 0):
@@ -316,13 +468,25 @@ def spatial_vae(
     from ..models.reduction import SpatialVAE
 
     start = log_start(f"training SpatialVAE ({n_latent} latent, lambda_spatial={lam:g}, batch_size={batch_size})")
-    Q = get_precision(adata, prior=prior, rho=rho, standardize=standardize, W=W)
+    Q = _precision(W, prior, rho, standardize)
+    if not sp.issparse(Q):  # SMA: the VAE's loss needs the entries of Q_BB, and SMA's precision is dense
+        from .._core.precision import DENSE_WARN
+
+        if adata.n_obs > DENSE_WARN:
+            warnings.warn(
+                f"prior='sma' on {adata.n_obs} spots needs the dense {adata.n_obs} x {adata.n_obs} precision; "
+                "consider 'icar', 'car' or 'sar', whose precision is sparse.",
+                UserWarning,
+                stacklevel=2,
+            )
+        Q = Q @ np.eye(adata.n_obs)
     work = ad.AnnData(X=X.astype(np.float32) if X.dtype != np.float32 else X)
-    if coords_key in adata.obsm:
-        work.obsm[coords_key] = np.asarray(adata.obsm[coords_key])
+    if coords is not None:
+        work.obsm[coords_key] = coords
+    accelerator, devices = _accelerator(device)
     with torch.random.fork_rng(devices=[]):
         if random_state is not None:
-            torch.manual_seed(int(random_state))
+            torch.manual_seed(random_state)
         SpatialVAE.setup_anndata(work)
         model = SpatialVAE(
             work,
@@ -335,33 +499,36 @@ def spatial_vae(
         model.train(
             max_epochs=max_epochs,
             lr=lr,
+            accelerator=accelerator,
+            devices=devices,
             batch_size=batch_size,
             coords_key=coords_key,
             random_state=random_state,
             enable_progress_bar=False,
         )
         Z = model.get_latent_representation()
-    if copy:
-        adata = adata.copy()
-    obsm_key = _obsm_key(key_added)
-    adata.obsm[obsm_key] = np.asarray(Z, dtype=np.float32)
     params = {
-        "n_latent": int(n_latent),
-        **_common_params(lam, prior, rho, standardize, connectivity_key, layer),
-        "sp_loss_as_kl": bool(sp_loss_as_kl),
+        "n_latent": n_latent,
+        **_common_params(lam, prior, rho, standardize, connectivity_key, layer, key_added),
+        "sp_loss_as_kl": sp_loss_as_kl,
         "batch_size": batch_size,
-        "max_epochs": int(max_epochs),
-        "lr": float(lr),
+        "max_epochs": max_epochs,
+        "lr": lr,
+        "coords_key": coords_key,
+        "device": device,
         "random_state": random_state,
     }
     logs = model.dr_logs
-    write_params(
+    out = save_result(
         adata,
-        key_added,
-        params,
-        history={k: np.asarray(logs[k], dtype=np.float64) for k in ("total_loss", "recon_loss", "spatial_loss")},
-        time_per_epoch=float(logs["time_per_epoch"]),
+        copy=copy,
+        uns_key=key_added,
+        params=params,
+        uns={
+            "history": {k: np.asarray(logs[k], dtype=np.float64) for k in ("total_loss", "recon_loss", "spatial_loss")},
+            "time_per_epoch": float(logs["time_per_epoch"]),
+        },
+        obsm={_obsm_key(key_added): np.asarray(Z, dtype=np.float32)},
     )
-    log_added(f"adata.obsm[{obsm_key!r}]", f"adata.uns[{key_added!r}]")
     log_finish(start)
-    return adata if copy else None
+    return out
