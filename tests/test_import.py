@@ -1,28 +1,52 @@
-"""`import smoother` is light: no heavy optional dependency is imported, and the public names exist."""
+"""`import smoother` is instant: nothing heavy loads until used, and the public names exist."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-HEAVY = ("squidpy", "scanpy", "matplotlib", "gudhi", "scvi", "cvxpy")
+OPTIONAL = ("squidpy", "scanpy", "matplotlib", "gudhi", "scvi", "cvxpy", "dask", "pooch")
+HEAVY_AT_IMPORT = (*OPTIONAL, "torch", "numba", "scipy", "pandas", "anndata", "sklearn")
 
-CODE = f"""
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_smoother_loads_nothing_heavy():
+    code = f"import sys, smoother; print(','.join(m for m in {HEAVY_AT_IMPORT!r} if m in sys.modules))"
+    assert _run(code) == "", "loaded by `import smoother`"
+
+
+def test_public_names_load_on_first_use_without_optional_dependencies():
+    code = f"""
 import sys
 import smoother as sm
-heavy = [m for m in {HEAVY!r} if m in sys.modules]
 for n in ('pp', 'tl', 'pl', 'datasets', 'SpatialWeightMatrix', 'SpatialLoss', 'ContrastiveSpatialLoss', 'TopLoss'):
     assert hasattr(sm, n), n
+    assert n in dir(sm), n
 from smoother import SpatialWeightMatrix, SpatialLoss, ContrastiveSpatialLoss, TopLoss
 from smoother.weights import (coordinate_to_weights_knn_sparse, coordinate_to_weights_dist_sparse,
     coordinate_to_weights_knn_dense, coordinate_to_weights_dist_dense, sparse_weights_to_inv_cov, weights_to_inv_cov)
 from smoother.losses import kl_loss_scipy, kl_loss, quadratic_loss, sparse_quadratic_loss
-heavy += [m for m in {HEAVY!r} if m in sys.modules and m not in heavy]
-print(','.join(heavy))
+print(','.join(m for m in {OPTIONAL!r} if m in sys.modules))
 """
+    assert _run(code) == "", "optional dependencies loaded by the public names"
 
 
-def test_import_is_light_and_classic_names_exist():
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "", f"imported by `import smoother` / the classic modules: {out.stdout.strip()}"
+def test_unknown_attribute_and_version():
+    code = """
+import smoother as sm
+try:
+    sm.not_a_name
+except AttributeError as e:
+    assert 'not_a_name' in str(e)
+else:
+    raise SystemExit('no AttributeError')
+print(sm.__version__)
+"""
+    assert _run(code).count(".") >= 1
+    out = subprocess.run([sys.executable, "-m", "smoother", "--version"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("smoother ")
