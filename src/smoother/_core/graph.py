@@ -5,7 +5,9 @@ Conventions shared with the classic API:
 
 - no self edges, except that a spot left without any neighbour gets a self edge of weight 1, so that no row of
   the weight matrix is empty (:func:`fill_isolated`);
-- ``row_scale=True`` divides each row by its sum (the result is then asymmetric in general).
+- ``row_scale=True`` divides each row by its sum (the result is then asymmetric in general);
+- the distances matrix has exactly the off-diagonal edges of the connectivities, an edge between two spots at
+  the same position being an explicit zero.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import check_coords
+from .._validation import check_coords, check_int, check_real
 
 Symmetrize = Literal["mutual", "union", "none"]
 
@@ -81,32 +83,26 @@ def knn_graph(
     connectivities
         CSR ``(n_spots, n_spots)`` weights (1 on edges; self edge 1 for isolated spots; then row-scaled).
     distances
-        CSR ``(n_spots, n_spots)`` euclidean distances on the same edges (no self entries).
+        CSR ``(n_spots, n_spots)`` euclidean lengths of the same edges (no self entries). Spots at identical
+        coordinates are neighbours at distance 0, stored as an explicit zero, so both matrices list the same edges.
     """
     coords = check_coords(coords)
     n = coords.shape[0]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        msg = f"Expected `k` to be a positive integer, found `{k!r}`."
-        raise ValueError(msg)
+    k = check_int(k, "k", low=1, example="6")
     if n < k + 1:
         msg = f"Need at least k + 1 = {k + 1} spots for a {k}-nearest-neighbour graph, found {n}; lower `k`."
         raise ValueError(msg)
     if symmetrize not in ("mutual", "union", "none"):
         msg = f"Expected `symmetrize` in ['mutual', 'union', 'none'], found `{symmetrize!r}`."
         raise ValueError(msg)
-    idx, dist = _knn_indices(coords, int(k))
+    idx, _ = _knn_indices(coords, int(k))
     rows = np.repeat(np.arange(n), k)
     A = sp.csr_matrix((np.ones(n * k), (rows, idx.ravel())), shape=(n, n))
-    D = sp.csr_matrix((dist.ravel(), (rows, idx.ravel())), shape=(n, n))
     if symmetrize == "mutual":
         A = A.multiply(A.T).tocsr()
     elif symmetrize == "union":
         A = A.maximum(A.T).tocsr()
-    if symmetrize != "none":
-        D = D.maximum(D.T).tocsr()
-    D = D.multiply(A > 0).tocsr()  # distances only on kept edges
-    D.eliminate_zeros()
-    return _finish_graph(A, D, row_scale)
+    return _finish_graph(A, coords, row_scale)
 
 
 def radius_graph(
@@ -139,12 +135,8 @@ def radius_graph(
     from sklearn.neighbors import NearestNeighbors
 
     coords = check_coords(coords)
-    if isinstance(radius, bool) or not np.isscalar(radius) or not np.isfinite(radius) or radius <= 0:
-        msg = f"Expected `radius` to be a positive number, found `{radius!r}`."
-        raise ValueError(msg)
-    if bandwidth is not None and (not np.isfinite(bandwidth) or bandwidth <= 0):
-        msg = f"Expected `bandwidth` to be a positive number or None, found `{bandwidth!r}`."
-        raise ValueError(msg)
+    radius = check_real(radius, "radius", low=0.0, low_open=True, example="1.5")
+    bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True, allow_none=True, example="1.0")
     n = coords.shape[0]
     nn = NearestNeighbors(radius=float(radius)).fit(coords)
     dist_list, idx_list = nn.radius_neighbors(coords, return_distance=True)
@@ -159,17 +151,31 @@ def radius_graph(
     else:
         w = np.exp(-(d**2) / (2.0 * float(bandwidth) ** 2))
     W = sp.csr_matrix((w, (rows, cols)), shape=(n, n))
-    D = sp.csr_matrix((d, (rows, cols)), shape=(n, n))
-    return _finish_graph(W, D, row_scale)
+    return _finish_graph(W, coords, row_scale)
 
 
-def _finish_graph(W: sp.csr_matrix, D: sp.csr_matrix, row_scale: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Shared tail of the graph builders: drop zero weights, give isolated spots a self edge, optionally scale
-    rows to sum 1, sort indices."""
+def _edge_distances(coords: np.ndarray, W: sp.csr_matrix) -> sp.csr_matrix:
+    """Euclidean length of every off-diagonal edge of ``W``, on exactly the sparsity pattern of ``W``.
+
+    Spots at identical coordinates give an edge of length 0, stored as an explicit zero (not dropped), so the
+    distances and connectivities always list the same edges.
+    """
+    C = W.tocoo()
+    off = C.row != C.col
+    r, c = C.row[off], C.col[off]
+    d = np.sqrt(((coords[r] - coords[c]) ** 2).sum(axis=1)) if r.size else np.zeros(0)
+    D = sp.csr_matrix((d, (r, c)), shape=W.shape)
+    D.sort_indices()
+    return D
+
+
+def _finish_graph(W: sp.csr_matrix, coords: np.ndarray, row_scale: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Shared tail of the graph builders: drop zero weights, measure the kept edges, give isolated spots a self
+    edge, optionally scale rows to sum 1, sort indices."""
     W.eliminate_zeros()
+    D = _edge_distances(coords, W)
     W = fill_isolated(W)
     if row_scale:
         W = row_normalize(W)
     W.sort_indices()
-    D.sort_indices()
     return W, D

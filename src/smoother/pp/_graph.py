@@ -1,18 +1,52 @@
-"""Spatial graphs on AnnData (squidpy's key layout) and their rescaling by expression, labels or histology."""
+"""Spatial graphs on AnnData (squidpy's key layout) and their rescaling by expression, labels or histology.
+
+Every function here keeps the package's contract: all arguments and data are checked before any work, an error
+leaves ``adata`` exactly as it was, and the results are written at the end by one writer
+(:func:`smoother._anndata.save_result`), which replaces ``adata.uns['{key_added}_neighbors']`` entirely.
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from .. import _constants as K
-from .._anndata import check_adata, check_bool, check_key, get_coords, get_graph, get_matrix, log_added, to_writable
+from .._anndata import check_adata, get_coords, get_graph, get_matrix, save_result
 from .._core.graph import fill_isolated, knn_graph, radius_graph, row_normalize
-from .._settings import log_finish, log_start
+from .._settings import log_finish, log_start, logger
+from .._validation import check_bool, check_choice, check_int, check_key, check_real
 
 __all__ = ["scale_by_expr", "scale_by_histology", "scale_by_identity", "spatial_graph"]
+
+_METRICS = ("cosine", "euclidean")
+
+
+def _check_positions(coords: np.ndarray, obs_names, spatial_key: str) -> None:
+    """All spots at one point: ``ValueError``. Some spots sharing coordinates: a warning with their count."""
+    n = coords.shape[0]
+    if n < 2:
+        return
+    if float(np.ptp(coords, axis=0).max()) == 0.0:
+        msg = (
+            f"All {n} spots of `adata.obsm[{spatial_key!r}]` sit at the same point {coords[0].tolist()}; a spatial "
+            "graph needs the spot positions. Check `spatial_key` (it should hold the (n_obs, 2) spot coordinates)."
+        )
+        raise ValueError(msg)
+    _, inverse, counts = np.unique(coords, axis=0, return_inverse=True, return_counts=True)
+    shared = counts[inverse.ravel()] > 1
+    n_shared = int(shared.sum())
+    if n_shared:
+        example = [str(x) for x in np.asarray(obs_names)[shared][:3]]
+        warnings.warn(
+            f"{n_shared} spots share their coordinates with another spot (e.g. {example}); they are joined as "
+            "neighbours at distance 0 (an explicit 0 in the distances, weight 1). Drop or merge duplicated spots "
+            "if they are not intended.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def spatial_graph(
@@ -36,14 +70,16 @@ def spatial_graph(
     method
         ``'knn'``: each spot's ``n_neighs`` nearest spots; ``'radius'``: all spots within ``radius``.
     n_neighs
-        Neighbours per spot for ``'knn'`` (6 suits Visium's hexagonal lattice, 4 a square grid).
+        Neighbours per spot for ``'knn'`` (6 suits Visium's hexagonal lattice, 4 a square grid); at most
+        ``n_obs - 1``.
     mutual
         ``'knn'`` only. ``True`` keeps an edge when each spot is among the other's nearest (the classic
         smoother graph); ``False`` keeps it when either is (the symmetrized kNN graph). Both are symmetric.
     radius
-        ``'radius'`` only: distance cutoff in the unit of the coordinates (required).
+        ``'radius'`` only: distance cutoff in the unit of the coordinates (required, ``> 0``).
     bandwidth
-        ``'radius'`` only: Gaussian edge weights :math:`\exp(-d^2 / 2 \sigma^2)`; ``None`` gives weight 1.
+        ``'radius'`` only: Gaussian edge weights :math:`\exp(-d^2 / 2 \sigma^2)` with :math:`\sigma` =
+        ``bandwidth > 0``; ``None`` gives weight 1.
     spatial_key
         Key of the coordinates in ``adata.obsm``.
     key_added
@@ -57,120 +93,241 @@ def spatial_graph(
 
     - ``adata.obsp['{key_added}_connectivities']`` — CSR ``(n_obs, n_obs)`` edge weights (1 for kNN); a spot
       without neighbours gets a self edge of weight 1, so no row is empty;
-    - ``adata.obsp['{key_added}_distances']`` — CSR ``(n_obs, n_obs)`` euclidean edge lengths;
-    - ``adata.uns['{key_added}_neighbors']`` — ``{'connectivities_key', 'distances_key', 'params'}``.
+    - ``adata.obsp['{key_added}_distances']`` — CSR ``(n_obs, n_obs)`` euclidean edge lengths, on the same edges;
+    - ``adata.uns['{key_added}_neighbors']`` — ``{'connectivities_key', 'distances_key', 'params'}``, replaced
+      as a whole.
+
+    Raises
+    ------
+    KeyError
+        ``adata.obsm[spatial_key]`` is missing.
+    ValueError
+        No spot, fewer than ``n_neighs + 1`` spots for ``'knn'``, NaN/inf coordinates, or all spots at one point.
+
+    Notes
+    -----
+    Spots at identical coordinates (e.g. duplicated rows) trigger a warning with their count; they are
+    neighbours of each other at distance 0 (an explicit zero in the distances) with weight 1 (``'knn'``: when
+    among the ``n_neighs`` nearest). Observation names play no role: the graph follows the order of the rows, so
+    non-unique ``obs_names`` give the same graph.
     """
-    check_adata(adata)
-    if method not in ("knn", "radius"):
-        msg = f"Expected `method` to be 'knn' or 'radius', found {method!r}."
-        raise ValueError(msg)
-    check_key(key_added, "key_added")
+    check_adata(adata, copy=copy)
+    method = check_choice(method, "method", ("knn", "radius"))
+    n_neighs = check_int(n_neighs, "n_neighs", low=1, example="6")
     check_bool(mutual, "mutual")
-    check_bool(copy, "copy")
-    coords = get_coords(adata, spatial_key)
+    radius = check_real(radius, "radius", low=0.0, low_open=True, allow_none=True, example="1.5")
+    bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True, allow_none=True, example="1.0")
+    check_key(spatial_key, "spatial_key")
+    check_key(key_added, "key_added")
     if method == "radius" and radius is None:
-        msg = "`method='radius'` needs `radius=` (a distance in the unit of the coordinates)."
+        msg = "`method='radius'` needs `radius=` (a distance in the unit of the coordinates, e.g. radius=1.5)."
         raise ValueError(msg)
-    start = log_start(f"building a {method} spatial graph of {adata.n_obs} spots")
+    coords = get_coords(adata, spatial_key)
+    n = coords.shape[0]
+    if method == "knn" and n_neighs > n - 1:
+        if n < 2:
+            msg = f"A k-nearest-neighbour graph needs at least 2 spots, found {n}."
+        else:
+            msg = (
+                f"Expected `n_neighs` <= n_obs - 1 = {n - 1} (each spot has {n - 1} other spot(s)), "
+                f"found {n_neighs} (e.g. n_neighs={min(6, n - 1)})."
+            )
+        raise ValueError(msg)
+    _check_positions(coords, adata.obs_names, spatial_key)
+
+    start = log_start(f"building a {method} spatial graph of {n} spots")
     if method == "knn":
         W, D = knn_graph(coords, n_neighs, symmetrize="mutual" if mutual else "union")
-        params = {"method": "knn", "n_neighbors": int(n_neighs), "mutual": bool(mutual), "spatial_key": spatial_key}
     else:
         W, D = radius_graph(coords, radius, bandwidth=bandwidth)
-        params = {
-            "method": "radius",
-            "radius": float(radius),
-            "bandwidth": bandwidth,
-            "spatial_key": spatial_key,
-        }
-    adata = adata.copy() if copy else adata
     ck, dk, nk = K.conn_key(key_added), K.dist_key(key_added), K.neighbors_key(key_added)
-    adata.obsp[ck] = W
-    adata.obsp[dk] = D
-    adata.uns[nk] = {"connectivities_key": ck, "distances_key": dk, "params": to_writable(params)}
-    log_added(f"adata.obsp[{ck!r}]", f"adata.obsp[{dk!r}]", f"adata.uns[{nk!r}]")
+    params = {
+        "method": method,
+        "n_neighs": n_neighs if method == "knn" else None,
+        "mutual": bool(mutual) if method == "knn" else None,
+        "radius": radius if method == "radius" else None,
+        "bandwidth": bandwidth if method == "radius" else None,
+        "spatial_key": spatial_key,
+        "key_added": key_added,
+    }
+    out = save_result(
+        adata,
+        copy=copy,
+        uns_key=nk,
+        params=params,
+        uns={"connectivities_key": ck, "distances_key": dk},
+        obsp={ck: W, dk: D},
+    )
     log_finish(start)
-    return adata if copy else None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Rescaling edges by a similarity
 # ----------------------------------------------------------------------------------------------------------------
-def _edge_similarity(F: np.ndarray, rows: np.ndarray, cols: np.ndarray, metric: str, bandwidth: float | None):
-    """Similarity of the feature rows ``F[rows]`` and ``F[cols]`` for every edge (no n x n matrix)."""
+_EDGE_CHUNK = 1 << 17  # edges per block: bounds the (edges x features) temporaries, never a loop over spots
+#: A feature vector whose norm is below this fraction of the largest absolute input value counts as zero.
+_ZERO_RTOL = 1e-9
+
+
+def _edge_dots(Z, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    if sp.issparse(Z):
+        return np.asarray(Z[r].multiply(Z[c]).sum(axis=1)).ravel()
+    return np.einsum("ij,ij->i", Z[r], Z[c])
+
+
+def _edge_sqdist(Z, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    diff = Z[r] - Z[c]
+    if sp.issparse(diff):
+        return np.asarray(diff.multiply(diff).sum(axis=1)).ravel()
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def _row_sqnorms(Z) -> np.ndarray:
+    if sp.issparse(Z):
+        return np.asarray(Z.multiply(Z).sum(axis=1)).ravel()
+    return np.einsum("ij,ij->i", Z, Z)
+
+
+def _edge_similarity(
+    Z, rows: np.ndarray, cols: np.ndarray, metric: str, bandwidth: float | None, ref_scale: float
+) -> tuple[np.ndarray, float | None, np.ndarray]:
+    """Similarity of the feature rows ``Z[rows]`` and ``Z[cols]`` for every edge (no n x n matrix).
+
+    ``Z`` is a dense array or a CSR matrix (spots x features). Returns the similarities, the bandwidth used
+    (``'euclidean'``) and the boolean mask of spots whose feature vector is zero (norm at most
+    ``_ZERO_RTOL * ref_scale``): cosine similarity is undefined for them and is set to 1 on their edges.
+    """
+    m = rows.shape[0]
+    out = np.empty(m, dtype=np.float64)
+    n = Z.shape[0]
     if metric == "cosine":
-        norms = np.linalg.norm(F, axis=1)
-        norms[norms == 0] = 1.0
-        s = np.einsum("ij,ij->i", F[rows], F[cols]) / (norms[rows] * norms[cols])
-        return np.clip(s, 0.0, 1.0), None
-    d = np.linalg.norm(F[rows] - F[cols], axis=1)
-    if bandwidth is None:  # half the root-mean-square spread of the features around their mean
-        spread = float(np.sqrt(((F - F.mean(axis=0)) ** 2).sum(axis=1).mean()))
-        bandwidth = 0.5 * spread if spread > 0 else 1.0
-    return np.exp(-(d**2) / (2.0 * bandwidth**2)), bandwidth
+        norms = np.sqrt(_row_sqnorms(Z))
+        zero = norms <= _ZERO_RTOL * ref_scale
+        safe = np.where(zero, 1.0, norms)
+        for s0 in range(0, m, _EDGE_CHUNK):
+            r, c = rows[s0 : s0 + _EDGE_CHUNK], cols[s0 : s0 + _EDGE_CHUNK]
+            out[s0 : s0 + r.size] = _edge_dots(Z, r, c) / (safe[r] * safe[c])
+        np.clip(out, 0.0, 1.0, out=out)
+        out[zero[rows] | zero[cols]] = 1.0
+        return out, None, zero
+    if bandwidth is None:  # half the root-mean-square distance of the features to their mean
+        mean_sq = float(_row_sqnorms(Z).mean()) if n else 0.0
+        centre = np.asarray(Z.mean(axis=0)).ravel()
+        spread = float(np.sqrt(max(mean_sq - float(centre @ centre), 0.0)))
+        bandwidth = 0.5 * spread if spread > _ZERO_RTOL * ref_scale else 1.0
+    for s0 in range(0, m, _EDGE_CHUNK):
+        r, c = rows[s0 : s0 + _EDGE_CHUNK], cols[s0 : s0 + _EDGE_CHUNK]
+        out[s0 : s0 + r.size] = np.exp(-np.maximum(_edge_sqdist(Z, r, c), 0.0) / (2.0 * bandwidth**2))
+    return out, float(bandwidth), np.zeros(n, dtype=bool)
 
 
 def _reduce(F: np.ndarray, n_pcs: int | None, seed: int = 0) -> np.ndarray:
+    """``None``: the features as they are; else the centred features projected on their top ``n_pcs`` PCs
+    (the centred features themselves when ``n_pcs >= min(n_spots, n_features)``)."""
     F = np.asarray(F, dtype=np.float64)
-    if n_pcs is None or n_pcs >= min(F.shape):
-        return F - F.mean(axis=0) if n_pcs is not None else F
+    if n_pcs is None:
+        return F
+    centred = F - F.mean(axis=0)
+    if n_pcs >= min(F.shape):
+        return centred
+    if not F.size or np.abs(centred).max() <= _ZERO_RTOL * np.abs(F).max():  # constant features: no direction
+        return np.zeros((F.shape[0], int(n_pcs)))
     from sklearn.decomposition import PCA
 
     return PCA(n_components=int(n_pcs), random_state=seed).fit_transform(F)
 
 
-def _finish_scaling(
-    adata,
-    W: sp.csr_matrix,
-    sim: np.ndarray,
-    *,
-    connectivity_key: str,
-    key_added: str,
-    row_scale: bool,
-    copy: bool,
-    params: dict,
-    start,
-):
-    """Shared tail of the ``scale_by_*`` functions: rescale the edges of ``W`` by ``sim`` and write the result.
+def _warn_zero_vectors(zero: np.ndarray, rows: np.ndarray, cols: np.ndarray, what: str) -> int:
+    """Warn (with their count) about spots with a zero feature vector that have edges; return the count."""
+    off = rows != cols
+    on_edges = np.zeros(zero.shape[0], dtype=bool)
+    on_edges[rows[off]] = True
+    on_edges[cols[off]] = True
+    n_zero = int((zero & on_edges).sum())
+    if n_zero:
+        warnings.warn(
+            f"{n_zero} spot(s) have a zero {what} vector (e.g. all-zero or constant expression, or a profile equal "
+            "to the mean after centring); cosine similarity is undefined for them, so their edges keep their weight "
+            "(similarity 1). Remove empty spots first, or use metric='euclidean'.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return n_zero
 
-    ``params`` (the function's own parameters) gets ``connectivity_key`` and ``row_scale`` appended. Returns the
-    copy with ``copy=True``, else ``None``.
+
+def _rescale(W: sp.csr_matrix, sim: np.ndarray, *, row_scale: bool, hint: str) -> tuple[sp.csr_matrix, int]:
+    """Multiply the off-diagonal edges of ``W`` by ``sim`` (one value per stored entry of ``W``, COO order).
+
+    Spots left without any edge get a self edge of weight 1 (and a warning with their count, which is returned).
     """
-    adata = adata.copy() if copy else adata
-    params = {**params, "connectivity_key": connectivity_key, "row_scale": row_scale}
     C = W.tocoo()
-    keep = C.row != C.col  # self edges of isolated spots stay as they are
+    off = C.row != C.col  # self edges of isolated spots stay as they are
     data = C.data.copy()
-    data[keep] = data[keep] * sim[keep]
+    data[off] = data[off] * sim[off]
     Ws = sp.csr_matrix((data, (C.row, C.col)), shape=W.shape)
     Ws.eliminate_zeros()
+    had = np.zeros(W.shape[0], dtype=bool)
+    had[C.row[off & (C.data != 0)]] = True
+    Cs = Ws.tocoo()
+    has = np.zeros(W.shape[0], dtype=bool)
+    has[Cs.row[Cs.row != Cs.col]] = True
+    n_lost = int((had & ~has).sum())
+    if n_lost:
+        warnings.warn(
+            f"{n_lost} spot(s) lost every edge (similarity 0 to all their neighbours) and keep only a self edge of "
+            f"weight 1, so spatial smoothing leaves them unchanged. {hint}",
+            UserWarning,
+            stacklevel=3,
+        )
     Ws = fill_isolated(Ws)
     if row_scale:
         Ws = row_normalize(Ws)
     Ws.sort_indices()
-    ck = K.conn_key(key_added)
-    adata.obsp[ck] = Ws
-    nk = K.neighbors_key(key_added)
-    adata.uns[nk] = {"connectivities_key": ck, "params": to_writable(params)}
-    log_added(f"adata.obsp[{ck!r}]", f"adata.uns[{nk!r}]")
-    log_finish(start)
-    return adata if copy else None
+    return Ws, n_lost
 
 
-def _check_scale_args(adata, connectivity_key, key_added, row_scale, copy, metric: str | None = None):
-    check_adata(adata)
+def _check_scale_common(adata, connectivity_key, key_added, row_scale, copy) -> None:
+    check_adata(adata, copy=copy)
+    check_key(connectivity_key, "connectivity_key")
     check_key(key_added, "key_added")
     check_bool(row_scale, "row_scale")
-    check_bool(copy, "copy")
-    W = get_graph(adata, connectivity_key)
-    if metric is not None and metric not in ("cosine", "euclidean"):
-        msg = f"Expected `metric` to be 'cosine' or 'euclidean', found {metric!r}."
-        raise ValueError(msg)
-    return W
+
+
+def _save_scaled(adata, Ws, *, copy, key_added, params, uns, start):
+    """Write the rescaled graph and ``uns['{key_added}_neighbors']`` (replaced as a whole) with the one writer."""
+    ck, nk = K.conn_key(key_added), K.neighbors_key(key_added)
+    out = save_result(adata, copy=copy, uns_key=nk, params=params, uns={"connectivities_key": ck, **uns}, obsp={ck: Ws})
+    log_finish(start)
+    return out
 
 
 #: Up to this many entries (spots x genes) a sparse X is densified for an exact centred PCA.
 _DENSE_PCA_MAX_ENTRIES = 50_000_000
+
+
+def _expression_features(X, n_pcs: int | None):
+    """Features of each spot for :func:`scale_by_expr` and the scale of the input (for the zero test).
+
+    ``n_pcs=None`` keeps the expression as it is (a sparse X stays sparse); otherwise the top ``n_pcs`` PCs of the
+    centred expression (a sparse X above ``_DENSE_PCA_MAX_ENTRIES`` entries goes through TruncatedSVD, uncentred,
+    and is never densified).
+    """
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float64)
+        ref = float(np.abs(X.data).max()) if X.nnz else 0.0
+        if n_pcs is None:
+            return X, ref
+        small = X.shape[0] * X.shape[1] <= _DENSE_PCA_MAX_ENTRIES
+        if small or X.shape[1] < 3:
+            return _reduce(X.toarray(), n_pcs), ref
+        from sklearn.decomposition import TruncatedSVD
+
+        n_comp = min(int(n_pcs), X.shape[1] - 1)
+        return TruncatedSVD(n_components=n_comp, random_state=0).fit_transform(X), ref
+    F = np.asarray(X, dtype=np.float64)
+    ref = float(np.abs(F).max()) if F.size else 0.0
+    return _reduce(F, n_pcs), ref
 
 
 def scale_by_expr(
@@ -190,12 +347,16 @@ def scale_by_expr(
     Edges between transcriptionally different spots (e.g. across a tissue boundary) are weakened, so smoothing
     does not blur the boundary. The new weight of edge :math:`(i, j)` is :math:`w_{ij} s_{ij}` with
 
-    - ``metric='cosine'``: :math:`s_{ij} = \max(0, \cos(z_i, z_j))`;
+    - ``metric='cosine'``: :math:`s_{ij} = \max(0, \cos(z_i, z_j))`; when :math:`z_i` or :math:`z_j` is the
+      zero vector (an all-zero or constant profile; with PCA, a profile equal to the mean) the cosine is
+      undefined and :math:`s_{ij} = 1`: the edge keeps its weight, and a warning gives the number of such spots;
     - ``metric='euclidean'``: :math:`s_{ij} = \exp(-\lVert z_i - z_j\rVert^2 / 2\sigma^2)`, :math:`\sigma` =
-      ``bandwidth`` or half the root-mean-square distance of the :math:`z_i` to their mean,
+      ``bandwidth`` or half the root-mean-square distance of the :math:`z_i` to their mean (1 when all
+      :math:`z_i` are equal),
 
     where :math:`z_i` is spot ``i``'s expression projected on its first ``n_pcs`` principal components (``None``:
-    the expression itself). Only the existing edges are evaluated (no ``n x n`` matrix).
+    the expression itself, kept sparse when it is sparse). Only the existing edges are evaluated (no ``n x n``
+    matrix). A spot whose every edge gets similarity 0 keeps only a self edge of weight 1 (with a warning).
 
     Parameters
     ----------
@@ -206,9 +367,10 @@ def scale_by_expr(
     metric
         ``'cosine'`` or ``'euclidean'``.
     n_pcs
-        Number of principal components (``None``: no reduction).
+        Number of principal components (``None``: no reduction; at least ``min(n_obs, n_vars)``: the centred
+        expression without reduction).
     bandwidth
-        Kernel width for ``'euclidean'``.
+        Kernel width ``> 0`` for ``'euclidean'`` (``None``: the default above).
     connectivity_key
         Input graph in ``adata.obsp`` (left unchanged unless it equals the output key).
     key_added
@@ -220,45 +382,42 @@ def scale_by_expr(
 
     Returns
     -------
-    ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` (CSR ``(n_obs, n_obs)``; a spot
-    left without edges gets a self edge of weight 1) and ``adata.uns['{key_added}_neighbors']['params']``.
+    ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` (CSR ``(n_obs, n_obs)``) and
+    ``adata.uns['{key_added}_neighbors']`` (replaced as a whole): ``connectivities_key``, ``params``,
+    ``n_zero_spots`` (spots with a zero feature vector, cosine only) and ``n_isolated`` (spots left without edges).
     """
-    W = _check_scale_args(adata, connectivity_key, key_added, row_scale, copy, metric)
-    if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, (int, np.integer)) or n_pcs < 1):
-        msg = f"Expected `n_pcs` to be a positive integer or None, found {n_pcs!r}."
+    _check_scale_common(adata, connectivity_key, key_added, row_scale, copy)
+    metric = check_choice(metric, "metric", _METRICS)
+    n_pcs = check_int(n_pcs, "n_pcs", low=1, allow_none=True, example="10")
+    bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True, allow_none=True, example="1.0")
+    if adata.n_obs == 0:
+        msg = "`adata` has no spots (n_obs = 0); there is no graph to rescale."
         raise ValueError(msg)
+    W = get_graph(adata, connectivity_key)
     X, _ = get_matrix(adata, layer)
-    start = log_start("scaling the spatial graph by expression similarity")
-    # densify a sparse X only when PCA is skipped (n_pcs=None, the user's choice) or when it is small;
-    # large sparse X (e.g. 10^6 spots x 2,000 genes) goes through TruncatedSVD and is never densified whole
-    small = X.shape[0] * X.shape[1] <= _DENSE_PCA_MAX_ENTRIES
-    Xd = X.toarray() if sp.issparse(X) and (n_pcs is None or small) else X
-    if sp.issparse(Xd):
-        from sklearn.decomposition import TruncatedSVD
+    if X.shape[1] == 0:
+        msg = f"`adata` has no genes (n_vars = 0): `scale_by_expr` needs expression in {layer or 'adata.X'!s}."
+        raise ValueError(msg)
 
-        Z = TruncatedSVD(n_components=int(n_pcs), random_state=0).fit_transform(Xd)
-    else:
-        Z = _reduce(np.asarray(Xd, dtype=np.float64), n_pcs)
+    start = log_start("scaling the spatial graph by expression similarity")
+    Z, ref = _expression_features(X, n_pcs)
     C = W.tocoo()
-    sim, bw = _edge_similarity(Z, C.row, C.col, metric, bandwidth)
+    sim, bw, zero = _edge_similarity(Z, C.row, C.col, metric, bandwidth, ref)
+    n_zero = _warn_zero_vectors(zero, C.row, C.col, "expression") if metric == "cosine" else 0
+    hint = "Use fewer `n_pcs`, metric='euclidean', or check the spot's expression."
+    Ws, n_lost = _rescale(W, sim, row_scale=row_scale, hint=hint)
     params = {
         "source": "expression",
         "layer": layer,
         "metric": metric,
         "n_pcs": n_pcs,
         "bandwidth": bw,
+        "connectivity_key": connectivity_key,
+        "key_added": key_added,
+        "row_scale": row_scale,
     }
-    return _finish_scaling(
-        adata,
-        W,
-        sim,
-        connectivity_key=connectivity_key,
-        key_added=key_added,
-        row_scale=row_scale,
-        copy=copy,
-        params=params,
-        start=start,
-    )
+    uns = {"n_zero_spots": n_zero, "n_isolated": n_lost}
+    return _save_scaled(adata, Ws, copy=copy, key_added=key_added, params=params, uns=uns, start=start)
 
 
 def scale_by_identity(
@@ -278,7 +437,7 @@ def scale_by_identity(
     adata
         AnnData with a spatial graph.
     groupby
-        Column of ``adata.obs`` with the spot labels.
+        Column of ``adata.obs`` with the spot labels (no missing values).
     boundary_connectivity
         Weight factor of edges joining different labels, in ``[0, 1]`` (0 cuts them).
     connectivity_key, key_added, row_scale, copy
@@ -287,63 +446,102 @@ def scale_by_identity(
     Returns
     -------
     ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` and
-    ``adata.uns['{key_added}_neighbors']['params']``.
+    ``adata.uns['{key_added}_neighbors']`` (``connectivities_key``, ``params``, ``n_isolated``: spots left without
+    edges, which keep a self edge of weight 1, with a warning).
     """
-    W = _check_scale_args(adata, connectivity_key, key_added, row_scale, copy)
-    if not isinstance(groupby, str) or groupby not in adata.obs:
+    _check_scale_common(adata, connectivity_key, key_added, row_scale, copy)
+    check_key(groupby, "groupby")
+    b = check_real(boundary_connectivity, "boundary_connectivity", low=0.0, high=1.0, example="0.0")
+    if groupby not in adata.obs.columns:
         msg = f"Column {groupby!r} not found in `adata.obs` (available: {list(adata.obs.columns)})."
         raise KeyError(msg)
-    b = float(boundary_connectivity)
-    if not 0.0 <= b <= 1.0:
-        msg = f"Expected `boundary_connectivity` in [0, 1], found {boundary_connectivity!r}."
-        raise ValueError(msg)
     labels = adata.obs[groupby]
     if labels.isna().any():
-        msg = f"`adata.obs[{groupby!r}]` has missing labels; fill them first."
+        msg = f"`adata.obs[{groupby!r}]` has {int(labels.isna().sum())} missing label(s); fill or drop them first."
         raise ValueError(msg)
-    codes = np.unique(labels.astype(str).to_numpy(), return_inverse=True)[1]
+    W = get_graph(adata, connectivity_key)
+
     start = log_start(f"scaling the spatial graph by `adata.obs[{groupby!r}]`")
+    codes = np.unique(labels.astype(str).to_numpy(), return_inverse=True)[1].ravel()
     C = W.tocoo()
     sim = np.where(codes[C.row] == codes[C.col], 1.0, b)
+    hint = "Their neighbours all carry other labels; raise `boundary_connectivity` to keep them connected."
+    Ws, n_lost = _rescale(W, sim, row_scale=row_scale, hint=hint)
     params = {
         "source": "identity",
         "groupby": groupby,
         "boundary_connectivity": b,
+        "connectivity_key": connectivity_key,
+        "key_added": key_added,
+        "row_scale": row_scale,
     }
-    return _finish_scaling(
-        adata,
-        W,
-        sim,
-        connectivity_key=connectivity_key,
-        key_added=key_added,
-        row_scale=row_scale,
-        copy=copy,
-        params=params,
-        start=start,
+    return _save_scaled(
+        adata, Ws, copy=copy, key_added=key_added, params=params, uns={"n_isolated": n_lost}, start=start
     )
 
 
-def _histology_features(image: np.ndarray, xy_img: np.ndarray, radius_px: float) -> np.ndarray:
-    """Mean and standard deviation of every channel within the square patch of half-width ``radius_px``.
-
-    Uses summed-area tables of the image and of its square, so the cost does not depend on the patch size.
-    """
-    img = np.asarray(image, dtype=np.float64)
+def _check_image(image, where: str) -> tuple[np.ndarray, int]:
+    """The image as float64 ``(H, W, C)`` and its number of NaN pixel values; inf or a non-numeric image raise."""
+    img = np.asarray(image)
+    if not (np.issubdtype(img.dtype, np.number) or img.dtype == bool) or np.issubdtype(img.dtype, np.complexfloating):
+        msg = f"Expected the image {where} to be a numeric array, found dtype {img.dtype}."
+        raise TypeError(msg)
+    if img.ndim not in (2, 3) or min(img.shape[:2], default=0) == 0:
+        msg = f"Expected the image {where} of shape (height, width) or (height, width, channels), found {img.shape}."
+        raise ValueError(msg)
+    img = np.asarray(img, dtype=np.float64)
     if img.ndim == 2:
         img = img[:, :, None]
+    if np.isinf(img).any():
+        msg = f"The image {where} contains {int(np.isinf(img).sum())} inf value(s); replace them (e.g. by NaN)."
+        raise ValueError(msg)
+    n_nan = int(np.isnan(img).sum())
+    if n_nan == img.size:
+        msg = f"The image {where} is all NaN."
+        raise ValueError(msg)
+    return img, n_nan
+
+
+def _histology_features(img: np.ndarray, xy_img: np.ndarray, radius_px: float, where: str) -> np.ndarray:
+    """Mean and standard deviation of every channel within the square patch of half-width ``radius_px``.
+
+    NaN pixels are left out of both statistics. Uses summed-area tables (of the image, its square and, when there
+    are NaN pixels, of the valid-pixel mask), so the cost does not depend on the patch size.
+    """
     h, w, c = img.shape
     r = max(int(round(radius_px)), 0)
-    col = np.clip(np.round(xy_img[:, 0]).astype(np.int64), 0, w - 1)  # x -> column
-    row = np.clip(np.round(xy_img[:, 1]).astype(np.int64), 0, h - 1)  # y -> row
+    col = np.round(xy_img[:, 0]).astype(np.int64)  # x -> column
+    row = np.round(xy_img[:, 1]).astype(np.int64)  # y -> row
+    outside = (col < 0) | (col >= w) | (row < 0) | (row >= h)
+    if outside.any():
+        msg = (
+            f"{int(outside.sum())} spot(s) lie outside the image {where} ({h} x {w} pixels); check that "
+            "`adata.obsm[spatial_key]` holds full-resolution pixel coordinates (x, y) and the scale factors."
+        )
+        raise ValueError(msg)
     r0, r1 = np.clip(row - r, 0, h), np.clip(row + r + 1, 0, h)
     c0, c1 = np.clip(col - r, 0, w), np.clip(col + r + 1, 0, w)
-    area = ((r1 - r0) * (c1 - c0)).astype(np.float64)[:, None]
-    feats = []
-    for arr in (img, img * img):
+
+    def box_sum(arr):
         S = np.zeros((h + 1, w + 1, c))
         S[1:, 1:] = arr.cumsum(0).cumsum(1)
-        feats.append((S[r1, c1] - S[r0, c1] - S[r1, c0] + S[r0, c0]) / area)
-    mean, sq = feats
+        return S[r1, c1] - S[r0, c1] - S[r1, c0] + S[r0, c0]
+
+    nan = np.isnan(img)
+    if nan.any():
+        count = box_sum((~nan).astype(np.float64))
+        img = np.where(nan, 0.0, img)
+        empty = (count == 0).any(axis=1)
+        if empty.any():
+            msg = (
+                f"{int(empty.sum())} spot(s) have only NaN pixels (in some channel) in their footprint on the image "
+                f"{where}; drop those spots or fill the image there."
+            )
+            raise ValueError(msg)
+    else:
+        count = np.broadcast_to(((r1 - r0) * (c1 - c0)).astype(np.float64)[:, None], (len(row), c))
+    mean = box_sum(img) / count
+    sq = box_sum(img * img) / count
     sd = np.sqrt(np.clip(sq - mean**2, 0, None))
     return np.hstack([mean, sd])
 
@@ -371,6 +569,9 @@ def scale_by_histology(
     every channel inside its footprint (a square of half-width the spot radius), standardized across spots,
     and edges are rescaled as in :func:`scale_by_expr` (default: Gaussian of the euclidean feature distance).
 
+    NaN pixels (e.g. a masked background) are left out of each spot's mean and standard deviation; a spot whose
+    footprint holds no finite pixel, an inf pixel, or a spot centre outside the image raise ``ValueError``.
+
     Parameters
     ----------
     adata
@@ -378,18 +579,29 @@ def scale_by_histology(
     library_id
         Key in ``adata.uns['spatial']``; ``None`` works when there is exactly one.
     img_key
-        ``'hires'`` or ``'lowres'``.
+        ``'hires'`` or ``'lowres'`` (any key of the library's images with a matching ``tissue_{img_key}_scalef``).
     spatial_key, metric, n_pcs, bandwidth, connectivity_key, key_added, row_scale, copy
         As in :func:`scale_by_expr`.
 
     Returns
     -------
     ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` and
-    ``adata.uns['{key_added}_neighbors']['params']``.
+    ``adata.uns['{key_added}_neighbors']`` (``connectivities_key``, ``params``, ``n_nan_pixels``, ``n_zero_spots``,
+    ``n_isolated``), replaced as a whole.
     """
-    W = _check_scale_args(adata, connectivity_key, key_added, row_scale, copy, metric)
+    _check_scale_common(adata, connectivity_key, key_added, row_scale, copy)
+    if library_id is not None:
+        check_key(library_id, "library_id")
+    check_key(img_key, "img_key")
+    check_key(spatial_key, "spatial_key")
+    metric = check_choice(metric, "metric", _METRICS)
+    n_pcs = check_int(n_pcs, "n_pcs", low=1, allow_none=True, example="10")
+    bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True, allow_none=True, example="1.0")
+    if adata.n_obs == 0:
+        msg = "`adata` has no spots (n_obs = 0); there is no graph to rescale."
+        raise ValueError(msg)
     spatial = adata.uns.get("spatial")
-    if not isinstance(spatial, dict) or not spatial:
+    if not hasattr(spatial, "keys") or not len(spatial):
         msg = (
             "No histology in `adata.uns['spatial']`; load Visium data with `sc.read_visium` / "
             "`sq.read.visium`, which store `uns['spatial'][library_id]['images']` and `['scalefactors']`."
@@ -409,35 +621,41 @@ def scale_by_histology(
         msg = f"Image {img_key!r} not found in `adata.uns['spatial'][{library_id!r}]['images']` ({list(images)})."
         raise KeyError(msg)
     sf_key = f"tissue_{img_key}_scalef"
+    where = f"`adata.uns['spatial'][{library_id!r}]['scalefactors']`"
     for k in ("spot_diameter_fullres", sf_key):
         if k not in sf:
-            msg = f"Scale factor {k!r} not found in `adata.uns['spatial'][{library_id!r}]['scalefactors']`."
+            msg = f"Scale factor {k!r} not found in {where}."
             raise KeyError(msg)
+    scale = check_real(sf[sf_key], f"{where}[{sf_key!r}]", low=0.0, low_open=True, example="0.15")
+    diameter = check_real(sf["spot_diameter_fullres"], f"{where}['spot_diameter_fullres']", low=0.0, example="90.0")
+    img_where = f"`adata.uns['spatial'][{library_id!r}]['images'][{img_key!r}]`"
+    img, n_nan = _check_image(images[img_key], img_where)
     coords = get_coords(adata, spatial_key)
+    W = get_graph(adata, connectivity_key)
+
     start = log_start("scaling the spatial graph by histology similarity")
-    scale = float(sf[sf_key])
-    F = _histology_features(np.asarray(images[img_key]), coords[:, :2] * scale, sf["spot_diameter_fullres"] / 2 * scale)
+    if n_nan:
+        logger.info("    %d NaN pixel value(s) in %s are left out of the spot features", n_nan, img_where)
+    F = _histology_features(img, coords[:, :2] * scale, diameter / 2 * scale, img_where)
     sd = F.std(axis=0)
     F = (F - F.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     Z = _reduce(F, n_pcs)
     C = W.tocoo()
-    sim, bw = _edge_similarity(Z, C.row, C.col, metric, bandwidth)
+    sim, bw, zero = _edge_similarity(Z, C.row, C.col, metric, bandwidth, 1.0)
+    n_zero = _warn_zero_vectors(zero, C.row, C.col, "histology feature") if metric == "cosine" else 0
+    hint = "Use metric='euclidean' or a larger `bandwidth`."
+    Ws, n_lost = _rescale(W, sim, row_scale=row_scale, hint=hint)
     params = {
         "source": "histology",
         "library_id": library_id,
         "img_key": img_key,
+        "spatial_key": spatial_key,
         "metric": metric,
         "n_pcs": n_pcs,
         "bandwidth": bw,
+        "connectivity_key": connectivity_key,
+        "key_added": key_added,
+        "row_scale": row_scale,
     }
-    return _finish_scaling(
-        adata,
-        W,
-        sim,
-        connectivity_key=connectivity_key,
-        key_added=key_added,
-        row_scale=row_scale,
-        copy=copy,
-        params=params,
-        start=start,
-    )
+    uns = {"n_nan_pixels": n_nan, "n_zero_spots": n_zero, "n_isolated": n_lost}
+    return _save_scaled(adata, Ws, copy=copy, key_added=key_added, params=params, uns=uns, start=start)
