@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -303,3 +304,69 @@ def test_bad_input(coords):
         swm.get_inv_cov("icar", rho=2.0)
     with pytest.raises(ValueError, match="Unknown prior"):
         wmod.sparse_weights_to_inv_cov(swm.swm, "gp")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 11: negative weights and zero feature vectors are never handled silently
+# ---------------------------------------------------------------------------------------------------------------
+def test_negative_weights_warn_with_their_count(coords):
+    swm = SpatialWeightMatrix()
+    swm.calc_weights_knn(coords, k=4, verbose=False)
+    S = np.ones((40, 40))
+    rows, cols = swm.weights_csr().nonzero()
+    S[rows[:3], cols[:3]] = -0.5  # three edges get a negative similarity
+    with pytest.warns(UserWarning, match=r"has 3 negative weight\(s\).*set them to 0"):
+        swm.scale_by_similarity(S, verbose=False)
+    W = -sp.identity(5, format="csr")
+    with pytest.warns(UserWarning, match=r"`W` has 5 negative weight"):
+        SpatialWeightMatrix.from_graph(W)
+    with pytest.warns(UserWarning, match=r"`swm` has 1 negative weight"):
+        swm.swm = sp.csr_matrix(np.array([[0.0, -1.0], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="boundary_connectivity"):
+        swm.scale_by_identity(np.arange(2) % 2, boundary_connectivity=-0.1, verbose=False)
+    with pytest.raises(TypeError, match="boundary_connectivity"):
+        swm.scale_by_identity(np.arange(2) % 2, boundary_connectivity="0", verbose=False)
+
+
+@pytest.mark.parametrize("reduce", ["none", "pca"])
+def test_cosine_of_zero_vectors_keeps_edges(coords, reduce):
+    rng = np.random.default_rng(5)
+    expr = rng.gamma(2.0, size=(12, 40))
+    expr[:, :6] = 0.0  # six empty spots
+    swm = SpatialWeightMatrix()
+    swm.calc_weights_knn(coords, k=6, verbose=False)
+    W0 = swm.swm.to_dense().numpy()
+    if reduce == "none":
+        with pytest.warns(UserWarning, match=r"spot\(s\) have a zero feature vector"):
+            swm.scale_by_expr(expr, reduce="none", verbose=False)
+        F = expr.T
+        n = np.linalg.norm(F, axis=1)
+        S = np.clip(F @ F.T / np.outer(np.where(n > 0, n, 1), np.where(n > 0, n, 1)), 0, None)
+        S[n == 0] = 1.0
+        S[:, n == 0] = 1.0
+        ref = W0 * S
+        iso = ref.sum(1) == 0
+        ref[iso, iso] = 1
+        np.testing.assert_allclose(swm.weights_csr().toarray(), ref, rtol=1e-10)
+    # constant expression: every spot identical (z-scored genes all dropped, or equal non-zero vectors)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        swm.scale_by_expr(np.full((12, 40), 2.0), reduce=reduce, verbose=False)
+    assert any("zero feature vector" in str(w.message) for w in rec) == (reduce == "pca")
+    np.testing.assert_allclose(swm.weights_csr().toarray(), W0, rtol=1e-12)  # was: every edge cut
+
+
+def test_classic_argument_types(coords):
+    swm = SpatialWeightMatrix()
+    with pytest.raises(TypeError, match="`k`"):
+        swm.calc_weights_knn(coords, k=2.5)
+    with pytest.raises(TypeError, match="radius_cutoff"):
+        swm.calc_weights_dist(coords, radius_cutoff="1")
+    with pytest.raises(ValueError, match="band_width"):
+        swm.calc_weights_dist(coords, band_width=float("nan"))
+    with pytest.raises(ValueError, match="q_threshold"):
+        wmod.coordinate_to_weights_dist_dense(coords, q_threshold=2.0)
+    with pytest.raises(TypeError, match="symmetric"):
+        swm.calc_weights_knn(coords, symmetric="yes")
+    with pytest.raises(ValueError, match="at least 1 spots"):
+        swm.calc_weights_knn(np.zeros((0, 2)))

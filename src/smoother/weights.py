@@ -32,7 +32,7 @@ from ._core.graph import fill_isolated, knn_graph, radius_graph, row_normalize
 from ._core.precision import DENSE_WARN, not_pd_message, precision
 from ._core.quadratic import to_torch_sparse
 from ._settings import logger
-from ._validation import check_coords, check_prior, check_rho, check_square_graph
+from ._validation import check_bool, check_coords, check_prior, check_real, check_rho, check_square_graph
 
 __all__ = [
     "SpatialWeightMatrix",
@@ -63,11 +63,33 @@ def _warn_dense(n: int, what: str) -> None:
         )
 
 
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        msg = f"Expected `{name}` to be True or False, found `{value!r}`."
-        raise TypeError(msg)
-    return bool(value)
+def _warn_negative(W: sp.csr_matrix, what: str) -> None:
+    """Negative weights are never dropped silently: say how many there are and what the priors do with them."""
+    n_neg = int((W.data < 0).sum()) if W.nnz else 0
+    if n_neg:
+        warnings.warn(
+            f"{what} has {n_neg} negative weight(s) (smallest {W.data.min():.3g}); the spatial priors need "
+            "non-negative weights (similarities, not correlations or distances) and set them to 0, so those edges "
+            "carry no spatial interaction. Shift or clip the values yourself to silence this warning.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+#: A feature vector counts as zero when its norm is at most this times its scale (1 for z-scored PCA scores, else
+#: the largest |feature|) times sqrt(n_features): above round-off, far below any real difference between spots.
+_ZERO_RTOL = 1e-12
+
+
+def _warn_zero_vectors(n_zero: int) -> None:
+    if n_zero:
+        warnings.warn(
+            f"{n_zero} spot(s) have a zero feature vector (e.g. all-zero or constant expression); cosine similarity "
+            "is undefined for them, so their edges keep their weight (similarity 1). Remove empty spots first, or "
+            "use dist_metric='euclidean'.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def normalize_minmax(x, min_zero: bool = True, return_scale: bool = False):
@@ -109,29 +131,28 @@ def _check_metric_euclidean(dist_metric: str) -> None:
         raise ValueError(msg)
 
 
-def _check_positive(value, name: str) -> float:
-    if isinstance(value, bool) or not np.isscalar(value) or not np.isfinite(value) or value <= 0:
-        msg = f"Expected `{name}` to be a positive number, found `{value!r}`."
-        raise ValueError(msg)
-    return float(value)
+def _check_positive(value, name: str, example: str) -> float:
+    if torch.is_tensor(value) and value.numel() == 1:
+        value = value.item()
+    return check_real(value, name, low=0.0, low_open=True, example=example)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # module functions (classic names)
 # --------------------------------------------------------------------------------------------------------------
 def _knn_csr(coords, k, symmetric, row_scale) -> sp.csr_matrix:
-    _check_bool(symmetric, "symmetric")
-    _check_bool(row_scale, "row_scale")
+    check_bool(symmetric, "symmetric")
+    check_bool(row_scale, "row_scale")
     W, _ = knn_graph(coords, k, symmetrize="mutual" if symmetric else "none", row_scale=row_scale)
     return W
 
 
 def _dist_csr(coords, scale_coords, radius_cutoff, band_width, dist_metric, row_scale) -> sp.csr_matrix:
     coords = check_coords(coords)
-    _check_bool(scale_coords, "scale_coords")
-    _check_bool(row_scale, "row_scale")
-    radius = _check_positive(radius_cutoff.item() if torch.is_tensor(radius_cutoff) else radius_cutoff, "radius_cutoff")
-    bw = _check_positive(band_width, "band_width")
+    check_bool(scale_coords, "scale_coords")
+    check_bool(row_scale, "row_scale")
+    radius = _check_positive(radius_cutoff, "radius_cutoff", "1.0")
+    bw = _check_positive(band_width, "band_width", "0.1")
     _check_metric_euclidean(dist_metric)
     if scale_coords:
         coords, scale = _scale_coords(coords)
@@ -216,11 +237,9 @@ def coordinate_to_weights_dist_dense(
     from scipy.spatial.distance import pdist
 
     coords = check_coords(coords)
-    _check_bool(scale_coords, "scale_coords")
+    check_bool(scale_coords, "scale_coords")
     _check_metric_euclidean(dist_metric)
-    if isinstance(q_threshold, bool) or not np.isscalar(q_threshold) or not 0 <= q_threshold <= 1:
-        msg = f"Expected `q_threshold` in [0, 1], found `{q_threshold!r}`."
-        raise ValueError(msg)
+    q_threshold = check_real(q_threshold, "q_threshold", low=0.0, high=1.0, example="0.001")
     n = coords.shape[0]
     _warn_dense(n, "coordinate_to_weights_dist_dense")
     if scale_coords:
@@ -329,10 +348,12 @@ class SpatialWeightMatrix:
     def from_graph(cls, W, *, verbose: bool = False) -> SpatialWeightMatrix:
         """A weight matrix from an existing graph (e.g. ``adata.obsp['spatial_connectivities']``).
 
-        Spots without any edge get a self edge of weight 1, as for graphs built here.
+        Spots without any edge get a self edge of weight 1, as for graphs built here. Negative weights are kept
+        but trigger a warning: the priors set them to 0.
         """
         obj = cls()
         W = check_square_graph(W, name="W")
+        _warn_negative(W, "`W`")
         obj._set_weights(fill_isolated(W))
         obj.config["weight"] = {"method": "graph"}
         obj._check_swm_stats(scaled=False, verbose=verbose)
@@ -370,7 +391,9 @@ class SpatialWeightMatrix:
             self._W = self._W_scaled = self._swm_t = self._swm_scaled_t = None
             self.inv_covs = {}
             return
-        self._set_weights(check_square_graph(value, name="swm"))
+        W = check_square_graph(value, name="swm")
+        _warn_negative(W, "`swm`")
+        self._set_weights(W)
 
     @property
     def swm_scaled(self) -> torch.Tensor | None:
@@ -391,7 +414,9 @@ class SpatialWeightMatrix:
             self.inv_covs = {}
             return
         n = None if self._W is None else self._W.shape[0]
-        self._set_scaled(check_square_graph(value, n, name="swm_scaled"))
+        W = check_square_graph(value, n, name="swm_scaled")
+        _warn_negative(W, "`swm_scaled`")
+        self._set_scaled(W)
 
     @property
     def num_spot(self) -> int:
@@ -525,7 +550,7 @@ class SpatialWeightMatrix:
         edge of weight 1.
         """
         self._require()
-        _check_bool(row_scale, "row_scale")
+        check_bool(row_scale, "row_scale")
         n = self._W.shape[0]
         rows, cols, w = self._edges()
         S = pairwise_sim
@@ -550,7 +575,10 @@ class SpatialWeightMatrix:
         if not np.isfinite(vals).all():
             msg = "`pairwise_sim` contains NaN or inf on edges of the spatial graph."
             raise ValueError(msg)
-        self._finish_scaling(w * vals, row_scale, verbose)
+        scaled = w * vals
+        if (scaled < 0).any():
+            _warn_negative(sp.csr_matrix((scaled, (rows, cols)), shape=(n, n)), "The scaled weights (`pairwise_sim`)")
+        self._finish_scaling(scaled, row_scale, verbose)
         return self.swm_scaled if return_swm else None
 
     def scale_by_identity(self, spot_ids, boundary_connectivity=0, row_scale=False, return_swm=False, verbose=True):
@@ -561,7 +589,8 @@ class SpatialWeightMatrix:
         spot_ids
             Label of every spot, length ``num_spot`` (array, list or pandas Series).
         boundary_connectivity
-            Weight of edges between different labels (0: no interaction across labels).
+            Weight of edges between different labels, ``>= 0`` (0: no interaction across labels); a negative value
+            raises ``ValueError`` (the priors could not use it).
         row_scale
             Scale every row of the result to sum to 1.
         return_swm
@@ -570,16 +599,13 @@ class SpatialWeightMatrix:
             Log a summary of the weights.
         """
         self._require()
-        _check_bool(row_scale, "row_scale")
+        check_bool(row_scale, "row_scale")
         n = self._W.shape[0]
         ids = spot_ids.to_numpy() if hasattr(spot_ids, "to_numpy") else np.asarray(spot_ids)
         if ids.ndim != 1 or ids.shape[0] != n:
             msg = f"`spot_ids` must have one label per spot ({n}), found shape {ids.shape}."
             raise ValueError(msg)
-        bc = boundary_connectivity
-        if isinstance(bc, bool) or not np.isscalar(bc) or not np.isfinite(bc):
-            msg = f"Expected `boundary_connectivity` to be a finite number, found `{bc!r}`."
-            raise ValueError(msg)
+        bc = check_real(boundary_connectivity, "boundary_connectivity", low=0.0, example="0")
         rows, cols, w = self._edges()
         same = ids[rows] == ids[cols]
         self._finish_scaling(np.where(same, w, float(bc)), row_scale, verbose)
@@ -592,13 +618,23 @@ class SpatialWeightMatrix:
         metric = _sim.check_metric(dist_metric)
         red = _sim.check_reduce(reduce)
         dim = _sim.check_dim(dim)
-        _check_bool(row_scale, "row_scale")
+        check_bool(row_scale, "row_scale")
         return metric, red, dim
 
     def _scale_by_features(self, F: np.ndarray, dist_metric, reduce, dim, row_scale, verbose) -> None:
+        scale = 1.0 if reduce == "pca" else (float(np.abs(F).max()) if F.size else 0.0)
+        tol = _ZERO_RTOL * scale * np.sqrt(max(F.shape[1], 1))
         F = _sim.reduce_features(F, reduce, dim)
         rows, cols, w = self._edges()
         vals = _sim.edge_similarity(F, rows, cols, dist_metric=dist_metric, nonneg=True)
+        if dist_metric == "cosine":  # a zero vector has no direction: its edges keep their weight (similarity 1)
+            zero = np.linalg.norm(F, axis=1) <= tol
+            on_zero = (zero[rows] | zero[cols]) & (rows != cols)
+            vals[on_zero] = 1.0
+            touched = np.zeros(zero.shape[0], dtype=bool)
+            touched[rows[on_zero]] = True
+            touched[cols[on_zero]] = True
+            _warn_zero_vectors(int((zero & touched).sum()))
         self._finish_scaling(w * vals, row_scale, verbose)
 
     def scale_by_expr(self, expr, dist_metric="cosine", reduce="pca", dim=10, row_scale=False, verbose=True) -> None:
@@ -607,6 +643,9 @@ class SpatialWeightMatrix:
         Similarities are computed on the edges only: cosine similarity (negatives clipped at 0) or
         :math:`\exp(-d^2 / (2 \cdot 0.1^2))` of the euclidean distance of features divided by their largest
         absolute value; with ``reduce='pca'`` on the top ``dim`` principal components of the z-scored genes.
+        The cosine of a zero feature vector (an all-zero spot, or constant expression) is undefined: such edges
+        keep their weight (similarity 1), with a warning giving the number of spots (smoother-omics 1.1.0 gave
+        them similarity 0, which cut every edge of constant data).
 
         Parameters
         ----------
