@@ -19,8 +19,79 @@ selected inversion).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+
 import numpy as np
 import scipy.sparse as sp
+
+#: CHOLMOD's own report of an indefinite matrix, printed by C ``printf`` before cholespy raises; we raise our own
+#: actionable error instead, so this line is filtered out of the captured output.
+_CHOLMOD_NOISE = b"CHOLMOD warning: not positive definite"
+
+_quiet_lock = threading.Lock()
+_quiet_state: dict = {"depth": 0}
+
+
+def _c_flush() -> None:
+    """Flush every C stdio stream (CHOLMOD writes through a buffered ``stdout`` when it is not a terminal)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # pragma: no cover - no C runtime symbols (not Linux/macOS)
+        pass
+
+
+@contextlib.contextmanager
+def quiet_cholmod():
+    """Capture what C code writes to file descriptors 1 and 2 inside the block; re-emit all but CHOLMOD's
+    "not positive definite" warning afterwards.
+
+    CHOLMOD prints that warning from C (through cholespy) before the Python exception that we turn into an
+    actionable message. Nested and concurrent uses (threads) share one redirection, restored by the last one to
+    leave. Where the descriptors cannot be redirected the block runs unchanged.
+    """
+    with _quiet_lock:
+        st = _quiet_state
+        if st["depth"] == 0:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except (AttributeError, ValueError):  # pragma: no cover - replaced or closed streams
+                pass
+            _c_flush()
+            try:
+                saved = {fd: os.dup(fd) for fd in (1, 2)}
+            except OSError:  # pragma: no cover - no descriptors 1/2 (e.g. a daemon)
+                saved = None
+            files = {}
+            if saved is not None:
+                for fd in (1, 2):
+                    files[fd] = tempfile.TemporaryFile()
+                    os.dup2(files[fd].fileno(), fd)
+            st.update(saved=saved, files=files)
+        st["depth"] += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            st = _quiet_state
+            st["depth"] -= 1
+            if st["depth"] == 0 and st["saved"] is not None:
+                _c_flush()
+                for fd, f in st["files"].items():
+                    os.dup2(st["saved"][fd], fd)
+                    os.close(st["saved"][fd])
+                    f.seek(0)
+                    kept = b"".join(line for line in f.read().splitlines(keepends=True) if _CHOLMOD_NOISE not in line)
+                    f.close()
+                    if kept:
+                        os.write(fd, kept)
+                st.update(saved=None, files={})
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -49,6 +120,9 @@ class SPDFactor:
             msg = f"Expected a square matrix, found shape {A.shape}."
             raise ValueError(msg)
         self.n = A.shape[0]
+        if self.n == 0:  # nothing to factor (cholespy cannot allocate an empty matrix)
+            self.backend = "empty"
+            return
         if backend == "auto":
             try:
                 import cholespy  # noqa: F401
@@ -63,13 +137,14 @@ class SPDFactor:
 
             C = A.tocoo()
             try:
-                self._solver = CholeskySolverD(
-                    self.n,
-                    torch.from_numpy(C.row.astype(np.int32)),
-                    torch.from_numpy(C.col.astype(np.int32)),
-                    torch.from_numpy(C.data.astype(np.float64)),
-                    MatrixType.COO,
-                )
+                with quiet_cholmod():
+                    self._solver = CholeskySolverD(
+                        self.n,
+                        torch.from_numpy(C.row.astype(np.int32)),
+                        torch.from_numpy(C.col.astype(np.int32)),
+                        torch.from_numpy(C.data.astype(np.float64)),
+                        MatrixType.COO,
+                    )
             except ValueError as e:
                 raise NotPositiveDefiniteError(str(e)) from e
         elif backend == "superlu":
@@ -88,6 +163,8 @@ class SPDFactor:
         if B.shape[0] != self.n:
             msg = f"Right-hand side has {B.shape[0]} rows, expected {self.n}."
             raise ValueError(msg)
+        if self.backend == "empty":
+            return B.copy()
         if self.backend == "superlu":
             return self._lu.solve(B)
         import torch

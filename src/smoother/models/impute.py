@@ -35,8 +35,24 @@ from .._core import smooth as core
 from .._core.fit import ClassicStopping
 from .._core.linalg import NotPositiveDefiniteError
 from .._settings import logger
+from .._validation import check_bool, check_choice, check_int, check_lambda, check_real
 
 __all__ = ["ImputeConvex", "ImputeModel", "ImputeTorch"]
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
+
+
+def _check_fit_args(lr, max_epochs, patience, tol, verbose, quiet) -> None:
+    """The classic gradient settings, checked before any work (the user's names)."""
+    check_real(lr, "lr", low=0.0, low_open=True, example="1e-3")
+    max_epochs = check_int(max_epochs, "max_epochs", low=-1, example="1000")
+    if max_epochs == 0:
+        msg = "Expected `max_epochs` >= 1 (or -1 for 10,000 epochs), found `0` (e.g. max_epochs=1000)."
+        raise ValueError(msg)
+    check_int(patience, "patience", low=0, example="10")
+    check_real(tol, "tol", low=0.0, example="1e-5")
+    check_bool(verbose, "verbose")
+    check_bool(quiet, "quiet")
 
 
 def _to_numpy(y) -> np.ndarray:
@@ -85,10 +101,30 @@ class ImputeModel:
 
     def set_params(self, y_obs, spatial_loss_all, fixed_obs=True, nonneg=False) -> None:
         """Store the data and the loss, check them, and reset the variables."""
+        if not (hasattr(spatial_loss_all, "get_precision") and hasattr(spatial_loss_all, "num_spot")):
+            msg = (
+                "Expected `spatial_loss_all` to be a smoother.SpatialLoss on all spots (observed first), found "
+                f"{type(spatial_loss_all).__name__}."
+            )
+            raise TypeError(msg)
+        fixed_obs = check_bool(fixed_obs, "fixed_obs")
+        nonneg = check_bool(nonneg, "nonneg")
         if getattr(spatial_loss_all, "n_precisions", 1) > 1:
             msg = "Imputation supports a spatial loss with one shared precision matrix only."
             raise NotImplementedError(msg)
-        y = y_obs if isinstance(y_obs, torch.Tensor) else torch.as_tensor(np.asarray(y_obs, dtype=np.float32))
+        if isinstance(y_obs, torch.Tensor):
+            if y_obs.is_complex() or not (y_obs.is_floating_point() or y_obs.dtype in _INT_DTYPES):
+                msg = f"Expected `y_obs` to be a real numeric tensor, found dtype {y_obs.dtype}."
+                raise TypeError(msg)
+            y = y_obs if y_obs.is_floating_point() else y_obs.float()
+        else:
+            arr = y_obs.toarray() if sp.issparse(y_obs) else y_obs
+            try:
+                arr = np.asarray(arr, dtype=np.float32)
+            except (TypeError, ValueError) as e:
+                msg = f"Expected `y_obs` to be a numeric (n_obs, n_feature) array, found {type(y_obs).__name__}."
+                raise TypeError(msg) from e
+            y = torch.as_tensor(arr)
         if y.ndim != 2:
             msg = f"Expected `y_obs` of shape (n_obs, n_feature), found shape {tuple(y.shape)}."
             raise ValueError(msg)
@@ -102,10 +138,13 @@ class ImputeModel:
         if n_all is None or n_all < y.shape[0]:
             msg = f"The spatial loss covers {n_all} spots, fewer than the {y.shape[0]} observed spots."
             raise ValueError(msg)
+        if y.shape[0] == 0:
+            msg = "`y_obs` has 0 observed spots; at least one is needed."
+            raise ValueError(msg)
         self.y_obs = y
         self.spatial_loss_all = spatial_loss_all
-        self.fixed_obs = bool(fixed_obs)
-        self.nonneg = bool(nonneg)
+        self.fixed_obs = fixed_obs
+        self.nonneg = nonneg
         self.n_feature = int(y.shape[1])
         self.n_obs = int(y.shape[0])
         self.n_all = int(n_all)
@@ -157,9 +196,6 @@ class ImputeModel:
             xm = core.conditional_mean(op, y, observed, nonneg=self.nonneg)
             return np.vstack([y, xm])
         lam = float(lambda_spatial_loss) * self.n_obs / self.n_all
-        if lam == 0.0 and self.n_missing:
-            msg = "lambda_spatial_loss = 0 leaves the missing spots undetermined; use a positive value."
-            raise ValueError(msg)
         Yall = np.vstack([y, np.zeros((self.n_missing, self.n_feature))])
         return core.smooth(Yall, op, lam, weights=observed.astype(float), nonneg=self.nonneg, dtype=np.float64)
 
@@ -229,11 +265,17 @@ class ImputeTorch(ImputeModel, nn.Module):
         -------
         Whether the imputation succeeded.
         """
-        if method not in ("auto", "exact", "adam"):
-            msg = f"Expected `method` in ['auto', 'exact', 'adam'], found {method!r}."
+        method = check_choice(method, "method", ("auto", "exact", "adam"))
+        lambda_spatial_loss = check_lambda(lambda_spatial_loss, "lambda_spatial_loss")
+        _check_fit_args(lr, max_epochs, patience, tol, verbose, quiet)
+        if method == "exact" and not _is_quadratic(self.spatial_loss_all):
+            msg = "method='exact' needs a quadratic spatial loss (not 'kl' or ContrastiveSpatialLoss)."
             raise ValueError(msg)
-        if lambda_spatial_loss < 0:
-            msg = f"Expected `lambda_spatial_loss` >= 0, found {lambda_spatial_loss}."
+        if not self.fixed_obs and lambda_spatial_loss == 0 and self.n_missing:
+            msg = (
+                "`lambda_spatial_loss` = 0 leaves the missing spots undetermined; use a positive value "
+                "(e.g. lambda_spatial_loss=1.0) or fixed_obs=True."
+            )
             raise ValueError(msg)
         if not self._record_configs(
             lambda_spatial_loss,
@@ -247,9 +289,6 @@ class ImputeTorch(ImputeModel, nn.Module):
         ):
             return False
         exact = method == "exact" or (method == "auto" and _is_quadratic(self.spatial_loss_all))
-        if method == "exact" and not _is_quadratic(self.spatial_loss_all):
-            msg = "method='exact' needs a quadratic spatial loss (not 'kl' or ContrastiveSpatialLoss)."
-            raise ValueError(msg)
         t0 = time.perf_counter()
         if exact:
             try:
@@ -258,6 +297,13 @@ class ImputeTorch(ImputeModel, nn.Module):
                 warnings.warn(
                     f"The imputation system is not positive definite ({e}); the precision matrix is improper "
                     "for this graph, or missing spots are not connected to observed ones.",
+                    stacklevel=2,
+                )
+                return False
+            if not np.isfinite(x).all():
+                warnings.warn(
+                    "The imputation produced NaN or inf values (an ill-conditioned system); the result is not "
+                    "usable. Check the spatial loss (confidences, rho) and the data scale.",
                     stacklevel=2,
                 )
                 return False
@@ -291,6 +337,12 @@ class ImputeTorch(ImputeModel, nn.Module):
             loss.backward()
             opt.step()
             cur = float(loss.detach())
+            if not np.isfinite(cur):
+                warnings.warn(
+                    f"The loss became {cur} at epoch {stop.epoch + 1}; the fit failed. Lower `lr` or check the data.",
+                    stacklevel=3,
+                )
+                return False
             stop.update(cur)
             if verbose and stop.epoch % 10 == 0:
                 logger.info("Epoch %d. Loss %.4f.", stop.epoch, cur)
@@ -349,6 +401,21 @@ class ImputeConvex(ImputeModel):
         import cvxpy as cp
         from cvxpy.atoms.affine.wraps import psd_wrap
 
+        lambda_spatial_loss = check_lambda(lambda_spatial_loss, "lambda_spatial_loss")
+        check_bool(verbose, "verbose")
+        check_bool(quiet, "quiet")
+        if solver is not None and not isinstance(solver, str):
+            msg = f"Expected `solver` to be a cvxpy solver name or None, found {type(solver).__name__} `{solver!r}`."
+            raise TypeError(msg)
+        if solver is not None and solver.upper() not in cp.installed_solvers():
+            msg = f"Unknown or uninstalled cvxpy `solver` {solver!r}; installed: {cp.installed_solvers()}."
+            raise ValueError(msg)
+        if not self.fixed_obs and lambda_spatial_loss == 0 and self.n_missing:
+            msg = (
+                "`lambda_spatial_loss` = 0 leaves the missing spots undetermined; use a positive value "
+                "(e.g. lambda_spatial_loss=1.0) or fixed_obs=True."
+            )
+            raise ValueError(msg)
         if not self._record_configs(lambda_spatial_loss, verbose=verbose, quiet=quiet):
             return False
         t0 = time.perf_counter()
@@ -359,8 +426,16 @@ class ImputeConvex(ImputeModel):
         )
         recon = 0 if self.fixed_obs else cp.sum_squares(self.var_obs - y) / (self.n_obs * self.n_feature)
         self.problem = cp.Problem(cp.Minimize(recon + lambda_spatial_loss * sp_loss))
-        self.problem.solve(solver=solver, verbose=verbose and not quiet, **kwargs)
+        try:
+            self.problem.solve(solver=solver, verbose=verbose and not quiet, **kwargs)
+        except cp.error.SolverError as e:
+            warnings.warn(f"The cvxpy solver failed: {e}", stacklevel=2)
+            return False
         self.impute_time = time.perf_counter() - t0
+        value = self.var_all.value
+        if value is None or not np.isfinite(np.asarray(value)).all():
+            warnings.warn(f"Problem status: {self.problem.status}; no finite solution.", stacklevel=2)
+            return False
         if self.problem.status != cp.OPTIMAL:
             warnings.warn(f"Problem status: {self.problem.status}.", stacklevel=2)
             return self.problem.status == cp.OPTIMAL_INACCURATE

@@ -6,7 +6,6 @@ solver, and writes the results.
 
 from __future__ import annotations
 
-import numbers
 from typing import Literal
 
 import numpy as np
@@ -15,21 +14,29 @@ import scipy.sparse as sp
 from .. import _constants as K
 from .._anndata import (
     check_adata,
-    check_bool,
-    check_key,
     check_precision_args,
     get_coords,
     get_graph,
     get_matrix,
     get_prior_operator,
-    log_added,
-    write_params,
+    save_result,
+    to_writable,
 )
 from .._core import smooth as core
 from .._core.linalg import NotPositiveDefiniteError
 from .._core.precision import not_pd_message
 from .._settings import log_finish, log_start, logger
-from .._validation import check_nonneg_scalar
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_coords,
+    check_int,
+    check_key,
+    check_lambda,
+    check_random_state,
+    check_real,
+    check_unique_names,
+)
 
 __all__ = ["enhance", "impute", "smooth"]
 
@@ -37,44 +44,47 @@ __all__ = ["enhance", "impute", "smooth"]
 # ----------------------------------------------------------------------------------------------------------------
 # shared checks
 # ----------------------------------------------------------------------------------------------------------------
-def _check_lambda(value, *, allow_auto: bool = True) -> float | str:
-    if isinstance(value, str):
-        if allow_auto and value == "auto":
-            return "auto"
-        alt = " or 'auto'" if allow_auto else ""
-        msg = f"Expected `lambda_spatial` to be a number >= 0{alt}, found {value!r}."
-        raise ValueError(msg)
-    return check_nonneg_scalar(value, "lambda_spatial")
-
-
 def _check_dtype(dtype) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as e:
-        msg = f"Expected `dtype` to be 'float32' or 'float64', found {dtype!r}."
-        raise TypeError(msg) from e
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        msg = f"Expected `dtype` to be 'float32' or 'float64', found {dtype!r}."
-        raise ValueError(msg)
-    return dt
+    if isinstance(dtype, (str, type, np.dtype)):
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            dt = None
+        if dt in (np.dtype(np.float32), np.dtype(np.float64)):
+            return dt
+        if dt is not None:
+            msg = f"Expected `dtype` to be 'float32' or 'float64', found {dtype!r} (e.g. dtype='float32')."
+            raise ValueError(msg)
+    msg = f"Expected `dtype` to be 'float32' or 'float64', found {type(dtype).__name__} `{dtype!r}`."
+    raise TypeError(msg)
 
 
 def _check_chunk(chunk_size) -> int | None:
-    if chunk_size is None:
+    return check_int(chunk_size, "chunk_size", low=1, allow_none=True, example="256")
+
+
+def _check_grid(grid) -> np.ndarray | None:
+    if grid is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        msg = f"Expected `chunk_size` to be a positive integer or None, found {chunk_size!r}."
+    if isinstance(grid, (str, bytes)) or np.ndim(grid) > 1:
+        msg = f"Expected `gcv_grid` to be a list of lambda values >= 0, found {type(grid).__name__} `{grid!r}`."
+        raise TypeError(msg)
+    values = [check_real(v, "gcv_grid", low=0.0, example="[0.1, 1.0, 10.0]") for v in np.atleast_1d(grid).tolist()]
+    if not values:
+        msg = "Expected `gcv_grid` to be a non-empty list of lambda values >= 0 (e.g. gcv_grid=[0.1, 1.0, 10.0])."
         raise ValueError(msg)
-    return int(chunk_size)
+    return np.asarray(values, dtype=np.float64)
+
+
+def _check_spots(n: int, what: str, minimum: int = 1) -> None:
+    if n < minimum:
+        msg = f"{what} has {n} spot(s); at least {minimum} needed."
+        raise ValueError(msg)
 
 
 def _operator(W: sp.csr_matrix, prior: str, rho: float, standardize: bool) -> core.PriorOperator:
     """The prior on ``W`` (the one shared builder :func:`smoother._anndata.get_prior_operator`)."""
     return get_prior_operator(W, prior, rho, standardize)
-
-
-def _lambda_record(lam) -> float | np.ndarray:
-    return lam if np.ndim(lam) else float(lam)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,33 +198,29 @@ def smooth(
     >>> adata.uns["smoothed"]["lambda"]  # doctest: +SKIP
     """
     # ---- validate everything before any work
-    check_adata(adata)
+    check_adata(adata, copy=copy)
     prior, rho = check_precision_args(prior, rho)
-    lam = _check_lambda(lambda_spatial)
-    check_bool(standardize, "standardize")
-    check_bool(nonneg, "nonneg")
-    check_bool(per_gene, "per_gene")
-    check_bool(copy, "copy")
+    lam = check_lambda(lambda_spatial, allow_auto=True)
+    standardize = check_bool(standardize, "standardize")
+    nonneg = check_bool(nonneg, "nonneg")
+    per_gene = check_bool(per_gene, "per_gene")
     check_key(key_added, "key_added")
+    check_key(connectivity_key, "connectivity_key")
+    criterion = check_choice(criterion, "criterion", ("risk", "gcv"))
     dt = _check_dtype(dtype)
     chunk_size = _check_chunk(chunk_size)
-    if criterion not in ("risk", "gcv"):
-        msg = f"Expected `criterion` to be 'risk' or 'gcv', found {criterion!r}."
-        raise ValueError(msg)
+    gcv_grid = _check_grid(gcv_grid)
+    random_state = check_random_state(random_state)
     if per_gene and lam != "auto":
-        msg = "`per_gene=True` needs `lambda_spatial='auto'`."
+        msg = "`per_gene=True` needs `lambda_spatial='auto'` (a lambda chosen per gene)."
         raise ValueError(msg)
-    if gcv_grid is not None:
-        gcv_grid = np.asarray(gcv_grid, dtype=np.float64).ravel()
-        if gcv_grid.size == 0 or not np.isfinite(gcv_grid).all() or (gcv_grid < 0).any():
-            msg = "Expected `gcv_grid` to be a non-empty list of finite lambda values >= 0."
-            raise ValueError(msg)
-    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
-        msg = f"Expected `random_state` to be an integer, found {random_state!r}."
-        raise TypeError(msg)
     Y, _ = get_matrix(adata, layer)
+    _check_spots(Y.shape[0], "adata")
+    if lam == "auto" and Y.shape[1] == 0:
+        msg = "`lambda_spatial='auto'` needs at least one gene to choose lambda from; adata has 0 genes."
+        raise ValueError(msg)
     W = get_graph(adata, connectivity_key)
-    op = _operator(W, prior, rho, bool(standardize))
+    op = _operator(W, prior, rho, standardize)
 
     # ---- work
     start = log_start(f"smoothing {Y.shape[1]} genes over {Y.shape[0]} spots (prior '{prior}', rho={rho})")
@@ -227,7 +233,7 @@ def smooth(
             grid=gcv_grid,
             criterion=criterion,
             per_gene=per_gene,
-            seed=int(random_state),
+            seed=random_state,
             chunk_size=chunk_size,
             dtype=dt,
         )
@@ -261,33 +267,35 @@ def smooth(
             raise ValueError(not_pd_message(prior, rho, W)) from e
 
     # ---- write
-    adata = adata.copy() if copy else adata
-    adata.layers[key_added] = X
     params = {
         "prior": prior,
         "rho": rho,
-        "lambda": lam_used,
         "lambda_spatial": lambda_spatial if isinstance(lambda_spatial, str) else float(lambda_spatial),
+        "lambda": lam_used,
         "layer": layer,
         "connectivity_key": connectivity_key,
-        "standardize": bool(standardize),
-        "nonneg": bool(nonneg),
-        "per_gene": bool(per_gene),
+        "standardize": standardize,
+        "nonneg": nonneg,
+        "per_gene": per_gene,
         "criterion": criterion,
         "dtype": dt.name,
-        "random_state": int(random_state),
+        "random_state": random_state,
+        "key_added": key_added,
     }
-    extra = {"lambda": lam_used}
+    uns = {"lambda": lam_used}
     if gcv_rec is not None:
-        extra["gcv"] = gcv_rec
-    write_params(adata, key_added, params, **extra)
-    added = [f"adata.layers[{key_added!r}]", f"adata.uns[{key_added!r}]"]
-    if var_lambda is not None:
-        adata.var[f"{key_added}_lambda"] = var_lambda
-        added.append(f"adata.var['{key_added}_lambda']")
-    log_added(*added)
+        uns["gcv"] = gcv_rec
+    out = save_result(
+        adata,
+        copy=copy,
+        uns_key=key_added,
+        params=params,
+        uns=uns,
+        layers={key_added: X},
+        var={f"{key_added}_lambda": var_lambda},
+    )
     log_finish(start)
-    return adata if copy else None
+    return out
 
 
 def _nonneg_per_gene(Y, op, lams: np.ndarray, X: np.ndarray, chunk_size) -> np.ndarray:
@@ -369,42 +377,63 @@ def impute(
     import pandas as pd
 
     from .._core.graph import knn_graph, radius_graph
-    from .._validation import check_coords
 
-    check_adata(adata)
+    # ---- validate everything before any work
+    check_adata(adata, writes=False)
+    fixed_obs = check_bool(fixed_obs, "fixed_obs")
     prior, rho = check_precision_args(prior, rho)
-    check_bool(fixed_obs, "fixed_obs")
-    check_bool(standardize, "standardize")
-    check_bool(nonneg, "nonneg")
-    lam = _check_lambda(lambda_spatial, allow_auto=False)
+    lam = check_lambda(lambda_spatial)
     if not fixed_obs and lam == 0:
-        msg = "`fixed_obs=False` needs `lambda_spatial` > 0 (new spots are otherwise undetermined)."
+        msg = (
+            "`fixed_obs=False` needs `lambda_spatial` > 0 (new spots are otherwise undetermined); use e.g. "
+            "lambda_spatial=1.0, or fixed_obs=True for the limit lambda -> 0."
+        )
         raise ValueError(msg)
+    standardize = check_bool(standardize, "standardize")
+    nonneg = check_bool(nonneg, "nonneg")
     dt = _check_dtype(dtype)
     chunk_size = _check_chunk(chunk_size)
-    if graph_method not in ("knn", "radius"):
-        msg = f"Expected `graph_method` to be 'knn' or 'radius', found {graph_method!r}."
+    check_key(spatial_key, "spatial_key")
+    graph_method = check_choice(graph_method, "graph_method", ("knn", "radius"))
+    n_neighs = check_int(n_neighs, "n_neighs", low=1, example="6")
+    mutual = check_bool(mutual, "mutual")
+    radius = check_real(radius, "radius", low=0.0, low_open=True, allow_none=True, example="1.5")
+    bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True, allow_none=True, example="1.0")
+    if graph_method == "radius" and radius is None:
+        msg = "`graph_method='radius'` needs `radius=` (a distance in the unit of the coordinates, e.g. radius=1.5)."
         raise ValueError(msg)
     c_obs = get_coords(adata, spatial_key)
+    _check_spots(c_obs.shape[0], "adata")
     c_new = check_coords(coords_new, name="coords_new")
     if c_new.shape[1] != c_obs.shape[1]:
         msg = f"`coords_new` has {c_new.shape[1]} columns but the observed coordinates have {c_obs.shape[1]}."
         raise ValueError(msg)
-    Y, var_names = get_matrix(adata, layer)
-    if graph_method == "radius" and radius is None:
-        msg = "`graph_method='radius'` needs `radius=`."
+    check_unique_names(adata.var_names, "`adata.var_names`")
+    check_unique_names(adata.obs_names, "`adata.obs_names`")
+    Y, _ = get_matrix(adata, layer)
+    n_obs, n_new = c_obs.shape[0], c_new.shape[0]
+    if graph_method == "knn" and n_obs + n_new < n_neighs + 1:
+        msg = (
+            f"`n_neighs={n_neighs}` needs at least {n_neighs + 1} spots (observed + new), found {n_obs + n_new}; "
+            "lower `n_neighs`."
+        )
+        raise ValueError(msg)
+    if lam == "auto" and Y.shape[1] == 0:
+        msg = "`lambda_spatial='auto'` needs at least one gene to choose lambda from; adata has 0 genes."
         raise ValueError(msg)
 
-    n_obs, n_new = c_obs.shape[0], c_new.shape[0]
+    # ---- work
     coords = np.vstack([c_obs, c_new])
     start = log_start(f"imputing {Y.shape[1]} genes at {n_new} new spots from {n_obs} observed")
     if graph_method == "knn":
         W, Dm = knn_graph(coords, n_neighs, symmetrize="mutual" if mutual else "union")
     else:
         W, Dm = radius_graph(coords, radius, bandwidth=bandwidth)
-    op = _operator(W, prior, rho, bool(standardize))
+    op = _operator(W, prior, rho, standardize)
     observed = np.r_[np.ones(n_obs, bool), np.zeros(n_new, bool)]
     X = np.empty((n_obs + n_new, Y.shape[1]), dtype=dt)
+    gcv_rec = None
+    lam_used = None if fixed_obs else lam
     try:
         if fixed_obs:
             src = Y.tocsc() if sp.issparse(Y) else np.asarray(Y)
@@ -412,7 +441,7 @@ def impute(
             for s0 in range(0, Y.shape[1], cs):
                 Yc = core._dense_cols(src, s0, min(Y.shape[1], s0 + cs))
                 X[:n_obs, s0 : s0 + Yc.shape[1]] = Yc
-                X[n_obs:, s0 : s0 + Yc.shape[1]] = core.conditional_mean(op, Yc, observed, nonneg=bool(nonneg))
+                X[n_obs:, s0 : s0 + Yc.shape[1]] = core.conditional_mean(op, Yc, observed, nonneg=nonneg)
         else:
             Yall = (
                 sp.vstack([sp.csr_matrix(Y), sp.csr_matrix((n_new, Y.shape[1]))]).tocsr()
@@ -424,7 +453,7 @@ def impute(
                 op,
                 float(lam),
                 weights=observed.astype(float),
-                nonneg=bool(nonneg),
+                nonneg=nonneg,
                 dtype=dt,
                 chunk_size=chunk_size,
             )
@@ -437,12 +466,12 @@ def impute(
             msg = not_pd_message(prior, rho, W) + " " + msg
         raise ValueError(msg) from e
 
-    names = list(map(str, adata.obs_names)) + [f"new_{i}" for i in range(n_new)]
-    obs = pd.DataFrame({"observed": observed}, index=pd.Index(names))
-    out = ad.AnnData(X=X, obs=obs, var=adata.var.loc[var_names].copy())
-    out.obsm[K.SPATIAL_KEY] = coords
+    # ---- write: a new AnnData
+    names = pd.Index(list(map(str, adata.obs_names)) + [f"new_{i}" for i in range(n_new)])
+    if not names.is_unique:
+        names = pd.Index(ad.utils.make_index_unique(names))
+    out = ad.AnnData(X=X, obs=pd.DataFrame(index=names), var=adata.var.copy())
     ck, dk, nk = K.conn_key("spatial"), K.dist_key("spatial"), K.neighbors_key("spatial")
-    out.obsp[ck], out.obsp[dk] = W, Dm
     graph_params = {
         "method": graph_method,
         "n_neighbors": n_neighs,
@@ -450,20 +479,29 @@ def impute(
         "radius": radius,
         "bandwidth": bandwidth,
     }
-    write_params(out, nk, graph_params, connectivities_key=ck, distances_key=dk)
+    out.uns[nk] = to_writable({"connectivities_key": ck, "distances_key": dk, "params": graph_params})
     params = {
-        "fixed_obs": bool(fixed_obs),
+        "fixed_obs": fixed_obs,
         "prior": prior,
         "rho": rho,
-        "lambda": float(lam),
+        "lambda_spatial": lambda_spatial if isinstance(lambda_spatial, str) else float(lambda_spatial),
+        "lambda": lam_used,
         "layer": layer,
-        "standardize": bool(standardize),
-        "nonneg": bool(nonneg),
+        "spatial_key": spatial_key,
+        "standardize": standardize,
+        "nonneg": nonneg,
         "dtype": dt.name,
         **{f"graph_{k}": v for k, v in graph_params.items()},
     }
-    write_params(out, "impute", params)
-    log_added("new AnnData with obs['observed'], obsm['spatial'], obsp['spatial_connectivities']")
+    save_result(
+        out,
+        uns_key="impute",
+        params=params,
+        uns={} if gcv_rec is None else {"gcv": gcv_rec},
+        obs={"observed": observed},
+        obsm={K.SPATIAL_KEY: coords},
+        obsp={ck: W, dk: Dm},
+    )
     log_finish(start)
     return out
 
@@ -496,14 +534,20 @@ def subspot_lattice(coords: np.ndarray, factor: int, spacing: float | None = Non
 
     d = _spot_spacing(coords) if spacing is None else float(spacing)
     step = d / factor
-    lo, hi = coords.min(axis=0) - d, coords.max(axis=0) + d
-    # lattice anchored so that, on a square grid of spacing d, sub-spots sit symmetrically inside each spot
-    xs = np.arange(lo[0] + step / 2, hi[0], step)
-    ys = np.arange(lo[1] + step / 2, hi[1], step)
-    off = (coords.min(axis=0) - d / 2 + step / 2) - np.array([xs[0], ys[0]])
-    off = off - np.round(off / step) * step
-    gx, gy = np.meshgrid(xs + off[0], ys + off[1])
-    pts = np.column_stack([gx.ravel(), gy.ravel()])
+    # lattice x = base + k * step, anchored so that on a square grid of spacing d the sub-spots sit symmetrically
+    # inside each spot; only the lattice points within d of some spot are generated (memory ~ n * factor**2,
+    # never the bounding box of the tissue)
+    lo = coords.min(axis=0) - d
+    base = lo + step / 2
+    off = (coords.min(axis=0) - d / 2 + step / 2) - base
+    base = base + off - np.round(off / step) * step
+    span = np.arange(-factor - 1, factor + 2)
+    centre = np.round((coords - base) / step).astype(np.int64)
+    kx, ky = np.broadcast_arrays(
+        centre[:, 0, None, None] + span[None, :, None], centre[:, 1, None, None] + span[None, None, :]
+    )
+    cells = np.unique(np.column_stack([kx.ravel(), ky.ravel()]), axis=0)
+    pts = base + cells * step
     nn = NearestNeighbors(n_neighbors=1).fit(coords)
     dist, idx = nn.kneighbors(pts)
     n_close = np.array([len(i) for i in nn.radius_neighbors(coords[: min(len(coords), 500)], radius=1.05 * d)[1]])
@@ -578,56 +622,88 @@ def enhance(
 
     from .._core.graph import knn_graph
 
-    check_adata(adata)
+    # ---- validate everything before any work
+    check_adata(adata, writes=False)
     prior, rho = check_precision_args(prior, rho)
     if prior == "sma":
-        msg = "`enhance` supports the priors 'sar', 'isar', 'car' and 'icar'."
+        msg = "`enhance` supports the priors 'sar', 'isar', 'car' and 'icar', found 'sma' (e.g. prior='icar')."
         raise ValueError(msg)
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 2:
-        msg = f"Expected `factor` to be an integer >= 2, found {factor!r}."
-        raise ValueError(msg)
-    lam = _check_lambda(lambda_spatial, allow_auto=False)
-    if lam <= 0:
-        msg = "Expected `lambda_spatial` > 0 for `enhance`."
-        raise ValueError(msg)
-    check_bool(nonneg, "nonneg")
+    factor = check_int(factor, "factor", low=2, example="3")
+    lam = check_real(lambda_spatial, "lambda_spatial", low=0.0, low_open=True, example="0.1")
+    nonneg = check_bool(nonneg, "nonneg")
     dt = _check_dtype(dtype)
     chunk_size = _check_chunk(chunk_size)
-    coords = get_coords(adata, spatial_key, min_spots=2)
+    check_key(spatial_key, "spatial_key")
+    n_neighs = check_int(n_neighs, "n_neighs", low=1, example="4")
+    coords = get_coords(adata, spatial_key)
+    _check_spots(coords.shape[0], "adata", minimum=2)
     if coords.shape[1] != 2:
-        msg = "`enhance` needs 2D coordinates."
+        msg = f"`enhance` needs 2D coordinates; `adata.obsm[{spatial_key!r}]` has {coords.shape[1]} columns."
         raise ValueError(msg)
-    Y, var_names = get_matrix(adata, layer)
+    _check_distinct(coords, spatial_key)
+    check_unique_names(adata.var_names, "`adata.var_names`")
+    check_unique_names(adata.obs_names, "`adata.obs_names`")
+    Y, _ = get_matrix(adata, layer)
 
+    # ---- work
     start = log_start(f"enhancing {adata.n_obs} spots by a factor of {factor}")
-    sub, parent = subspot_lattice(coords, int(factor))
+    sub, parent = subspot_lattice(coords, factor)
     n_sub = sub.shape[0]
+    if n_sub < n_neighs + 1:
+        msg = f"`n_neighs={n_neighs}` needs at least {n_neighs + 1} sub-spots, found {n_sub}; lower `n_neighs`."
+        raise ValueError(msg)
     counts = np.bincount(parent, minlength=adata.n_obs)
-    if (counts == 0).any():  # pragma: no cover - every spot holds its own lattice cell
+    if (counts == 0).any():  # pragma: no cover - distinct spots each hold their own lattice cell
         msg = "Some spots received no sub-spot; use a larger `factor`."
         raise ValueError(msg)
     A = sp.csr_matrix((1.0 / counts[parent], (parent, np.arange(n_sub))), shape=(adata.n_obs, n_sub))
     W, Dm = knn_graph(sub, n_neighs, symmetrize="mutual")
     op = _operator(W, prior, rho, False)
     try:
-        X = core.aggregate_solve(A, Y, op.Q, float(lam), dtype=dt, chunk_size=chunk_size)
+        X = core.aggregate_solve(A, Y, op.Q, lam, dtype=dt, chunk_size=chunk_size)
     except NotPositiveDefiniteError as e:
         raise ValueError(not_pd_message(prior, rho, W)) from e
     if nonneg:
         np.maximum(X, 0, out=X)
+
+    # ---- write: a new AnnData
     names = np.asarray(adata.obs_names).astype(str)
-    obs = pd.DataFrame(
-        {"parent_spot": pd.Categorical(names[parent], categories=names)},
-        index=pd.Index([f"{names[p]}_sub{i}" for i, p in enumerate(parent)]),
+    out = ad.AnnData(
+        X=X,
+        obs=pd.DataFrame(index=pd.Index([f"{names[p]}_sub{i}" for i, p in enumerate(parent)])),
+        var=adata.var.copy(),
     )
-    out = ad.AnnData(X=X, obs=obs, var=adata.var.loc[var_names].copy())
-    out.obsm[K.SPATIAL_KEY] = sub
-    out.obsp[K.conn_key("spatial")], out.obsp[K.dist_key("spatial")] = W, Dm
-    write_params(
+    params = {
+        "factor": factor,
+        "prior": prior,
+        "rho": rho,
+        "lambda_spatial": lam,
+        "layer": layer,
+        "spatial_key": spatial_key,
+        "n_neighs": n_neighs,
+        "nonneg": nonneg,
+        "dtype": dt.name,
+    }
+    save_result(
         out,
-        "enhance",
-        {"factor": int(factor), "prior": prior, "rho": rho, "lambda": float(lam), "layer": layer, "n_neighs": n_neighs},
+        uns_key="enhance",
+        params=params,
+        obs={"parent_spot": pd.Categorical(names[parent], categories=names)},
+        obsm={K.SPATIAL_KEY: sub},
+        obsp={K.conn_key("spatial"): W, K.dist_key("spatial"): Dm},
     )
-    log_added("new AnnData with obs['parent_spot'], obsm['spatial']")
     log_finish(start)
     return out
+
+
+def _check_distinct(coords: np.ndarray, spatial_key: str) -> None:
+    """``ValueError`` when two spots share coordinates (their footprints, and so their sub-spots, coincide)."""
+    _, first, counts = np.unique(coords, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        n_dup = int((counts - 1).sum())
+        example = coords[first[np.argmax(counts > 1)]].tolist()
+        msg = (
+            f"{n_dup} spot(s) in `adata.obsm[{spatial_key!r}]` share their coordinates with another spot (e.g. at "
+            f"{example}); `enhance` tiles each spot's own footprint, so merge or drop the duplicated spots first."
+        )
+        raise ValueError(msg)
