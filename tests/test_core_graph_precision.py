@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from smoother._core import knn_graph, precision, radius_graph, rho_upper_bound, standardize_precision
+from smoother._core.graph import knn_graph, radius_graph
 from smoother._core.linalg import NotPositiveDefiniteError, SPDFactor, inv_diag
+from smoother._core.precision import precision, rho_upper_bound, standardize_precision
 
 
 def _brute_knn(coords, k):
@@ -95,7 +96,9 @@ def test_precision_matches_dense_formula(small_W, prior, rho):
 def test_negative_weights_are_clipped(small_W):
     W = small_W.copy()
     W[0, 2] = W[2, 0] = -3.0
-    np.testing.assert_allclose(precision(W, "car", 0.2).toarray(), precision(small_W, "car", 0.2).toarray())
+    with pytest.warns(UserWarning, match="negative weight"):
+        Q = precision(W, "car", 0.2)
+    np.testing.assert_allclose(Q.toarray(), precision(small_W, "car", 0.2).toarray())
 
 
 @pytest.mark.parametrize("prior", ["sar", "car", "icar", "sma"])
@@ -144,3 +147,88 @@ def test_factor_solves_and_detects_non_pd(small_W):
 def test_standardize_precision_dense_and_sparse_agree(small_W):
     Q = precision(small_W, "car", 0.2)
     np.testing.assert_allclose(standardize_precision(Q).toarray(), standardize_precision(Q.toarray()), atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the not-positive-definite message states the admissible rho of THAT graph (issue 11)
+# --------------------------------------------------------------------------------------------------------------
+def _directed_knn(coords, k):
+    """squidpy's generic kNN graph: row i lists the k nearest spots of i (not symmetric)."""
+    A, _ = _brute_knn(coords, k)
+    return sp.csr_matrix(A)
+
+
+def _min_eig(W, prior, rho):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Q = precision(W, prior, rho).toarray()
+    return np.linalg.eigvalsh(0.5 * (Q + Q.T)).min()
+
+
+def _numbers(msg):
+    import re
+
+    upper = float(re.search(r"0 <= rho < ([0-9]+\.?[0-9]*)", msg).group(1))
+    example = float(re.search(r"e\.g\. rho=([0-9]+\.?[0-9]*)", msg).group(1))
+    return upper, example
+
+
+def test_not_pd_message_is_true_on_a_directed_knn_graph(rng):
+    """The old hint said "positive definite for rho < 1; e.g. rho=0.95" here, and 0.95 failed too."""
+    from smoother._core.precision import not_pd_message
+
+    W = _directed_knn(rng.uniform(0, 10, size=(60, 2)), 6)
+    assert abs(W - W.T).sum() > 0
+    for prior, rho in (("icar", 0.99), ("car", 0.5)):
+        assert _min_eig(W, prior, rho) < 0  # really not positive definite
+        msg = not_pd_message(prior, rho, W)
+        upper, example = _numbers(msg)
+        assert example < upper <= rho
+        assert _min_eig(W, prior, example) > 0  # the suggested rho works
+        assert _min_eig(W, prior, 0.999 * upper) > 0  # the stated range is right (and tight)
+        assert _min_eig(W, prior, upper * 1.001 + 1e-4) < 0
+        assert "max(W, W.T)" in msg
+    # after symmetrizing (what the sm.tl functions do), 'icar' is proper for every rho < 1, as the message says
+    assert _min_eig(W.maximum(W.T), "icar", 0.999) > 0
+
+
+def test_not_pd_message_names_isolated_spots(rng):
+    from smoother._core.precision import isolated_spots, not_pd_message
+
+    W = _directed_knn(rng.uniform(0, 10, size=(30, 2)), 3).tolil()
+    W[[4, 17], :] = 0
+    W[:, [4, 17]] = 0
+    W = W.tocsr()
+    np.testing.assert_array_equal(isolated_spots(W), [4, 17])
+    Ws = W.maximum(W.T)
+    for rho in (0.0, 0.5, 0.99):
+        assert _min_eig(Ws, "icar", rho) <= 1e-12  # improper at every rho ...
+    msg = not_pd_message("icar", 0.5, Ws, names=[f"spot{i}" for i in range(30)])
+    assert "2 spot(s) have no neighbour" in msg and "spot4, spot17" in msg and "at any rho" in msg
+    assert _min_eig(Ws, "isar", 0.99) > 0  # ... and the suggested 'isar' is proper with isolated spots
+
+
+def test_not_pd_message_only_outgoing_edges_missing():
+    """A directed graph where a spot lists no neighbour but is listed by others: symmetrizing fixes it."""
+    from smoother._core.precision import not_pd_message
+
+    W = sp.csr_matrix(np.array([[0, 1, 1], [1, 0, 1], [0, 0, 0]], dtype=float))
+    msg = not_pd_message("icar", 0.5, W)
+    assert "no outgoing edge" in msg and "max(W, W.T)" in msg
+    assert _min_eig(W.maximum(W.T), "icar", 0.99) > 0
+
+
+def test_rho_upper_bound_exact_for_directed_icar(rng):
+    W = _directed_knn(rng.uniform(0, 10, size=(40, 2)), 5)
+    d = np.asarray(W.sum(1)).ravel()
+    S = 0.5 * (W + W.T).toarray() / np.sqrt(np.outer(d, d))
+    np.testing.assert_allclose(rho_upper_bound(W, "icar"), 1 / np.linalg.eigvalsh(S).max(), rtol=1e-10)
+    np.testing.assert_allclose(rho_upper_bound(W.maximum(W.T), "icar"), 1.0)
+    Wi = W.tolil()
+    Wi[3, :] = 0
+    assert rho_upper_bound(Wi.tocsr(), "icar") == 0.0  # a zero row: no rho works
+    # sar/isar/sma: a guaranteed bound (I - rho W non-singular below it)
+    b = rho_upper_bound(W, "sar")
+    assert np.abs(np.linalg.eigvals(W.toarray())).max() * b <= 1 + 1e-12

@@ -144,7 +144,7 @@ def test_tl_corr_decay_stores_exact_table(adata):
 def test_tl_corr_decay_bad_input_leaves_adata_unchanged(adata):
     with pytest.raises(NotPositiveDefiniteError, match=r"rho=0\.99"):
         sm.tl.corr_decay(adata, prior="icar", rho=1.0)
-    with pytest.raises(NotPositiveDefiniteError, match="positive definite for 0 <= rho <"):
+    with pytest.raises(NotPositiveDefiniteError, match="positive definite exactly for 0 <= rho <"):
         sm.tl.corr_decay(adata, prior="car", rho=0.9, max_k=5)
     with pytest.raises(ValueError, match="max_k"):
         sm.tl.corr_decay(adata, max_k=400)
@@ -200,6 +200,7 @@ def test_fit_decay_recovers_rate_and_scan_rho_finds_generating_rho(adata):
     }
     rates = sm.tl.fit_decay(adata)
     assert rates.loc["synthetic", "beta"] == pytest.approx(0.3, rel=1e-6)
+    store = adata.uns["corr_decay"]  # each entry was replaced through save_result
     assert store["synthetic"]["decay_rate"] == pytest.approx(0.3, rel=1e-6)
     scan = sm.tl.scan_rho(adata, prior="icar", rhos=(0.5, 0.95, 0.999))
     assert scan.loc[scan["best"], "rho"].tolist() == [0.95]
@@ -285,3 +286,51 @@ def test_pl_similarity_cdf_and_errors(adata, adata_decay):
         sm.pl.corr_decay(empty)
     with pytest.raises(KeyError, match=r"Please run `sm.tl.corr_decay`"):
         sm.pl.corr_decay(adata_decay, "nope")
+
+
+# ------------------------------------------------------------------ the prior of the fitting functions (issue 11)
+
+
+def _directed(coords, k):
+    """squidpy's generic kNN graph: row i lists the k nearest spots of i (not symmetric)."""
+    nbrs = NearestNeighbors(n_neighbors=k + 1).fit(coords).kneighbors(coords, return_distance=False)[:, 1:]
+    n = len(coords)
+    return sp.csr_matrix((np.ones(n * k), (np.repeat(np.arange(n), k), nbrs.ravel())), shape=(n, n))
+
+
+def test_corr_decay_directed_knn_uses_the_symmetrized_prior():
+    """The README recipe (squidpy kNN graph) failed at the default rho with a self-contradictory hint."""
+    from smoother._anndata import get_prior_operator
+
+    rng = np.random.default_rng(3)
+    coords = rng.uniform(0, 12, size=(150, 2))
+    W = _directed(coords, 6)
+    assert abs(W - W.T).sum() > 0
+    a = ad.AnnData(np.zeros((150, 2)))
+    a.obsm["spatial"] = coords
+    a.obsp["spatial_connectivities"] = W
+    sm.tl.corr_decay(a, max_k=8)  # default prior='icar', rho=0.99
+    got = a.uns["corr_decay"]["icar_rho0.99"]["quantiles"][COLS].to_numpy()
+    # reference: the dense inverse of the precision on max(W, W.T), what smooth/deconvolve/spatial_pca use
+    Ws = W.maximum(W.T).toarray()
+    Q = np.diag(Ws.sum(1)) - 0.99 * Ws
+    ref, _ = _dense_reference(np.linalg.inv(Q), coords, 0, 8)
+    np.testing.assert_allclose(got, ref, atol=1e-8)
+    np.testing.assert_allclose(get_prior_operator(W, "icar", 0.99).Q.toarray(), Q, atol=1e-12)
+
+
+def test_corr_decay_isolated_spots_named_before_any_work():
+    from sklearn.neighbors import radius_neighbors_graph
+    from tests.contract import check_rejects
+
+    coords = np.vstack([_hex(8), [[40.0, 40.0], [60.0, 0.0]]])
+    a = ad.AnnData(np.zeros((66, 2)))
+    a.obs_names = [f"s{i}" for i in range(66)]
+    a.obsm["spatial"] = coords
+    a.obsp["spatial_connectivities"] = radius_neighbors_graph(coords, 1.1).tocsr()  # squidpy radius: empty rows
+    for rho in (0.99, 0.5, 0.1):
+        e = check_rejects(sm.tl.corr_decay, a, rho=rho, max_k=5, error=ValueError, names=("s64, s65", "at any rho"))
+        assert "rho=0.95" not in str(e)
+    # the message's way out: 'isar' is proper with isolated spots
+    sm.tl.corr_decay(a, prior="isar", rho=0.9, max_k=5)
+    assert np.isfinite(a.uns["corr_decay"]["isar_rho0.9"]["quantiles"][COLS].to_numpy()).all()

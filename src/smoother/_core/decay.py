@@ -369,3 +369,46 @@ def fit_mono_exp(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     if best is None:
         return (np.nan, np.nan, np.nan)
     return (float(best[0]), float(best[1]), float(best[2]))
+
+
+def decay_fit_problem(x: np.ndarray, y: np.ndarray, params: tuple[float, float, float]) -> str:
+    r"""Why a mono-exponential fit ``params = (alpha, beta, theta)`` of ``y(x)`` gives no usable decay rate.
+
+    Returns ``''`` for a usable fit. A fit is *degenerate* when the curve has fewer than 3 finite points, the
+    least-squares fit failed, the curve does not decay (flat or rising: ``alpha <= 0`` or ``beta <= 0``), the
+    rate is not identified over the observed range (``beta * (max x - min x) < 0.05``, or an exponential term more
+    than 10 times the range of ``y`` at the first point, cancelled by ``theta``: a straight line fitted as a huge
+    slow exponential), or the fitted curve explains less than half of the variance of ``y``.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3:
+        return f"only {x.size} finite point(s) on the curve; a decay rate needs at least 3 (use a larger max_k)"
+    alpha, beta, theta = (float(v) for v in params)
+    if not np.isfinite([alpha, beta, theta]).all():
+        return "the least-squares fit did not converge"
+    span, yrange = float(x.max() - x.min()), float(y.max() - y.min())
+    if yrange <= 1e-12:
+        return f"the curve is flat (constant {y[0]:.3g}): no decay"
+    if alpha <= 0 or beta <= 0:
+        return f"the curve does not decay (fit alpha = {alpha:.3g}, beta = {beta:.3g}: flat or rising)"
+    amp = alpha * np.exp(-beta * float(x.min()))
+    if beta * span < 0.05 or amp > 10.0 * yrange:
+        return (
+            f"the decay is too slow to identify over k in [{x.min():g}, {x.max():g}] (fit alpha = {alpha:.3g}, "
+            f"beta = {beta:.3g}, theta = {theta:.3g}: a near-straight line fitted as a huge slow exponential); "
+            "use a larger max_k"
+        )
+    resid = y - _mono_exp(x, alpha, beta, theta)
+    r2 = 1.0 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum())
+    if r2 < 0.5:
+        return f"a mono-exponential decay fits the curve poorly (R^2 = {r2:.2f})"
+    return ""
+
+
+def fit_decay_rate(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, str]:
+    """:func:`fit_mono_exp` plus :func:`decay_fit_problem`: ``(alpha, beta, theta, problem)``."""
+    params = fit_mono_exp(x, y)
+    return (*params, decay_fit_problem(x, y, params))

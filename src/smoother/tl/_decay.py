@@ -5,46 +5,92 @@ between a spot and its ``k``-th nearest neighbour decays with ``k`` about as fas
 does. :func:`corr_decay` computes the prior's curve, :func:`similarity_decay` the data's, :func:`fit_decay` the
 mono-exponential decay rate of each curve and :func:`scan_rho` the ``rho`` whose curve matches the data best.
 Results live in ``adata.uns['corr_decay'][name]``; :func:`smoother.pl.corr_decay` plots them.
+
+The prior of :func:`corr_decay` and :func:`scan_rho` is built by :func:`smoother._anndata.get_prior_operator`,
+the builder every fitting function (``smooth``, ``deconvolve``, ``spatial_pca``, ...) uses: the curve describes
+exactly the prior those functions fit with (for 'car'/'icar' an asymmetric graph, such as squidpy's directed kNN
+graph, is symmetrized with ``max(W, W.T)``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import _constants as K
-from .._anndata import check_adata, check_key, get_coords, get_graph, to_writable
+from .._anndata import check_adata, get_coords, get_graph, get_matrix, save_result, symmetrize_for_prior
 from .._settings import logger
-from .._validation import check_prior, check_rho
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_key,
+    check_prior,
+    check_random_state,
+    check_rho,
+)
 
 __all__ = ["corr_decay", "fit_decay", "scan_rho", "similarity_decay"]
 
 
-def _check_ks(n: int, min_k, max_k, n_sample) -> None:
+def _graph_name(connectivity_key: str) -> str:
+    return f"adata.obsp[{connectivity_key!r}]"
+
+
+def _check_k_range(n: int, min_k, max_k, n_sample=None) -> tuple[int, int]:
+    """``min_k``/``max_k`` (and ``n_sample``) as integers, with ``0 <= min_k <= max_k < n``."""
     from .._core.decay import check_decay_args
 
+    min_k = check_int(min_k, "min_k", low=0, example="0")
+    max_k = check_int(max_k, "max_k", low=0, example="30")
+    if n < 2:
+        msg = f"Correlation decay needs at least 2 spots, found {n}."
+        raise ValueError(msg)
     check_decay_args(n, min_k, max_k, n_sample)
+    return min_k, max_k
 
 
-def _store(adata, name: str, entry: dict, *, copy: bool, start: float):
-    """Write ``entry`` to ``adata.uns['corr_decay'][name]`` (of a copy with ``copy=True``), log, return the copy."""
-    adata = adata.copy() if copy else adata
-    store = adata.uns.get(K.CORR_DECAY)
-    store = dict(store) if isinstance(store, dict) or hasattr(store, "keys") else {}
-    store[name] = entry
-    adata.uns[K.CORR_DECAY] = store
-    logger.info("    added adata.uns['%s']['%s'] (%.2fs)", K.CORR_DECAY, name, time.perf_counter() - start)
-    return adata if copy else None
-
-
-def _rate(df: pd.DataFrame, quantile: str = "Q50") -> tuple[float, float, float]:
-    from .._core.decay import fit_mono_exp
+def _fit(df: pd.DataFrame, quantile: str = "Q50") -> tuple[float, float, float, str]:
+    """Mono-exponential fit of a decay table over ``k >= 1`` (``k = 0`` is 1 for every curve)."""
+    from .._core.decay import fit_decay_rate
 
     sub = df[df["k"] >= 1] if (df["k"] >= 1).sum() >= 3 else df
-    return fit_mono_exp(sub["k"].to_numpy(), sub[quantile].to_numpy())
+    return fit_decay_rate(sub["k"].to_numpy(), sub[quantile].to_numpy())
+
+
+def _decay_fields(name: str, fit: tuple[float, float, float, str], *, stacklevel: int = 3) -> dict:
+    """The ``decay_*`` entries of a curve: the rate is NaN (with a warning saying why) for a degenerate fit."""
+    alpha, beta, theta, problem = fit
+    if problem:
+        warnings.warn(
+            f"The decay-rate fit of curve {name!r} is degenerate: {problem}. Its decay rate is reported as NaN.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    return {
+        "decay_rate": float("nan") if problem else beta,
+        "decay_fit": np.array([alpha, beta, theta], dtype=np.float64),
+        "decay_degenerate": bool(problem),
+        "decay_note": problem,
+    }
+
+
+def _save_curve(adata, name: str, params: dict, entry: dict, *, copy: bool, start: float):
+    """Write one curve with :func:`smoother._anndata.save_result` (replacing ``adata.uns['corr_decay'][name]``)."""
+    out = save_result(adata, copy=copy, uns_key=(K.CORR_DECAY, name), params=params, uns=entry)
+    # save_result passes values through `to_writable`, which (for now) turns a DataFrame into its repr: put the
+    # tables back as they are (anndata writes DataFrames in uns to h5ad/zarr)
+    target = out if copy else adata
+    stored = target.uns[K.CORR_DECAY][name]
+    for key, value in entry.items():
+        if isinstance(value, pd.DataFrame) and not isinstance(stored.get(key), pd.DataFrame):
+            stored[key] = value
+    logger.info("    finished (%.2fs)", time.perf_counter() - start)
+    return out
 
 
 def default_name(prior: str, rho: float, standardize: bool = False) -> str:
@@ -52,30 +98,85 @@ def default_name(prior: str, rho: float, standardize: bool = False) -> str:
     return f"{prior}_rho{rho:g}" + ("_std" if standardize else "")
 
 
-def _prior_curve(W, coords, nbrs, *, prior, rho, standardize, min_k, max_k, n_sample, seed):
-    """Correlation and variance tables of one prior (checks positive definiteness, raises a named error)."""
-    from .._core.decay import corr_decay_quantiles, corr_decay_quantiles_from_cov, sma_covariance, var_table
+def _check_proper(W, prior: str, rho: float, *, obs_names, connectivity_key: str):
+    """The graph the prior uses (symmetrized for car/icar), after the checks that need no factorization.
+
+    Raises :class:`~smoother._core.linalg.NotPositiveDefiniteError` (a ``ValueError``) for an intrinsic prior at
+    ``rho = 1`` and, for 'icar', spots without any neighbour (improper at every ``rho``).
+    """
     from .._core.linalg import NotPositiveDefiniteError
-    from .._core.precision import not_pd_message, precision
+    from .._core.precision import isolated_spots, not_pd_message
 
-    kw = {"min_k": min_k, "max_k": max_k, "return_var": True, "n_sample": n_sample, "seed": seed, "nbrs": nbrs}
-    if prior == "sma":
-        W = W.copy()
-        np.maximum(W.data, 0.0, out=W.data)
-        corr, var = corr_decay_quantiles_from_cov(sma_covariance(W, rho), coords, **kw)
-    else:
-        import warnings
+    graph = _graph_name(connectivity_key)
+    if prior in ("icar", "isar") and rho >= 1.0:
+        raise NotPositiveDefiniteError(not_pd_message(prior, rho))
+    Wp = symmetrize_for_prior(W, prior)
+    if prior == "icar" and isolated_spots(Wp).size:
+        raise NotPositiveDefiniteError(not_pd_message(prior, rho, Wp, names=obs_names, graph=graph))
+    return Wp
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*not symmetric.*", category=UserWarning)
-            Q = precision(W, prior, rho, standardize=False)
-        try:
-            corr, var = corr_decay_quantiles(Q, coords, **kw)
-        except NotPositiveDefiniteError as e:
-            raise NotPositiveDefiniteError(not_pd_message(prior, rho, W)) from e
+
+def _prior_curve(W, coords, *, prior, rho, min_k, max_k, n_sample, seed, obs_names, connectivity_key):
+    """Correlation and variance tables of one prior, built by ``get_prior_operator`` (unstandardized: the
+    standardized prior has the same correlations)."""
+    from .._anndata import get_prior_operator
+    from .._core.decay import corr_decay_quantiles, corr_decay_quantiles_from_cov
+    from .._core.linalg import NotPositiveDefiniteError
+    from .._core.precision import not_pd_message
+
+    def not_pd(e):
+        Wp = symmetrize_for_prior(W, prior)
+        msg = not_pd_message(prior, rho, Wp, names=obs_names, graph=_graph_name(connectivity_key))
+        return NotPositiveDefiniteError(msg)
+
+    try:
+        op = get_prior_operator(W, prior, rho, standardize=False)
+    except ValueError as e:  # only "not positive definite" remains: the arguments were checked
+        raise not_pd(e) from e
+    kw = {"min_k": min_k, "max_k": max_k, "return_var": True, "n_sample": n_sample, "seed": seed}
+    if op.Q is None:  # 'sma': the covariance B B^T is sparse
+        return corr_decay_quantiles_from_cov((op.B @ op.B.T).tocsr(), coords, **kw)
+    try:
+        return corr_decay_quantiles(op.Q, coords, **kw)
+    except NotPositiveDefiniteError as e:
+        raise not_pd(e) from e
+
+
+def _prior_entry(adata, W, coords, *, prior, rho, standardize, min_k, max_k, n_sample, seed, connectivity_key, name):
+    """``(params, entry)`` of one prior curve (the work of :func:`corr_decay`)."""
+    from .._core.decay import choose_spots, var_table
+
+    corr, var = _prior_curve(
+        W,
+        coords,
+        prior=prior,
+        rho=rho,
+        min_k=min_k,
+        max_k=max_k,
+        n_sample=n_sample,
+        seed=seed,
+        obs_names=adata.obs_names,
+        connectivity_key=connectivity_key,
+    )
     if standardize:  # S^1/2 Q S^1/2 leaves correlations unchanged and makes every variance 1
         var = var_table(np.ones(coords.shape[0]))
-    return corr, var
+    spots = choose_spots(adata.n_obs, n_sample, seed)
+    params = {
+        "kind": "prior",
+        "prior": prior,
+        "rho": rho,
+        "standardize": standardize,
+        "connectivity_key": connectivity_key,
+        "min_k": min_k,
+        "max_k": max_k,
+        "n_sample": n_sample,
+        "random_state": seed,
+        "key_added": name,
+        "exact": spots is None,
+        "n_used": int(adata.n_obs if spots is None else len(spots)),
+    }
+    entry = {"quantiles": corr, "variance": var, **_decay_fields(name, _fit(corr), stacklevel=4)}
+    return params, entry
 
 
 def corr_decay(
@@ -103,6 +204,8 @@ def corr_decay(
 
     where ``j`` is the ``k``-th nearest spatial neighbour of ``i`` (``k = 0``: the spot itself; Euclidean
     neighbours of ``adata.obsm[spatial_key]``), plus the quantiles of the variances :math:`\Sigma_{ii}`.
+    ``Q`` is the precision every fitting function of ``sm.tl`` uses on this graph (built by the same code; for
+    'car'/'icar' an asymmetric graph such as squidpy's directed kNN graph is symmetrized with ``max(W, W.T)``).
     :math:`\Sigma` is never formed: ``Q`` is factored once (sparse :math:`LDL^T`), the variances are the exact
     diagonal of :math:`Q^{-1}` (selected inversion) and each spot's ``max_k + 1`` covariances come from a sparse
     solve. The SMA prior's covariance :math:`(I + \rho W)(I + \rho W)^T` is sparse and read directly.
@@ -121,7 +224,9 @@ def corr_decay(
     prior
         ``'sma'``, ``'sar'``, ``'isar'``, ``'car'`` or ``'icar'``.
     rho
-        Spatial autocorrelation; must give a proper prior (e.g. ``'icar'`` needs ``rho < 1``).
+        Spatial autocorrelation in ``[0, 1]``; it must give a proper prior (``'icar'``/``'isar'`` need
+        ``rho < 1``, ``'icar'`` a neighbour for every spot, ``'car'`` ``rho < 1 / lambda_max(W)``); otherwise the
+        error names the admissible range on this graph.
     standardize
         Use the standardized prior (unit variance everywhere). Correlations are unchanged; variances become 1.
     connectivity_key
@@ -133,7 +238,7 @@ def corr_decay(
     n_sample
         Number of spots whose correlations are used (see above).
     seed
-        Seed of the spot sample.
+        Seed of the spot sample (recorded as ``random_state``).
     key_added
         Entry name; default e.g. ``'icar_rho0.99'`` (``'icar_rho0.99_std'`` with ``standardize``).
     copy
@@ -141,87 +246,99 @@ def corr_decay(
 
     Returns
     -------
-    ``None`` (or the changed copy with ``copy=True``); writes ``adata.uns['corr_decay'][name]``, a dict with
+    ``None`` (or the changed copy with ``copy=True``); writes (replacing) ``adata.uns['corr_decay'][name]``, a
+    dict with
 
     - ``'quantiles'``: ``pandas.DataFrame``, one row per ``k``, columns ``Q10, Q25, Q50, Q75, Q90, k``;
     - ``'variance'``: one-row ``DataFrame``, columns ``Q10 .. Q90`` (quantiles of the implied variances);
-    - ``'decay_rate'``: ``beta`` of :math:`Q50(k) \approx \alpha e^{-\beta k} + \theta` over ``k >= 1``
-      (``'decay_fit'``: ``[alpha, beta, theta]``);
-    - ``'params'``: the arguments, ``'kind'`` = ``'prior'``, ``'exact'`` (all spots used) and ``'n_used'``.
+    - ``'decay_rate'``: ``beta`` of :math:`Q50(k) \approx \alpha e^{-\beta k} + \theta` over ``k >= 1``, NaN
+      when the fit is degenerate (a warning says why); ``'decay_fit'``: ``[alpha, beta, theta]`` as fitted;
+      ``'decay_degenerate'`` (bool) and ``'decay_note'`` (why, ``''`` for a usable fit);
+    - ``'params'``: the arguments (``random_state`` = ``seed``), ``'kind'`` = ``'prior'``, ``'exact'`` (all spots
+      used) and ``'n_used'``.
 
     Raises
     ------
+    TypeError, ValueError
+        A bad argument (checked before any work).
     KeyError
         Missing graph or coordinates.
     ValueError
-        Bad ``prior``/``rho``/``k`` range, or a prior that is singular or not positive definite (the message
-        names a valid ``rho``).
+        A prior that is singular or not positive definite on this graph
+        (:class:`~smoother._core.linalg.NotPositiveDefiniteError`): the message names the admissible range of
+        ``rho`` on this graph, or the spots without a neighbour that make 'icar' improper at every ``rho``.
     """
-    from .._core.decay import choose_spots
-    from .._core.precision import not_pd_message
-
-    check_adata(adata)
+    check_adata(adata, copy=copy)
     prior = check_prior(prior)
     rho = check_rho(rho, prior)
-    if not isinstance(standardize, bool | np.bool_):
-        msg = f"Expected `standardize` to be True or False, found `{standardize!r}`."
-        raise TypeError(msg)
-    if prior in ("icar", "isar") and rho >= 1.0:
-        from .._core.linalg import NotPositiveDefiniteError
-
-        raise NotPositiveDefiniteError(not_pd_message(prior, rho))
+    standardize = check_bool(standardize, "standardize")
+    check_key(spatial_key, "spatial_key")
+    seed = check_random_state(seed, "seed")
+    n_sample = check_int(n_sample, "n_sample", low=1, allow_none=True, example="5000")
+    name = default_name(prior, rho, standardize) if key_added is None else check_key(key_added, "key_added")
     W = get_graph(adata, connectivity_key)
     coords = get_coords(adata, spatial_key)
-    _check_ks(adata.n_obs, min_k, max_k, n_sample)
-    name = default_name(prior, rho, bool(standardize)) if key_added is None else check_key(key_added, "key_added")
+    min_k, max_k = _check_k_range(adata.n_obs, min_k, max_k, n_sample)
+    W = _check_proper(W, prior, rho, obs_names=adata.obs_names, connectivity_key=connectivity_key)
 
     start = time.perf_counter()
     logger.info("computing correlation decay of the '%s' prior (rho = %g)", prior, rho)
-    nbrs = None  # the engine finds the neighbours of the spots it uses
-    corr, var = _prior_curve(
+    params, entry = _prior_entry(
+        adata,
         W,
         coords,
-        nbrs,
         prior=prior,
         rho=rho,
-        standardize=bool(standardize),
+        standardize=standardize,
         min_k=min_k,
         max_k=max_k,
         n_sample=n_sample,
         seed=seed,
+        connectivity_key=connectivity_key,
+        name=name,
     )
-    spots = choose_spots(adata.n_obs, n_sample, seed)
-    alpha, beta, theta = _rate(corr)
-    params = {
-        "kind": "prior",
-        "prior": prior,
-        "rho": rho,
-        "standardize": bool(standardize),
-        "connectivity_key": connectivity_key,
-        "spatial_key": spatial_key,
-        "min_k": int(min_k),
-        "max_k": int(max_k),
-        "n_sample": n_sample,
-        "seed": int(seed),
-        "exact": spots is None,
-        "n_used": int(adata.n_obs if spots is None else len(spots)),
-    }
-    return _store(
-        adata,
-        name,
-        {
-            "quantiles": corr,
-            "variance": var,
-            "decay_rate": beta,
-            "decay_fit": np.array([alpha, beta, theta]),
-            "params": to_writable(params),
-        },
-        copy=copy,
-        start=start,
-    )
+    params["spatial_key"] = spatial_key
+    return _save_curve(adata, name, params, entry, copy=copy, start=start)
 
 
-def _representation(adata, use_rep: str, n_pcs: int | None, seed: int) -> np.ndarray:
+def _check_representation(adata, use_rep: str, n_pcs: int | None) -> None:
+    """Checks of the representation before any work: present, numeric, finite (NaN gives no cosine similarity)."""
+    if use_rep == "X" or (use_rep == "X_pca" and use_rep not in adata.obsm):
+        get_matrix(adata)  # numeric, finite (a ValueError naming adata.X otherwise)
+        if use_rep == "X_pca" and min(n_pcs or 50, adata.n_obs - 1, adata.n_vars - 1) < 1:
+            msg = (
+                f"Cannot compute a PCA of a {adata.n_obs} x {adata.n_vars} matrix (needs at least 2 spots and 2 "
+                "genes); pass `use_rep='X'`."
+            )
+            raise ValueError(msg)
+        return
+    if use_rep not in adata.obsm:
+        msg = (
+            f"Representation {use_rep!r} not found in `adata.obsm` (available: {list(adata.obsm.keys())}); "
+            "pass `use_rep='X_pca'` (computed when missing) or `use_rep='X'`."
+        )
+        raise KeyError(msg)
+    rep = adata.obsm[use_rep]
+    rep = rep.to_numpy() if hasattr(rep, "to_numpy") else rep
+    rep = rep.toarray() if hasattr(rep, "toarray") else np.asarray(rep)
+    if rep.ndim != 2 or not (np.issubdtype(rep.dtype, np.number) or rep.dtype == bool):
+        msg = (
+            f"Expected `adata.obsm[{use_rep!r}]` to be a numeric (n_obs, n_dims) array, "
+            f"found dtype {rep.dtype}, shape {rep.shape}."
+        )
+        raise TypeError(msg)
+    bad = ~np.isfinite(rep[:, :n_pcs] if n_pcs is not None else rep).all(axis=1)
+    if bad.any():
+        shown = ", ".join(str(s) for s in adata.obs_names[bad][:5])
+        msg = (
+            f"`adata.obsm[{use_rep!r}]` contains NaN or inf in {int(bad.sum())} spot(s) (e.g. {shown}); their cosine "
+            "similarity is undefined. Drop them (`adata = adata[np.isfinite(adata.obsm[use_rep]).all(axis=1)]"
+            ".copy()`) or recompute the representation."
+        )
+        raise ValueError(msg)
+
+
+def _representation(adata, use_rep: str, n_pcs: int | None, seed: int | None) -> np.ndarray:
     """``adata.obsm[use_rep][:, :n_pcs]``, ``adata.X`` for ``'X'``, or PCA of ``adata.X`` computed here."""
     import scipy.sparse as sp
 
@@ -230,24 +347,17 @@ def _representation(adata, use_rep: str, n_pcs: int | None, seed: int) -> np.nda
         X = X.toarray() if sp.issparse(X) else np.asarray(X)
         return np.asarray(X, dtype=np.float64)
     if use_rep in adata.obsm:
-        X = np.asarray(adata.obsm[use_rep], dtype=np.float64)
+        X = adata.obsm[use_rep]
+        X = X.to_numpy() if hasattr(X, "to_numpy") else X
+        X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
         return X if n_pcs is None else X[:, :n_pcs]
-    if use_rep != "X_pca":
-        msg = (
-            f"Representation {use_rep!r} not found in `adata.obsm` (available: {list(adata.obsm.keys())}); "
-            "pass `use_rep='X_pca'` (computed when missing) or `use_rep='X'`."
-        )
-        raise KeyError(msg)
     import scanpy as sc
 
     n_comps = min(n_pcs or 50, adata.n_obs - 1, adata.n_vars - 1)
-    if n_comps < 1:
-        msg = f"Cannot compute a PCA of a {adata.n_obs} x {adata.n_vars} matrix; pass `use_rep='X'`."
-        raise ValueError(msg)
     logger.info("    computing %d principal components of adata.X (not stored)", n_comps)
     X = adata.X
     X = X.astype(np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
-    return np.asarray(sc.pp.pca(X, n_comps=n_comps, random_state=seed), dtype=np.float64)
+    return np.asarray(sc.pp.pca(X, n_comps=n_comps, random_state=seed or 0), dtype=np.float64)
 
 
 def similarity_decay(
@@ -272,7 +382,8 @@ def similarity_decay(
     ``0..k`` nearest, the classic option). Plus ``similarity_cdf``: the quantile function of the similarity of
     each spot with its ``cdf_k`` nearest neighbours, and of a null in which the two ends of those pairs are
     shuffled independently (``n_null`` shuffles, at most 2,000,000 null pairs in all). Everything is vectorized
-    over spots.
+    over spots. A spot whose representation is the zero vector has similarity 0 with every spot; NaN or inf in
+    the representation is an error (the similarity is undefined there).
 
     Parameters
     ----------
@@ -296,7 +407,7 @@ def similarity_decay(
     n_null
         Number of shuffles of the null.
     seed
-        Seed of the shuffles (and of the PCA when it is computed).
+        Seed of the shuffles (and of the PCA when it is computed); recorded as ``random_state``.
     key_added
         Entry name in ``adata.uns['corr_decay']``.
     copy
@@ -304,81 +415,101 @@ def similarity_decay(
 
     Returns
     -------
-    ``None`` (or the changed copy); writes ``adata.uns['corr_decay'][key_added]``, a dict with ``'quantiles'``
-    (``DataFrame``: ``Q10 .. Q90, k``), ``'similarity_cdf'`` (``DataFrame``: ``quantile, observed, shuffled``,
-    101 rows), ``'decay_rate'``, ``'decay_fit'`` and ``'params'`` (``'kind'`` = ``'data'``).
+    ``None`` (or the changed copy); writes (replacing) ``adata.uns['corr_decay'][key_added]``, a dict with
+    ``'quantiles'`` (``DataFrame``: ``Q10 .. Q90, k``), ``'similarity_cdf'`` (``DataFrame``: ``quantile,
+    observed, shuffled``, 101 rows), ``'decay_rate'`` (NaN for a degenerate fit), ``'decay_fit'``,
+    ``'decay_degenerate'``, ``'decay_note'`` (see :func:`corr_decay`) and ``'params'`` (``'kind'`` = ``'data'``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad argument, or NaN/inf in the representation (checked before any work).
+    KeyError
+        Missing coordinates or representation.
     """
     from .._core.decay import knn_indices, similarity_cdf_table, similarity_decay_quantiles
 
-    check_adata(adata)
+    check_adata(adata, copy=copy)
     key_added = check_key(key_added, "key_added")
     check_key(use_rep, "use_rep")
+    check_key(spatial_key, "spatial_key")
+    n_pcs = check_int(n_pcs, "n_pcs", low=1, allow_none=True, example="20")
+    topk = check_bool(topk, "topk")
+    cdf_k = check_int(cdf_k, "cdf_k", low=1, example="6")
+    n_null = check_int(n_null, "n_null", low=1, example="100")
+    seed = check_random_state(seed, "seed")
     coords = get_coords(adata, spatial_key)
     n = adata.n_obs
-    _check_ks(n, min_k, max_k, None)
-    for nm, v in (("cdf_k", cdf_k), ("n_null", n_null)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            msg = f"Expected `{nm}` to be a positive integer, found `{v!r}`."
-            raise ValueError(msg)
+    min_k, max_k = _check_k_range(n, min_k, max_k)
     if cdf_k >= n:
-        msg = f"`cdf_k` ({cdf_k}) must be smaller than the number of spots ({n})."
+        msg = f"Expected `cdf_k` ({cdf_k}) < the number of spots ({n}); use e.g. cdf_k={max(1, min(6, n - 1))}."
         raise ValueError(msg)
-    if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, int | np.integer) or n_pcs < 1):
-        msg = f"Expected `n_pcs` to be a positive integer or None, found `{n_pcs!r}`."
-        raise ValueError(msg)
-    if use_rep != "X" and use_rep != "X_pca" and use_rep not in adata.obsm:
-        _representation(adata, use_rep, n_pcs, seed)  # raises the KeyError
+    _check_representation(adata, use_rep, n_pcs)
 
     start = time.perf_counter()
     logger.info("computing similarity decay of %r", use_rep)
     X = _representation(adata, use_rep, n_pcs, seed)
     nbrs = knn_indices(coords, max(max_k, cdf_k))
-    df = similarity_decay_quantiles(X, nbrs, min_k=min_k, max_k=max_k, topk=bool(topk))
+    df = similarity_decay_quantiles(X, nbrs, min_k=min_k, max_k=max_k, topk=topk)
     cdf = similarity_cdf_table(X, nbrs, k=cdf_k, n_null=n_null, seed=seed)
-    alpha, beta, theta = _rate(df)
     params = {
         "kind": "data",
         "use_rep": use_rep,
         "n_pcs": n_pcs,
         "spatial_key": spatial_key,
-        "min_k": int(min_k),
-        "max_k": int(max_k),
-        "topk": bool(topk),
-        "cdf_k": int(cdf_k),
-        "n_null": int(n_null),
-        "seed": int(seed),
+        "min_k": min_k,
+        "max_k": max_k,
+        "topk": topk,
+        "cdf_k": cdf_k,
+        "n_null": n_null,
+        "random_state": seed,
+        "key_added": key_added,
     }
-    return _store(
-        adata,
-        key_added,
-        {
-            "quantiles": df,
-            "similarity_cdf": cdf,
-            "decay_rate": beta,
-            "decay_fit": np.array([alpha, beta, theta]),
-            "params": to_writable(params),
-        },
-        copy=copy,
-        start=start,
-    )
+    entry = {"quantiles": df, "similarity_cdf": cdf, **_decay_fields(key_added, _fit(df))}
+    return _save_curve(adata, key_added, params, entry, copy=copy, start=start)
+
+
+def _check_keys(keys, name: str = "keys") -> list[str] | None:
+    if keys is None:
+        return None
+    items = [keys] if isinstance(keys, str) else keys
+    if not isinstance(items, Sequence | np.ndarray | pd.Index) or isinstance(items, bytes):
+        msg = f"Expected `{name}` to be a string, a list of strings or None, found {type(keys).__name__}."
+        raise TypeError(msg)
+    items = list(items)
+    for k in items:
+        if not isinstance(k, str):
+            msg = f"Expected `{name}` to hold entry names (strings), found {type(k).__name__} `{k!r}`."
+            raise TypeError(msg)
+    if not items:
+        msg = f"Expected at least one name in `{name}`, found an empty list (pass None for all curves)."
+        raise ValueError(msg)
+    return items
 
 
 def _entries(adata, keys) -> list[str]:
     store = adata.uns.get(K.CORR_DECAY)
-    if not store:
+    if not isinstance(store, Mapping) or not store:
         msg = "No decay curves in `adata.uns['corr_decay']`. Please run `sm.tl.corr_decay` first."
         raise KeyError(msg)
-    if keys is None:
-        return list(store.keys())
-    keys = [keys] if isinstance(keys, str) else list(keys)
-    missing = [k for k in keys if k not in store]
+    names = list(store.keys()) if keys is None else keys
+    missing = [k for k in names if k not in store]
     if missing:
         msg = (
             f"Decay curve(s) {missing} not found in `adata.uns['corr_decay']` (available: {list(store.keys())}). "
             "Please run `sm.tl.corr_decay` (or `sm.tl.similarity_decay`) first."
         )
         raise KeyError(msg)
-    return keys
+    for k in names:
+        entry = store[k]
+        q = entry.get("quantiles") if isinstance(entry, Mapping) else None
+        if not isinstance(q, pd.DataFrame) or "k" not in q.columns:
+            msg = (
+                f"`adata.uns['corr_decay'][{k!r}]` has no decay table ('quantiles' with a column 'k'). "
+                "Please run `sm.tl.corr_decay` (or `sm.tl.similarity_decay`) again."
+            )
+            raise KeyError(msg)
+    return names
 
 
 def fit_decay(adata, keys: str | Sequence[str] | None = None, *, quantile: str = "Q50") -> pd.DataFrame:
@@ -387,6 +518,11 @@ def fit_decay(adata, keys: str | Sequence[str] | None = None, *, quantile: str =
     Fits :math:`y(k) = \alpha e^{-\beta k} + \theta` by least squares to the ``quantile`` column over ``k >= 1``
     of each curve in ``adata.uns['corr_decay']`` (``k = 0`` is 1 for every curve and is left out). Pick the
     prior whose ``beta`` is closest to the data's (see also :func:`scan_rho`).
+
+    A fit is *degenerate* — no decay rate, ``beta`` is NaN, a warning says why — when the curve is flat or
+    rising, too short (fewer than 3 points), decays too slowly to identify over its range (a near-straight line
+    fitted as a huge slow exponential: ``beta`` near 0 with ``alpha`` and ``theta`` large and of opposite sign),
+    or is fitted poorly (R^2 < 0.5); see :func:`smoother._core.decay.decay_fit_problem`.
 
     Parameters
     ----------
@@ -399,23 +535,37 @@ def fit_decay(adata, keys: str | Sequence[str] | None = None, *, quantile: str =
 
     Returns
     -------
-    ``pandas.DataFrame`` indexed by entry name, columns ``alpha, beta, theta``; also writes
-    ``adata.uns['corr_decay'][name]['decay_rate']`` (= ``beta``) and ``['decay_fit']`` for each entry.
+    ``pandas.DataFrame`` indexed by entry name, columns ``alpha, beta, theta`` (the fit; ``beta`` NaN when
+    degenerate), ``degenerate`` (bool) and ``note`` (why, ``''`` for a usable fit). Also replaces, through
+    :func:`smoother._anndata.save_result`, ``adata.uns['corr_decay'][name]``'s ``'decay_rate'``, ``'decay_fit'``,
+    ``'decay_degenerate'`` and ``'decay_note'`` for each entry (everything else of the entry is kept).
     """
     from .._core.decay import QUANTILE_COLUMNS
 
-    if quantile not in QUANTILE_COLUMNS:
-        msg = f"Expected `quantile` in {list(QUANTILE_COLUMNS)}, found `{quantile!r}`."
-        raise ValueError(msg)
+    check_adata(adata)
+    keys = _check_keys(keys)
+    quantile = check_choice(quantile, "quantile", QUANTILE_COLUMNS)
     names = _entries(adata, keys)
-    rows = {}
     store = adata.uns[K.CORR_DECAY]
+    rows, fields = {}, {}
     for name in names:  # a loop over curves, not spots
-        rows[name] = _rate(store[name]["quantiles"], quantile)
-    for name, (a, b, t) in rows.items():
-        store[name]["decay_rate"] = b
-        store[name]["decay_fit"] = np.array([a, b, t])
-    return pd.DataFrame.from_dict(rows, orient="index", columns=["alpha", "beta", "theta"])
+        fit = _fit(store[name]["quantiles"], quantile)
+        fields[name] = _decay_fields(name, fit)
+        rows[name] = {
+            "alpha": fit[0],
+            "beta": float("nan") if fit[3] else fit[1],
+            "theta": fit[2],
+            "degenerate": bool(fit[3]),
+            "note": fit[3],
+        }
+    start = time.perf_counter()
+    for name in names:
+        old = dict(store[name])
+        params = old.pop("params", None)
+        entry = {**old, **fields[name]}
+        _save_curve(adata, name, dict(params) if isinstance(params, Mapping) else None, entry, copy=False, start=start)
+        store = adata.uns[K.CORR_DECAY]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["alpha", "beta", "theta", "degenerate", "note"])
 
 
 def scan_rho(
@@ -432,70 +582,116 @@ def scan_rho(
 ) -> pd.DataFrame:
     """Scan a grid of ``rho`` for a prior and report which matches the data's similarity decay best.
 
-    For each ``rho`` runs :func:`corr_decay` (same ``k`` range as the data curve ``data_key``, written to
-    ``adata.uns['corr_decay']`` under the default names, so :func:`smoother.pl.corr_decay` can overlay them) and
-    compares its median curve with the data's over ``k >= 1``: ``mae`` is the mean absolute difference of the
-    medians, ``rate_diff`` the difference of the fitted decay rates. Values of ``rho`` that do not give a proper
-    prior on this graph are skipped with a warning.
+    For each ``rho`` computes the curve of :func:`corr_decay` (same prior builder, same ``k`` range as the data
+    curve ``data_key``; written to ``adata.uns['corr_decay']`` under the default names once all are computed, so
+    :func:`smoother.pl.corr_decay` can overlay them) and compares its median curve with the data's over
+    ``k >= 1``: ``mae`` is the mean absolute difference of the medians, ``rate_diff`` the difference of the
+    fitted decay rates. Values of ``rho`` that do not give a proper prior on this graph are skipped with a
+    warning. A degenerate decay-rate fit (see :func:`fit_decay`) gives ``decay_rate``/``rate_diff`` NaN and
+    ``degenerate=True``; ``best`` depends on ``mae`` only.
 
     Returns
     -------
-    ``pandas.DataFrame`` with columns ``rho, name, decay_rate, rate_diff, mae, best`` (``best`` marks the
-    smallest ``mae``); the data curve's decay rate is in its ``attrs['data_decay_rate']``.
-    """
-    import warnings
+    ``pandas.DataFrame`` with columns ``rho, name, decay_rate, rate_diff, mae, degenerate, best`` (``best`` marks
+    the smallest ``mae``); the data curve's decay rate (NaN when its fit is degenerate) is in its
+    ``attrs['data_decay_rate']``.
 
+    Raises
+    ------
+    TypeError, ValueError, KeyError
+        A bad argument, a missing data curve, graph or coordinates (checked before any work); spots without a
+        neighbour under 'icar' (improper at every ``rho``); no ``rho`` of the grid gives a proper prior.
+    """
     from .._core.linalg import NotPositiveDefiniteError
 
     check_adata(adata)
     prior = check_prior(prior)
-    rhos = [check_rho(r, prior) for r in rhos]
+    if isinstance(rhos, str | bytes) or not isinstance(rhos, Sequence | np.ndarray):
+        msg = f"Expected `rhos` to be a list of numbers in [0, 1], found {type(rhos).__name__} `{rhos!r}`."
+        raise TypeError(msg)
+    rhos = [check_rho(r, prior, name=f"rhos[{i}]") for i, r in enumerate(list(rhos))]
     if not rhos:
-        msg = "Expected at least one value in `rhos`."
+        msg = "Expected at least one value in `rhos`, e.g. rhos=[0.9, 0.99]."
         raise ValueError(msg)
-    store = adata.uns.get(K.CORR_DECAY, {})
-    if data_key not in store:
+    data_key = check_key(data_key, "data_key")
+    standardize = check_bool(standardize, "standardize")
+    check_key(spatial_key, "spatial_key")
+    n_sample = check_int(n_sample, "n_sample", low=1, allow_none=True, example="5000")
+    seed = check_random_state(seed, "seed")
+    store = adata.uns.get(K.CORR_DECAY)
+    if not isinstance(store, Mapping) or data_key not in store:
         msg = (
             f"Data curve {data_key!r} not found in `adata.uns['corr_decay']`. "
             "Please run `sm.tl.similarity_decay` first."
         )
         raise KeyError(msg)
+    _entries(adata, [data_key])
     data = store[data_key]["quantiles"]
     min_k, max_k = int(data["k"].min()), int(data["k"].max())
-    get_graph(adata, connectivity_key)
-    get_coords(adata, spatial_key)
-    data_rate = _rate(data)[1]
-    rows = []
-    for rho in rhos:  # a loop over a handful of rho values
-        if prior in ("icar", "isar") and rho >= 1.0:
-            warnings.warn(f"Skipping rho = {rho}: the '{prior}' prior is singular there.", UserWarning, stacklevel=2)
-            continue
+    W = get_graph(adata, connectivity_key)
+    coords = get_coords(adata, spatial_key)
+    _check_k_range(adata.n_obs, min_k, max_k, n_sample)
+    proper = [r for r in rhos if not (prior in ("icar", "isar") and r >= 1.0)]
+    for rho in rhos:
+        if rho not in proper:
+            warnings.warn(f"Skipping rho = {rho:g}: the '{prior}' prior is singular there.", UserWarning, stacklevel=2)
+    if not proper:
+        msg = f"No value in `rhos` gives a proper '{prior}' prior; use values below 1, e.g. rhos=[0.9, 0.99]."
+        raise ValueError(msg)
+    W = _check_proper(W, prior, proper[0], obs_names=adata.obs_names, connectivity_key=connectivity_key)
+
+    start = time.perf_counter()
+    data_fit = _fit(data)
+    data_rate = float("nan") if data_fit[3] else data_fit[1]
+    if data_fit[3]:
+        warnings.warn(
+            f"The decay-rate fit of the data curve {data_key!r} is degenerate: {data_fit[3]}. `rate_diff` is NaN; "
+            "compare the curves by `mae`.",
+            UserWarning,
+            stacklevel=2,
+        )
+    rows, results = [], []
+    for rho in proper:  # a loop over a handful of rho values
+        name = default_name(prior, rho, standardize)
         try:
-            corr_decay(
+            params, entry = _prior_entry(
                 adata,
+                W,
+                coords,
                 prior=prior,
                 rho=rho,
                 standardize=standardize,
-                connectivity_key=connectivity_key,
-                spatial_key=spatial_key,
                 min_k=min_k,
                 max_k=max_k,
                 n_sample=n_sample,
                 seed=seed,
+                connectivity_key=connectivity_key,
+                name=name,
             )
         except NotPositiveDefiniteError as e:
-            warnings.warn(f"Skipping rho = {rho}: {e}", UserWarning, stacklevel=2)
+            warnings.warn(f"Skipping rho = {rho:g}: {e}", UserWarning, stacklevel=2)
             continue
-        name = default_name(prior, rho, bool(standardize))
-        entry = adata.uns[K.CORR_DECAY][name]
+        params["spatial_key"] = spatial_key
+        results.append((name, params, entry))
         q = entry["quantiles"]
         mask = (q["k"].to_numpy() >= 1) if max_k >= 1 else np.ones(len(q), bool)
         mae = float(np.mean(np.abs(q["Q50"].to_numpy()[mask] - data["Q50"].to_numpy()[mask])))
         rate = float(entry["decay_rate"])
-        rows.append({"rho": rho, "name": name, "decay_rate": rate, "rate_diff": rate - data_rate, "mae": mae})
+        rows.append(
+            {
+                "rho": rho,
+                "name": name,
+                "decay_rate": rate,
+                "rate_diff": rate - data_rate,
+                "mae": mae,
+                "degenerate": bool(entry["decay_degenerate"]),
+            }
+        )
     if not rows:
-        msg = f"No value in `rhos` gives a proper '{prior}' prior on this graph."
+        msg = f"No value in `rhos` gives a proper '{prior}' prior on this graph (see the warnings for the range)."
         raise ValueError(msg)
+    for name, params, entry in results:
+        _save_curve(adata, name, params, entry, copy=False, start=start)
     out = pd.DataFrame(rows)
     out["best"] = out["mae"] == out["mae"].min()
     out.attrs["data_decay_rate"] = data_rate
