@@ -1,0 +1,90 @@
+"""Posterior variance factors of the core layer against dense formulas (issue 14)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from smoother._core.graph import knn_graph
+from smoother._core.linalg import SPDFactor
+from smoother._core.precision import precision
+from smoother._core.uncertainty import centred_correction, distance_colouring, inv_diag, residual_sigma2
+
+
+def _system(side=14, lam=1.0, rho=0.99, k=6, seed=0):
+    rng = np.random.default_rng(seed)
+    xx, yy = np.meshgrid(np.arange(side, dtype=float), np.arange(side, dtype=float))
+    coords = np.column_stack([xx.ravel(), yy.ravel()]) + rng.normal(scale=0.05, size=(side * side, 2))
+    W, _ = knn_graph(coords, k=k)
+    Q = sp.csr_matrix(precision(W, "icar", rho))
+    return (sp.identity(Q.shape[0], format="csr") + lam * Q).tocsr(), Q
+
+
+@pytest.mark.parametrize("lam", [0.1, 1.0, 10.0])
+def test_exact_diag_equals_dense_inverse(lam):
+    A, _ = _system(lam=lam)
+    res = inv_diag(A, method="exact")
+    np.testing.assert_allclose(res.diag, np.diag(np.linalg.inv(A.toarray())), rtol=1e-10)
+    assert res.method == "exact" and res.max_rel_error == 0.0
+
+
+def test_auto_is_exact_below_the_threshold_and_probing_above():
+    A, _ = _system()
+    assert inv_diag(A).method == "exact"
+    assert inv_diag(A, exact_max=10).method == "probing"
+
+
+@pytest.mark.parametrize("lam", [0.3, 1.0])
+def test_probing_meets_its_measured_error_and_reports_it_honestly(lam):
+    A, _ = _system(side=24, lam=lam)
+    true = np.diag(np.linalg.inv(A.toarray()))
+    res = inv_diag(A, method="probing", tol=1e-3, n_check=48, seed=1)
+    rel = np.abs(res.diag - true) / true
+    assert res.max_rel_error <= 1e-3
+    # the error measured on the sample is representative of the whole field (within a factor 3 on a lattice)
+    assert rel.max() <= 3 * max(res.max_rel_error, 1e-12)
+    assert res.n_colors > 1 and res.distance >= 2
+
+
+def test_distance_colouring_separates_spots_of_one_colour():
+    A, _ = _system(side=10)
+    for p in (1, 2, 3):
+        colour = distance_colouring(A, p)
+        P = sp.csr_matrix(A, dtype=bool).astype(np.int64) + sp.identity(A.shape[0], dtype=np.int64)
+        reach = P.copy()
+        for _ in range(p - 1):
+            reach = reach @ P
+        reach = reach.tocoo()
+        off = reach.row != reach.col
+        assert not (colour[reach.row[off]] == colour[reach.col[off]]).any()
+
+
+@pytest.mark.parametrize("rho", [0.9, 1.0])
+def test_centred_correction_equals_the_dense_posterior_of_a_free_intercept(rho):
+    A, _ = _system(side=8, lam=2.0, rho=rho)
+    n = A.shape[0]
+    corr = centred_correction(SPDFactor(A), n)
+    # dense joint posterior of (f, mu): precision [[A, 1], [1^T, n]]; covariance of f + mu 1
+    H = np.zeros((n + 1, n + 1))
+    H[:n, :n] = A.toarray()
+    H[:n, n] = H[n, :n] = 1.0
+    H[n, n] = n
+    T = np.hstack([np.eye(n), np.ones((n, 1))])
+    if rho == 1.0:  # Q 1 = 0: the intercept is the unpenalized constant already; the covariance of f + mu 1 is A^-1
+        np.testing.assert_allclose(corr, 0.0, atol=1e-10)
+        return
+    cov = T @ np.linalg.inv(H) @ T.T
+    np.testing.assert_allclose(np.diag(np.linalg.inv(A.toarray())) + corr, np.diag(cov), rtol=1e-8)
+
+
+def test_residual_sigma2_is_unbiased_for_a_linear_smoother():
+    A, _ = _system(side=10, lam=1.0)
+    n = A.shape[0]
+    S = np.linalg.inv(A.toarray())
+    rng = np.random.default_rng(0)
+    Y = rng.normal(scale=0.7, size=(n, 4000))  # pure noise: E RSS = sigma^2 tr((I - S)^2)
+    rss = ((Y - S @ Y) ** 2).sum(0)
+    R = np.eye(n) - S
+    expected = 0.49 * np.trace(R @ R) / (n - np.trace(S))
+    np.testing.assert_allclose(residual_sigma2(rss, n, np.trace(S)).mean(), expected, rtol=0.02)
