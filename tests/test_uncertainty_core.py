@@ -88,3 +88,36 @@ def test_residual_sigma2_is_unbiased_for_a_linear_smoother():
     R = np.eye(n) - S
     expected = 0.49 * np.trace(R @ R) / (n - np.trace(S))
     np.testing.assert_allclose(residual_sigma2(rss, n, np.trace(S)).mean(), expected, rtol=0.02)
+
+
+def test_laplace_block_cov_equals_the_dense_inverse_on_the_active_set():
+    from smoother._core.uncertainty import laplace_block_cov, proportion_se
+
+    rng = np.random.default_rng(3)
+    _, Q = _system(side=4, rho=0.9)
+    n, K = Q.shape[0], 3
+    X = rng.gamma(2.0, size=(12, K))
+    H = np.stack([X.T @ np.diag(rng.uniform(0.5, 2.0, 12)) @ X for _ in range(n)])
+    active = rng.random((n, K)) > 0.25
+    lam = 0.7
+    cov = laplace_block_cov(H, Q, lam, active)
+    dense = np.zeros((n * K, n * K))
+    for i in range(n):
+        dense[i * K : (i + 1) * K, i * K : (i + 1) * K] = H[i]
+    dense += 2 * lam * np.kron(Q.toarray(), np.eye(K))
+    free = np.flatnonzero(active.ravel())
+    inv = np.zeros_like(dense)
+    inv[np.ix_(free, free)] = np.linalg.inv(dense[np.ix_(free, free)])
+    for i in range(n):
+        np.testing.assert_allclose(cov[i], inv[i * K : (i + 1) * K, i * K : (i + 1) * K], atol=1e-10)
+    # delta method of the proportions against finite differences of p(z)
+    coef = rng.gamma(2.0, size=(n, K))
+    se = proportion_se(coef, cov)
+    i = 5
+    eps = 1e-6
+    J = np.empty((K, K))
+    for k in range(K):
+        z = coef[i].copy()
+        z[k] += eps
+        J[:, k] = (z / z.sum() - coef[i] / coef[i].sum()) / eps
+    np.testing.assert_allclose(se[i], np.sqrt(np.diag(J @ cov[i] @ J.T)), rtol=1e-4)

@@ -181,3 +181,82 @@ def residual_sigma2(rss: np.ndarray, n: int, trace: float) -> np.ndarray:
     r"""Noise variance per feature from a linear smoother's residuals: :math:`\mathrm{RSS}_g / (n - \mathrm{tr} H)`."""
     dof = max(n - trace, 1e-12)
     return np.asarray(rss, dtype=np.float64) / dof
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Laplace approximation for deconvolution: per-spot blocks coupled by the spatial prior
+# ----------------------------------------------------------------------------------------------------------------
+def laplace_block_cov(
+    H: np.ndarray,
+    Q: sp.spmatrix | None = None,
+    lam: float = 0.0,
+    active: np.ndarray | None = None,
+) -> np.ndarray:
+    r"""Per-spot ``K x K`` blocks of the inverse Hessian of a deconvolution objective, restricted to the active set.
+
+    The Hessian of :math:`\sum_n f_n(z_n) + \lambda \sum_k z_{:k}^T Q z_{:k}` over the coefficients
+    :math:`Z` (``n x K``, spot-major vector ``z[n * K + k]``) is the sparse matrix
+    :math:`\mathcal{H} = \mathrm{blockdiag}(H_n) + 2\lambda\, Q \otimes I_K`. At a solution on the boundary of
+    :math:`Z \ge 0` the Laplace approximation conditions on the active constraints: the covariance is the inverse
+    of :math:`\mathcal{H}` restricted to the free coefficients (``active``), and zero for the others. Only the
+    diagonal ``K x K`` blocks of that inverse are computed (selected inversion of an :math:`LDL^T` factor), never
+    the ``nK x nK`` inverse.
+
+    Parameters
+    ----------
+    H
+        ``(n, K, K)`` Hessian blocks of the data term per spot (symmetric positive semi-definite).
+    Q, lam
+        The spatial precision ``(n, n)`` and its strength (``None`` or 0: spots are independent).
+    active
+        ``(n, K)`` boolean, the free coefficients (default: all).
+
+    Returns
+    -------
+    ``(n, K, K)`` covariance blocks (rows/columns of inactive coefficients are 0).
+    """
+    H = np.asarray(H, dtype=np.float64)
+    n, K, _ = H.shape
+    active = np.ones((n, K), dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    rows = np.repeat(np.arange(n * K).reshape(n, K), K, axis=1).ravel()
+    cols = np.tile(np.arange(n * K).reshape(n, K), (1, K)).ravel()
+    Hs = sp.csr_matrix((H.reshape(n, K * K).ravel(), (rows, cols)), shape=(n * K, n * K))
+    if Q is not None and lam > 0:
+        Hs = Hs + 2.0 * lam * sp.kron(sp.csr_matrix(Q), sp.identity(K), format="csr")
+    free = np.flatnonzero(active.ravel())
+    out = np.zeros((n, K, K))
+    if free.size == 0:
+        return out
+    Hf = Hs[free][:, free].tocsr()
+    from .selinv import LDLFactor
+
+    fac = LDLFactor(Hf)
+    pos = np.full(n * K, -1, dtype=np.int64)
+    pos[free] = np.arange(free.size)
+    # for every free coefficient, the entries against the free coefficients of the same spot
+    spot = free // K
+    tgt_global = spot[:, None] * K + np.arange(K)[None, :]  # (n_free, K)
+    tgt = pos[tgt_global]
+    ok = tgt >= 0
+    vals = fac.inv_entries(np.arange(free.size), np.where(ok, tgt, np.arange(free.size)[:, None]))
+    vals[~ok] = 0.0
+    out[spot, free % K, :] = vals
+    return out
+
+
+def proportion_se(coef: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    r"""Standard errors of proportions :math:`p = z / \sum_k z_k` by the delta method, ``(n, K)``.
+
+    :math:`J = (I - p 1^T) / s` with :math:`s = \sum_k z_k`; :math:`\mathrm{Var}(p) = J \Sigma J^T`. Spots with
+    :math:`s = 0` get NaN.
+    """
+    coef = np.clip(np.asarray(coef, dtype=np.float64), 0.0, None)
+    n, K = coef.shape
+    s = coef.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = coef / s[:, None]
+        J = (np.eye(K)[None] - p[:, :, None] * np.ones((1, 1, K))) / s[:, None, None]
+    V = np.einsum("nij,njk,nlk->nil", J, cov, J)
+    se = np.sqrt(np.clip(np.einsum("nii->ni", V), 0.0, None))
+    se[s <= 0] = np.nan
+    return se
