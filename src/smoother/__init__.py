@@ -21,6 +21,7 @@ DISTRIBUTION = "smoother-spatial"  # the name on PyPI; the import name is `smoot
 # name -> (module, attribute or None for the module itself), loaded on first access
 _LAZY = {
     "datasets": ("smoother.datasets", None),
+    "get": ("smoother.get", None),
     "pl": ("smoother.pl", None),
     "pp": ("smoother.pp", None),
     "tl": ("smoother.tl", None),
@@ -35,7 +36,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs; not executed
-    from . import datasets, losses, models, pl, pp, tl, utils, weights
+    from . import datasets, get, losses, models, pl, pp, tl, utils, weights
     from .losses import ContrastiveSpatialLoss, SpatialLoss, TopLoss
     from .weights import SpatialWeightMatrix
 
@@ -74,6 +75,7 @@ __all__ = [
     "SpatialWeightMatrix",
     "TopLoss",
     "datasets",
+    "get",
     "losses",
     "models",
     "pl",
