@@ -328,7 +328,7 @@ def _snapshot(ad):
         ("negative", {"groupby": "cell_type", "model": "dwls"}, ValueError, "non-negative"),
         ("nan", {"groupby": "cell_type"}, ValueError, "NaN"),
         (lambda ad, ref: ref, {"groupby": "cell_type", "lambda_spatial": -1.0}, ValueError, ">= 0"),
-        (lambda ad, ref: ref, {"groupby": "cell_type", "lambda_spatial": "big"}, ValueError, "auto"),
+        (lambda ad, ref: ref, {"groupby": "cell_type", "lambda_spatial": "big"}, TypeError, "auto"),
         (lambda ad, ref: ref, {"groupby": "cell_type", "model": "svm"}, ValueError, "Unknown model"),
         (lambda ad, ref: ref, {"groupby": "cell_type", "model": "nusvr", "lambda_spatial": "auto"}, ValueError, "auto"),
         (lambda ad, ref: ref, {"groupby": "cell_type", "connectivity_key": "nope"}, KeyError, "spatial_graph"),

@@ -28,17 +28,28 @@ import scipy.sparse as sp
 
 from .._core import deconv as _dc
 from .._settings import logger
-from .._validation import as_float_array
+from .._validation import (
+    as_float_array,
+    check_bool,
+    check_choice,
+    check_device,
+    check_int,
+    check_lambda,
+    check_real,
+)
 
 __all__ = ["DWLS", "NNLS", "DeconvModel", "LinearRegression", "LogNormReg", "NuSVR"]
 
 _BACKENDS = ("pytorch", "cvxpy")
 
 
-def _to_numpy(a, name: str) -> np.ndarray:
+def _to_numpy(a, name: str, shape: str) -> np.ndarray:
     arr = as_float_array(a, name, expected="a numeric 2D array or tensor", densify_sparse=True)
     if arr.ndim != 2:
-        msg = f"Expected `{name}` to be 2D, found shape {arr.shape}."
+        msg = f"Expected `{name}` to be 2D ({shape}), found shape {arr.shape}."
+        raise ValueError(msg)
+    if 0 in arr.shape:
+        msg = f"Expected `{name}` ({shape}) to be non-empty, found shape {arr.shape}."
         raise ValueError(msg)
     if not np.isfinite(arr).all():
         msg = f"`{name}` contains NaN or inf values; remove or impute them first."
@@ -127,15 +138,11 @@ class DeconvModel:
         solver: str = "auto",
         **model_kwargs,
     ) -> None:
-        if backend not in _BACKENDS:
-            msg = f"Unknown backend `{backend!r}`: expected one of {list(_BACKENDS)}."
-            raise ValueError(msg)
-        if solver not in ("auto", "exact", "adam", "lbfgs"):
-            msg = f"Unknown solver `{solver!r}`: expected 'auto', 'exact', 'adam' or 'lbfgs'."
-            raise ValueError(msg)
+        check_choice(backend, "backend", _BACKENDS)
+        check_choice(solver, "solver", ("auto", "exact", "adam", "lbfgs"))
         self.backend = backend
-        self.use_bias = bool(bias)
-        self.nonneg = self._default_nonneg() if nonneg is None else bool(nonneg)
+        self.use_bias = check_bool(bias, "bias")
+        self.nonneg = self._default_nonneg() if nonneg is None else check_bool(nonneg, "nonneg")
         self.solver = solver
         self.model_kwargs = model_kwargs
         self.model_name = f"{self._name()}_{'torch' if backend == 'pytorch' else 'cvx'}"
@@ -192,25 +199,61 @@ class DeconvModel:
         verbose, quiet
             Log progress (info level) / log nothing.
         **kwargs
-            cvxpy backend: ``solver`` and solver options passed to ``problem.solve``.
+            ``device`` (torch device of the gradient loop, default ``'cpu'``; ``'cuda'`` without CUDA is an
+            error before any work); cvxpy backend: ``solver`` and solver options passed to ``problem.solve``.
 
         Returns
         -------
         None (the fitted values are read with :meth:`get_props` etc.).
+
+        Raises
+        ------
+        TypeError, ValueError
+            A wrong type or value of any argument (NaN, inf or a string ``lambda_spatial_loss``, a ``spatial_loss``
+            built on other spots, ...), checked before any work; the message names the argument.
         """
+        # every argument is checked before any work (the classic names: lambda_spatial_loss, ...)
         t0 = time.perf_counter()
-        X = _to_numpy(x, "x")
-        Yg = _to_numpy(y, "y")
+        lam = check_lambda(lambda_spatial_loss, "lambda_spatial_loss")
+        lam_top = check_lambda(lambda_top_loss, "lambda_top_loss")
+        lr = check_real(lr, "lr", low=0.0, low_open=True, example="1e-3")
+        max_epochs = check_int(max_epochs, "max_epochs", low=1, example="1000")
+        patience = check_int(patience, "patience", low=1, example="10")
+        tol = check_real(tol, "tol", low=0.0, example="1e-5")
+        init_with_lr_sol = check_bool(init_with_lr_sol, "init_with_lr_sol")
+        verbose = check_bool(verbose, "verbose")
+        quiet = check_bool(quiet, "quiet")
+        kwargs = dict(kwargs)
+        device = check_device(kwargs.pop("device", "cpu"))
+        if self.backend == "pytorch" and kwargs:
+            msg = f"deconv() got unexpected keyword argument(s) {sorted(kwargs)} (solver options: backend='cvxpy')."
+            raise TypeError(msg)
+        if top_loss is not None and not callable(top_loss):
+            msg = f"Expected `top_loss` to be callable on the coefficients, found {type(top_loss).__name__}."
+            raise TypeError(msg)
+        X = _to_numpy(x, "x", "num_gene x num_group")
+        Yg = _to_numpy(y, "y", "num_gene x num_spot")
         if X.shape[0] != Yg.shape[0]:
             msg = f"`x` has {X.shape[0]} genes (rows) but `y` has {Yg.shape[0]}; both must be num_gene first."
             raise ValueError(msg)
-        lam = float(lambda_spatial_loss)
-        lam_top = float(lambda_top_loss)
-        if lam < 0 or lam_top < 0:
-            msg = "Expected `lambda_spatial_loss` and `lambda_top_loss` >= 0."
+        if self._model in ("dwls", "lognorm") and Yg.min() < 0:
+            msg = f"{type(self).__name__[1:]} needs non-negative `y` (count-like expression); found negative values."
             raise ValueError(msg)
         K, N = X.shape[1], Yg.shape[1]
         Q, conf = spatial_loss_precisions(spatial_loss if lam > 0 else None, K)
+        for q in Q if isinstance(Q, list) else [Q]:
+            if q is not None and tuple(q.shape[-2:]) != (N, N):
+                msg = (
+                    f"`spatial_loss` is built on {q.shape[-1]} spots but `y` has {N} spots (columns); build it on "
+                    "the same spots as `y`."
+                )
+                raise ValueError(msg)
+        if self.backend == "cvxpy" and top_loss is not None and lam_top > 0:
+            msg = "The cvxpy backend does not support a topological loss; use backend='pytorch'."
+            raise ValueError(msg)
+        if self.backend == "cvxpy" and conf is None:
+            msg = "The cvxpy backend needs a quadratic spatial loss (not the KL prior)."
+            raise ValueError(msg)
         self.deconv_configs = {
             "lambda_spatial_loss": lam,
             "lambda_top_loss": lam_top,
@@ -222,12 +265,6 @@ class DeconvModel:
         Y = Yg.T  # spots x genes
         show = None if (verbose and not quiet) else False
         if self.backend == "cvxpy":
-            if top_loss is not None and lam_top > 0:
-                msg = "The cvxpy backend does not support a topological loss; use backend='pytorch'."
-                raise ValueError(msg)
-            if conf is None:
-                msg = "The cvxpy backend needs a quadratic spatial loss (not the KL prior)."
-                raise ValueError(msg)
             self.result = _solve_cvxpy(
                 self._model,
                 X,
@@ -301,7 +338,7 @@ class DeconvModel:
                     max_epochs=max_epochs,
                     tol=tol,
                     patience=patience,
-                    device=kwargs.get("device", "cpu"),
+                    device=device,
                     show_progress=show,
                 )
         self.deconv_time = time.perf_counter() - t0
@@ -372,17 +409,18 @@ class _NuSVR(DeconvModel):
     _model = "nusvr"
 
     def __init__(self, backend="pytorch", *, bias=True, C=1.0, nu=0.1, nonneg=False, loss_mode="l2", **kw):
-        if loss_mode not in ("l2", "l1"):
-            msg = f"Expected `loss_mode` 'l2' or 'l1', found {loss_mode!r}."
-            raise ValueError(msg)
-        super().__init__(backend, bias=bias, nonneg=nonneg, C=float(C), nu=float(nu), loss_mode=loss_mode, **kw)
+        C = check_real(C, "C", low=0.0, low_open=True, example="1.0")
+        nu = check_real(nu, "nu", low=0.0, high=1.0, low_open=True, example="0.1")
+        check_choice(loss_mode, "loss_mode", ("l2", "l1"))
+        super().__init__(backend, bias=bias, nonneg=nonneg, C=C, nu=nu, loss_mode=loss_mode, **kw)
 
 
 class _DWLS(DeconvModel):
     _model = "dwls"
 
     def __init__(self, backend="pytorch", *, bias=True, nonneg=True, max_weights=8, **kw):
-        super().__init__(backend, bias=bias, nonneg=nonneg, max_weights=float(max_weights), **kw)
+        max_weights = check_real(max_weights, "max_weights", low=1.0, example="8")
+        super().__init__(backend, bias=bias, nonneg=nonneg, max_weights=max_weights, **kw)
 
 
 class _LogNorm(DeconvModel):
@@ -390,9 +428,10 @@ class _LogNorm(DeconvModel):
 
     def __init__(self, backend="pytorch", *, bias=True, epsilon=1, **kw):
         if backend != "pytorch":
-            msg = "LogNormReg is available with backend='pytorch' only (the problem is not convex)."
+            msg = f"LogNormReg is available with backend='pytorch' only (the problem is not convex), found {backend!r}."
             raise ValueError(msg)
-        super().__init__(backend, bias=bias, nonneg=True, epsilon=float(epsilon), **kw)
+        epsilon = check_real(epsilon, "epsilon", low=0.0, low_open=True, example="1")
+        super().__init__(backend, bias=bias, nonneg=True, epsilon=epsilon, **kw)
 
 
 def _drop_dims(kwargs: dict) -> dict:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import _constants as K
+from .._validation import check_bool, check_int, check_key, check_real, check_unique_names
 
 __all__ = ["props"]
 
@@ -24,12 +25,22 @@ def _as_frame(adata, key: str, what: str):
         raise KeyError(msg)
     val = adata.obsm[key]
     if isinstance(val, pd.DataFrame):
-        return val
-    cols = adata.uns.get(key, {}).get("types") if isinstance(adata.uns.get(key), dict) else None
-    cols = (
-        list(cols) if cols is not None and len(cols) == np.shape(val)[1] else [str(i) for i in range(np.shape(val)[1])]
-    )
-    return pd.DataFrame(np.asarray(val), index=adata.obs_names, columns=cols)
+        frame = val
+    else:
+        if np.ndim(val) != 2:
+            msg = f"Expected `adata.obsm[{key!r}]` to be a (n_obs, n_types) table, found shape {np.shape(val)}."
+            raise ValueError(msg)
+        cols = adata.uns.get(key, {}).get("types") if isinstance(adata.uns.get(key), dict) else None
+        n = np.shape(val)[1]
+        cols = [str(c) for c in cols] if cols is not None and len(cols) == n else [str(i) for i in range(n)]
+        frame = pd.DataFrame(np.asarray(val), index=adata.obs_names, columns=cols)
+    check_unique_names(frame.columns.astype(str), f"The cell types (columns) of `adata.obsm[{key!r}]`")
+    try:
+        values = frame.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        msg = f"Expected `adata.obsm[{key!r}]` to hold numbers (proportions)."
+        raise TypeError(msg) from e
+    return pd.DataFrame(values, index=adata.obs_names, columns=frame.columns.astype(str))
 
 
 def props(
@@ -79,21 +90,62 @@ def props(
     -------
     :class:`matplotlib.figure.Figure`; its axes are ``fig.axes`` (estimates first, then truths, then the
     truth-vs-estimate scatter, then colour bars).
+
+    Raises
+    ------
+    KeyError
+        ``obsm[key]``, ``obsm[truth_key]`` or ``obsm[spatial_key]`` missing, or a name in ``types`` unknown.
+    TypeError, ValueError
+        A bad argument (``types=[]``, non-unique names in ``types``, ``adata.obs_names`` or the table's columns,
+        NaN coordinates, ...), checked before a figure is made.
     """
+    import matplotlib
     import matplotlib.pyplot as plt
 
+    from .._anndata import check_adata, get_coords
+
+    # every argument is checked before a figure is made
+    check_adata(adata, writes=False)
+    check_key(key, "key")
+    check_key(truth_key, "truth_key")
+    check_key(spatial_key, "spatial_key")
+    ncols = check_int(ncols, "ncols", low=1, example="4")
+    size = check_real(size, "size", low=0.0, low_open=True, allow_none=True, example="5")
+    vmax = check_real(vmax, "vmax", allow_none=True, example="1.0")
+    dpi = check_real(dpi, "dpi", low=0.0, low_open=True, allow_none=True, example="100")
+    if compare_truth is not None:
+        compare_truth = check_bool(compare_truth, "compare_truth")
+    if figsize is not None:
+        if isinstance(figsize, str) or np.ndim(figsize) != 1 or len(figsize) != 2:
+            msg = f"Expected `figsize` to be (width, height) in inches, found {figsize!r} (e.g. figsize=(8, 6))."
+            raise TypeError(msg)
+        figsize = tuple(check_real(v, "figsize", low=0.0, low_open=True, example="(8, 6)") for v in figsize)
+    if not isinstance(cmap, str | matplotlib.colors.Colormap):
+        msg = f"Expected `cmap` to be a colormap name such as 'viridis', found {type(cmap).__name__}."
+        raise TypeError(msg)
+    if isinstance(cmap, str) and cmap not in matplotlib.colormaps:
+        msg = f"Unknown `cmap` {cmap!r}; use a matplotlib colormap name, e.g. cmap='viridis'."
+        raise ValueError(msg)
+    if types is not None:
+        if isinstance(types, str):
+            types = [types]
+        if np.ndim(types) != 1:
+            msg = f"Expected `types` to be a list of cell-type names, found {types!r}."
+            raise TypeError(msg)
+        if len(types) == 0:
+            msg = "Expected `types` to name at least one cell type, found an empty list (use types=None for all)."
+            raise ValueError(msg)
+        check_unique_names([str(t) for t in types], "The names in `types`")
+    check_unique_names(adata.obs_names, "`adata.obs_names`")
     est = _as_frame(adata, key, "estimate")
-    if spatial_key not in adata.obsm:
-        msg = f"Coordinates `adata.obsm[{spatial_key!r}]` not found; pass `spatial_key=`."
-        raise KeyError(msg)
-    coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
+    coords = get_coords(adata, spatial_key)[:, :2]
     cols = list(est.columns) if types is None else [str(t) for t in types]
     missing = [t for t in cols if t not in est.columns]
     if missing:
-        msg = f"Cell types {missing} not in `adata.obsm[{key!r}]` (columns: {list(est.columns)})."
+        msg = f"Cell types {missing} (argument `types`) not in `adata.obsm[{key!r}]` (columns: {list(est.columns)})."
         raise KeyError(msg)
-    if not isinstance(ncols, int) or ncols < 1:
-        msg = f"Expected `ncols` to be a positive integer, found {ncols!r}."
+    if est.shape[1] == 0:
+        msg = f"`adata.obsm[{key!r}]` has no cell-type columns."
         raise ValueError(msg)
     if compare_truth is None:
         compare_truth = truth_key in adata.obsm
@@ -134,7 +186,7 @@ def props(
             used.append((ax, sc))
         ax = axs[nrows - 1, 0]
         e = est[cols].to_numpy()
-        tr = truth.loc[est.index, cols].to_numpy()
+        tr = truth[cols].to_numpy()  # both tables are aligned with adata.obs_names
         for j, t in enumerate(cols):
             ax.scatter(tr[:, j], e[:, j], s=3, alpha=0.5, label=str(t), linewidths=0)
         ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")

@@ -1,13 +1,14 @@
 r"""Spatially regularized cell-type deconvolution on AnnData (``sm.tl.deconvolve``).
 
-The math lives in :mod:`smoother._core.deconv`; this module matches genes by name, builds the reference
-signatures, validates everything before any work, calls the solver and writes the results.
+The math lives in :mod:`smoother._core.deconv`; this module checks every argument before any work, matches genes
+by name, builds the reference signatures, calls the solver and writes the results with the one result writer
+(:func:`smoother._anndata.save_result`).
 """
 
 from __future__ import annotations
 
-import numbers
 import warnings
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -15,18 +16,23 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import _constants as K
-from .._anndata import (
-    check_adata,
-    check_bool,
-    check_key,
-    check_precision_args,
-    get_matrix,
-    get_precision,
-    write_params,
-)
+from .._anndata import check_adata, get_graph, get_matrix, get_prior_operator, save_result
 from .._core import deconv as core
+from .._core.precision import DENSE_WARN
 from .._settings import log_finish, log_start
-from .._validation import check_nonneg_scalar
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_device,
+    check_int,
+    check_key,
+    check_lambda,
+    check_prior,
+    check_random_state,
+    check_real,
+    check_rho,
+    check_unique_names,
+)
 
 __all__ = ["deconvolve", "reference_signatures"]
 
@@ -42,102 +48,85 @@ _MODEL_ALIASES = {
     "lognormreg": "lognorm",
     "log-normal": "lognorm",
 }
-_COUNT_MODELS = ("dwls", "lognorm")  # models whose loss needs non-negative values
+_MODELS = ("nnls", "lr", "dwls", "nusvr", "lognorm")
+_NONNEG_MODELS = ("dwls", "lognorm")  # classic models whose loss needs non-negative values
 _FEW_GENES = 20
+_N_FOLDS = 5
+_CHUNK = 8192  # reference cells read at a time (backed references are never loaded whole)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# argument checks (no work)
+# ----------------------------------------------------------------------------------------------------------------
 def _check_model(model) -> str:
-    key = model.lower().replace("_", "") if isinstance(model, str) else None
+    if not isinstance(model, str):
+        msg = f"Expected `model` to be one of {list(_MODELS)}, found {type(model).__name__} `{model!r}`."
+        raise TypeError(msg)
+    key = model.lower().replace("_", "")
     if key not in _MODEL_ALIASES:
-        msg = f"Unknown model {model!r}: expected one of 'lr', 'nnls', 'nusvr', 'dwls', 'lognorm'."
+        msg = f"Unknown model {model!r} (argument `model`): expected one of {list(_MODELS)}, e.g. model='nnls'."
         raise ValueError(msg)
     return _MODEL_ALIASES[key]
 
 
-def _check_lambda(value) -> float | str:
-    if isinstance(value, str):
-        if value == "auto":
-            return value
-        msg = f"Expected `lambda_spatial` to be a number >= 0 or 'auto', found {value!r}."
+def _check_model_kwargs(model_kwargs, mdl: str) -> dict:
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, Mapping):
+        msg = f"Expected `model_kwargs` to be a dict or None, found {type(model_kwargs).__name__}."
+        raise TypeError(msg)
+    mkw = dict(model_kwargs)
+    allowed = {"nusvr": {"C", "nu", "loss_mode"}, "dwls": {"max_weights"}, "lognorm": {"epsilon"}}.get(mdl, set())
+    if set(mkw) - allowed:
+        msg = (
+            f"Unknown `model_kwargs` {sorted(map(str, set(mkw) - allowed))} for model {mdl!r}; "
+            f"allowed: {sorted(allowed)}."
+        )
         raise ValueError(msg)
-    return check_nonneg_scalar(value, "lambda_spatial")
+    if "C" in mkw:
+        mkw["C"] = check_real(mkw["C"], "model_kwargs['C']", low=0.0, low_open=True, example="1.0")
+    if "nu" in mkw:
+        mkw["nu"] = check_real(mkw["nu"], "model_kwargs['nu']", low=0.0, high=1.0, low_open=True, example="0.1")
+    if "loss_mode" in mkw:
+        mkw["loss_mode"] = check_choice(mkw["loss_mode"], "model_kwargs['loss_mode']", ("l2", "l1"))
+    if "max_weights" in mkw:
+        mkw["max_weights"] = check_real(mkw["max_weights"], "model_kwargs['max_weights']", low=1.0, example="8")
+    if "epsilon" in mkw:
+        mkw["epsilon"] = check_real(mkw["epsilon"], "model_kwargs['epsilon']", low=0.0, low_open=True, example="1")
+    return mkw
 
 
-def reference_signatures(reference, groupby: str | None = None, *, layer: str | None = None) -> pd.DataFrame:
-    """Reference signatures as a genes x types DataFrame.
+def _check_grid(auto_grid) -> np.ndarray | None:
+    if auto_grid is None:
+        return None
+    if isinstance(auto_grid, str) or np.ndim(auto_grid) != 1:
+        msg = f"Expected `auto_grid` to be a 1D list of numbers >= 0 (e.g. auto_grid=[0, 1, 10]), found {auto_grid!r}."
+        raise TypeError(msg)
+    vals = [check_lambda(v, "auto_grid") for v in list(auto_grid)]
+    if not vals:
+        msg = "Expected `auto_grid` to hold at least one value (e.g. auto_grid=[0, 1, 10]), found an empty list."
+        raise ValueError(msg)
+    return np.asarray(vals, dtype=np.float64)
 
-    Parameters
-    ----------
-    reference
-        A single-cell AnnData (signatures are the mean expression of each group of cells) or a genes x types
-        DataFrame (returned validated).
-    groupby
-        Column of ``reference.obs`` with the cell-type labels (AnnData only).
-    layer
-        Layer of the reference to average (default ``X``).
 
-    Returns
-    -------
-    ``(n_genes, n_types)`` float64 DataFrame indexed by gene names, one column per group.
-    """
-    from anndata import AnnData
-
-    if isinstance(reference, AnnData):
-        if groupby is None:
-            msg = "A single-cell `reference` needs `groupby=`, the column of `reference.obs` with the cell types."
-            raise ValueError(msg)
-        if groupby not in reference.obs:
-            msg = f"Column {groupby!r} not found in `reference.obs` (available: {list(reference.obs.columns)})."
-            raise KeyError(msg)
-        labels = reference.obs[groupby]
-        if labels.isna().any():
-            msg = f"`reference.obs[{groupby!r}]` has {int(labels.isna().sum())} missing label(s); drop those cells."
-            raise ValueError(msg)
-        cats = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else pd.Index(pd.unique(labels))
-        codes = pd.Categorical(labels, categories=cats).codes
-        counts = np.bincount(codes, minlength=len(cats))
-        if (counts == 0).any():
-            empty = [str(c) for c in np.asarray(cats)[counts == 0]]
-            msg = (
-                f"Group(s) {empty} of `reference.obs[{groupby!r}]` have no cells; remove unused categories "
-                "(`reference.obs[groupby] = reference.obs[groupby].cat.remove_unused_categories()`)."
-            )
-            raise ValueError(msg)
-        if len(cats) < 1:
-            msg = "The reference has no cells."
-            raise ValueError(msg)
-        Xr, genes = get_matrix(reference, layer)
-        ind = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(cats), len(codes)))
-        sums = ind @ Xr.astype(np.float64)
-        sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
-        sig = (sums / counts[:, None]).T
-        return pd.DataFrame(sig, index=pd.Index(genes.astype(str)), columns=[str(c) for c in cats])
-    if isinstance(reference, pd.DataFrame):
-        try:
-            vals = reference.to_numpy(dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            msg = "Expected the `reference` DataFrame (genes x types) to be numeric."
-            raise TypeError(msg) from e
-        if vals.ndim != 2 or vals.shape[1] < 1 or vals.shape[0] < 1:
-            msg = f"Expected a genes x types `reference` DataFrame, found shape {reference.shape}."
-            raise ValueError(msg)
-        if not np.isfinite(vals).all():
-            msg = "The `reference` DataFrame contains NaN or inf values; fill or drop those genes."
-            raise ValueError(msg)
-        if reference.index.has_duplicates:
-            msg = "The `reference` DataFrame has duplicated gene names in its index."
-            raise ValueError(msg)
-        return pd.DataFrame(vals, index=reference.index.astype(str), columns=[str(c) for c in reference.columns])
-    msg = (
-        "Expected `reference` to be an AnnData (single cells) or a genes x types DataFrame, "
-        f"found {type(reference).__name__}."
-    )
-    raise TypeError(msg)
+def _check_genes(genes):
+    if genes is None:
+        return None
+    if isinstance(genes, str):
+        genes = [genes]
+    arr = np.asarray(genes)
+    if arr.ndim != 1:
+        msg = f"Expected `genes` to be a list of gene names or a boolean mask, found shape {arr.shape}."
+        raise TypeError(msg)
+    if arr.dtype != bool:
+        arr = arr.astype(str)
+        check_unique_names(arr, "The names in `genes`")
+    return arr
 
 
 def _check_top(top_loss, betti_priors, lambda_top_loss, lambda_topo):
-    lam_top = check_nonneg_scalar(lambda_top_loss, "lambda_top_loss")
-    lam_topo = check_nonneg_scalar(lambda_topo, "lambda_topo")
+    lam_top = check_lambda(lambda_top_loss, "lambda_top_loss")
+    lam_topo = check_lambda(lambda_topo, "lambda_topo")
     if top_loss is not None and betti_priors is not None:
         msg = "Pass either `top_loss` (a module) or `betti_priors` (to build one), not both."
         raise ValueError(msg)
@@ -148,11 +137,162 @@ def _check_top(top_loss, betti_priors, lambda_top_loss, lambda_topo):
         )
         raise TypeError(msg)
     if betti_priors is not None and not isinstance(betti_priors, dict):
-        msg = "Expected `betti_priors` to be a dict {type: {betti_k: expected number}}."
+        msg = f"Expected `betti_priors` to be a dict {{type: {{betti_k: expected number}}}}, found {betti_priors!r}."
         raise TypeError(msg)
     return lam_top, lam_topo
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the reference
+# ----------------------------------------------------------------------------------------------------------------
+def _reference_source(reference, layer):
+    """The reference's matrix (possibly backed) and the name used in messages."""
+    if layer is None:
+        X, where = reference.X, "reference.X"
+        if X is None:
+            msg = f"`reference.X` is None; pass `reference_layer=` (available: {list(reference.layers.keys())})."
+            raise ValueError(msg)
+        return X, where
+    if not isinstance(layer, str):
+        msg = f"Expected `reference_layer` to be a string or None, found {type(layer).__name__} `{layer!r}`."
+        raise TypeError(msg)
+    if layer not in reference.layers:
+        msg = (
+            f"Layer {layer!r} (argument `reference_layer`) not found in `reference.layers`; "
+            f"available: {list(reference.layers.keys())}."
+        )
+        raise KeyError(msg)
+    return reference.layers[layer], f"reference.layers[{layer!r}]"
+
+
+def _reference_chunks(X, where: str):
+    """Row blocks of the reference matrix as float64 (dense) or CSR, each validated (numeric, finite)."""
+    n = X.shape[0]
+    for start in range(0, n, _CHUNK):
+        block = X[start : min(n, start + _CHUNK)]
+        if hasattr(block, "to_numpy"):
+            block = block.to_numpy()
+        if sp.issparse(block):
+            block = sp.csr_matrix(block)
+            vals = block.data
+        else:
+            block = np.asarray(block)
+            vals = block
+        if not (np.issubdtype(vals.dtype, np.number) or vals.dtype == bool) or np.iscomplexobj(vals):
+            msg = f"Expected `{where}` to be real numbers, found dtype {vals.dtype}."
+            raise TypeError(msg)
+        vals = vals.astype(np.float64, copy=False)
+        if not np.isfinite(vals).all():
+            msg = f"`{where}` contains NaN or inf values; drop or fix those cells or genes of the reference."
+            raise ValueError(msg)
+        yield start, (block.astype(np.float64) if sp.issparse(block) else vals)
+
+
+def _labels(reference, groupby):
+    if groupby is None:
+        msg = "A single-cell `reference` needs `groupby=`, the column of `reference.obs` with the cell types."
+        raise ValueError(msg)
+    check_key(groupby, "groupby")
+    if groupby not in reference.obs.columns:
+        msg = (
+            f"Column {groupby!r} (argument `groupby`) not found in `reference.obs` "
+            f"(available: {list(reference.obs.columns)})."
+        )
+        raise KeyError(msg)
+    labels = reference.obs[groupby]
+    if labels.isna().any():
+        msg = f"`reference.obs[{groupby!r}]` has {int(labels.isna().sum())} missing label(s); drop those cells."
+        raise ValueError(msg)
+    cats = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else pd.Index(pd.unique(labels))
+    names = [str(c) for c in cats]
+    check_unique_names(names, f"The cell types of `reference.obs[{groupby!r}]` (as text)")
+    codes = np.asarray(pd.Categorical(labels, categories=cats).codes)
+    counts = np.bincount(codes, minlength=len(cats))
+    if (counts == 0).any():
+        empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
+        msg = (
+            f"Group(s) {empty} of `reference.obs[{groupby!r}]` have no cells; remove unused categories "
+            "(`reference.obs[groupby] = reference.obs[groupby].cat.remove_unused_categories()`)."
+        )
+        raise ValueError(msg)
+    return names, codes, counts
+
+
+def _check_reference(reference, groupby, layer):
+    """Cheap checks of the reference (no matrix is read): returns ``('anndata' | 'frame', labels info)``."""
+    from anndata import AnnData
+
+    if isinstance(reference, AnnData):
+        check_adata(reference, name="reference", writes=False)
+        if reference.n_obs == 0:
+            msg = "The `reference` has no cells (reference.n_obs == 0)."
+            raise ValueError(msg)
+        check_unique_names(reference.var_names, "`reference.var_names`")
+        _reference_source(reference, layer)
+        return _labels(reference, groupby)
+    if isinstance(reference, pd.DataFrame):
+        if reference.shape[0] < 1 or reference.shape[1] < 1:
+            msg = f"Expected a genes x types `reference` DataFrame, found shape {reference.shape}."
+            raise ValueError(msg)
+        check_unique_names(reference.index.astype(str), "The gene names (index) of the `reference` DataFrame")
+        check_unique_names(reference.columns.astype(str), "The cell types (columns) of the `reference` DataFrame")
+        return None
+    msg = (
+        "Expected `reference` to be an AnnData (single cells) or a genes x types DataFrame, "
+        f"found {type(reference).__name__}."
+    )
+    raise TypeError(msg)
+
+
+def reference_signatures(reference, groupby: str | None = None, *, layer: str | None = None) -> pd.DataFrame:
+    """Reference signatures as a genes x types DataFrame.
+
+    Parameters
+    ----------
+    reference
+        A single-cell AnnData (signatures are the mean expression of each group of cells; a backed AnnData is
+        read in blocks of cells) or a genes x types DataFrame (returned validated).
+    groupby
+        Column of ``reference.obs`` with the cell-type labels (AnnData only).
+    layer
+        Layer of the reference to average (default ``X``).
+
+    Returns
+    -------
+    ``(n_genes, n_types)`` float64 DataFrame indexed by gene names, one column per group.
+
+    Raises
+    ------
+    TypeError, ValueError, KeyError
+        A wrong type, a bad value (NaN, duplicated gene names, empty groups) or a missing ``groupby``/``layer``;
+        every message names the ``reference``.
+    """
+    info = _check_reference(reference, groupby, layer)
+    if info is None:  # DataFrame
+        try:
+            vals = reference.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            msg = "Expected the `reference` DataFrame (genes x types) to be numeric."
+            raise TypeError(msg) from e
+        if not np.isfinite(vals).all():
+            msg = "The `reference` DataFrame contains NaN or inf values; fill or drop those genes."
+            raise ValueError(msg)
+        return pd.DataFrame(vals, index=reference.index.astype(str), columns=[str(c) for c in reference.columns])
+    names, codes, counts = info
+    X, where = _reference_source(reference, layer)
+    sums = np.zeros((len(names), reference.n_vars))
+    for start, block in _reference_chunks(X, where):
+        c = codes[start : start + block.shape[0]]
+        ind = sp.csr_matrix((np.ones(len(c)), (c, np.arange(len(c)))), shape=(len(names), len(c)))
+        part = ind @ block
+        sums += part.toarray() if sp.issparse(part) else np.asarray(part)
+    sig = (sums / counts[:, None]).T
+    return pd.DataFrame(sig, index=pd.Index(np.asarray(reference.var_names).astype(str)), columns=names)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sm.tl.deconvolve
+# ----------------------------------------------------------------------------------------------------------------
 def deconvolve(
     adata,
     reference,
@@ -180,7 +320,7 @@ def deconvolve(
     lr: float = 1e-2,
     max_epochs: int = 1000,
     auto_grid: np.ndarray | list[float] | None = None,
-    random_state: int = 0,
+    random_state: int | None = 0,
     key_added: str = K.PROPS,
     copy: bool = False,
 ):
@@ -198,36 +338,44 @@ def deconvolve(
     LR, NNLS and DWLS are solved to optimality (accelerated projected gradient, stopped on the KKT residual);
     nu-SVR, log-normal regression and anything with a topological loss use a torch gradient loop.
 
+    Every argument is checked before any work starts; an error leaves ``adata`` (and ``reference``) exactly as
+    they were.
+
     Parameters
     ----------
     adata
-        Spatial AnnData (spots x genes) with the graph in ``obsp[connectivity_key]``.
+        Spatial AnnData (spots x genes) with the graph in ``obsp[connectivity_key]``. Its ``obs_names`` and
+        ``var_names`` must be unique.
     reference
-        Single-cell AnnData (signature = mean of each ``groupby`` group) or a genes x types DataFrame.
+        Single-cell AnnData (signature = mean of each ``groupby`` group; may be backed, it is only read) or a
+        genes x types DataFrame. Gene names must be unique.
     groupby
         Column of ``reference.obs`` with cell-type labels (AnnData reference).
     model
         ``'nnls'``, ``'lr'``, ``'dwls'``, ``'nusvr'`` or ``'lognorm'`` (losses as in the classic
         ``smoother.models.deconv``).
     lambda_spatial
-        Strength :math:`\lambda` of the spatial loss (0: none). ``'auto'`` chooses it by held-out genes:
-        5-fold cross-validation over genes of the prediction error of held-out genes, on a log grid.
+        Strength :math:`\lambda \ge 0` of the spatial loss (0: none). ``'auto'`` chooses it by held-out genes:
+        5-fold cross-validation over genes of the prediction error of held-out genes, over ``auto_grid`` and
+        always the candidate 0 (so 'auto' is never worse than no spatial loss by its own criterion).
     prior, rho, standardize
-        Spatial prior and its parameters (see :func:`smoother._core.precision.precision`).
+        Spatial prior and its parameters (see :func:`smoother._core.precision.precision`); built by the same
+        code as in every ``sm.tl`` function (:func:`smoother._anndata.get_prior_operator`).
     connectivity_key
-        Spatial graph in ``adata.obsp``.
+        Spatial graph in ``adata.obsp`` (read only when the spatial loss is used).
     layer
         Expression layer (default ``X``).
     reference_layer
         Layer of the single-cell reference to average (default ``X``).
     genes
-        Restrict to these genes (names); genes are always matched by name with the reference.
+        Restrict to these genes (names, or a boolean mask over ``adata.var_names``); genes are always matched
+        by name with the reference.
     bias
         Fit a free per-spot intercept.
     backend
         ``'auto'`` (exact solver where available), ``'torch'`` (gradient loop for every model) or ``'cvxpy'``.
     device
-        Torch device of the gradient loop (e.g. ``'cuda'``).
+        Torch device of the gradient loop (e.g. ``'cuda'``; checked before any work).
     model_kwargs
         ``C``, ``nu``, ``loss_mode`` (nu-SVR), ``max_weights`` (DWLS), ``epsilon`` (log-normal).
     top_loss, lambda_top_loss
@@ -241,7 +389,8 @@ def deconvolve(
     lr, max_epochs
         Learning rate and epoch limit of the gradient loop.
     auto_grid
-        Candidate values for ``lambda_spatial='auto'`` (default: 13 values on a log grid scaled to the data).
+        Candidate values for ``lambda_spatial='auto'`` (default: 13 values on a log grid scaled to the data);
+        0 is always added.
     random_state
         Seed (gene folds of ``'auto'``, Lanczos start).
     key_added
@@ -251,31 +400,40 @@ def deconvolve(
 
     Returns
     -------
-    ``None`` or a copy of ``adata`` (``copy=True``) with
+    ``None`` or a copy of ``adata`` (``copy=True``) with (a re-run replaces all of them):
 
     ``obsm[key_added]``
         DataFrame ``(n_obs, n_types)`` of proportions (rows non-negative, summing to 1), columns = types.
+    ``obsm[f'{key_added}_abundance']``
+        DataFrame ``(n_obs, n_types)``: the non-negative coefficients, i.e. each type's abundance in units of
+        its reference signature (for a single-cell reference: cell equivalents of the reference's mean cell).
+    ``obs[f'{key_added}_bias']``
+        The per-spot intercept (``bias=True`` only; removed by a re-run with ``bias=False``).
     ``uns[key_added]``
         ``params``; ``objective`` (``model``, ``spatial``, ``topological``, ``total``); ``convergence``
         (``converged``, ``n_iter``, ``kkt_residual``, ``solver``, ``seconds``); ``genes`` (names used);
-        ``lambda_auto`` (grid and cross-validation error) when ``lambda_spatial='auto'``.
+        ``types``; ``lambda_auto`` (grid, cross-validation error, chosen value) with ``lambda_spatial='auto'``.
     """
-    # ---------------- validation (nothing is written before this block ends) ----------------
-    from anndata import AnnData
-
-    if not isinstance(adata, AnnData):
-        msg = f"Expected `adata` to be an AnnData object, found {type(adata).__name__}."
-        raise TypeError(msg)
+    # ---------------- validation: nothing is read from large matrices, nothing is written ----------------
+    check_adata(adata, copy=copy)
     mdl = _check_model(model)
-    lam = _check_lambda(lambda_spatial)
-    prior, rho = check_precision_args(prior, rho)
-    check_bool(standardize, "standardize")
-    check_bool(bias, "bias")
-    check_bool(copy, "copy")
-    check_key(key_added, "key_added")
-    if backend not in ("auto", "torch", "cvxpy"):
-        msg = f"Unknown backend {backend!r}: expected 'auto', 'torch' or 'cvxpy'."
-        raise ValueError(msg)
+    lam = check_lambda(lambda_spatial, "lambda_spatial", allow_auto=True)
+    prior = check_prior(prior)
+    rho = check_rho(rho, prior)
+    standardize = check_bool(standardize, "standardize")
+    bias = check_bool(bias, "bias")
+    key_added = check_key(key_added, "key_added")
+    check_key(connectivity_key, "connectivity_key")
+    backend = check_choice(backend, "backend", ("auto", "torch", "cvxpy"))
+    device = check_device(device)
+    tol = check_real(tol, "tol", low=0.0, low_open=True, example="1e-6")
+    lr = check_real(lr, "lr", low=0.0, low_open=True, example="0.01")
+    max_iter = check_int(max_iter, "max_iter", low=1, example="5000")
+    max_epochs = check_int(max_epochs, "max_epochs", low=1, example="1000")
+    random_state = check_random_state(random_state)
+    grid = _check_grid(auto_grid)
+    genes = _check_genes(genes)
+    mkw = _check_model_kwargs(model_kwargs, mdl)
     if lam == "auto" and mdl not in core.QUADRATIC_MODELS:
         msg = f"lambda_spatial='auto' is available for the models 'lr', 'nnls' and 'dwls', not {mdl!r}; pass a number."
         raise ValueError(msg)
@@ -287,28 +445,25 @@ def deconvolve(
     if backend == "cvxpy" and mdl == "lognorm":
         msg = "model='lognorm' is not convex and has no cvxpy backend; use backend='auto'."
         raise ValueError(msg)
-    for name, v in (("tol", tol), ("lr", lr)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
-            msg = f"Expected `{name}` > 0, found {v!r}."
-            raise ValueError(msg)
-    for name, v in (("max_iter", max_iter), ("max_epochs", max_epochs)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            msg = f"Expected `{name}` to be a positive integer, found {v!r}."
-            raise ValueError(msg)
-    mkw = dict(model_kwargs or {})
-    allowed = {"nusvr": {"C", "nu", "loss_mode"}, "dwls": {"max_weights"}, "lognorm": {"epsilon"}}.get(mdl, set())
-    if set(mkw) - allowed:
-        msg = f"Unknown `model_kwargs` {sorted(set(mkw) - allowed)} for model {mdl!r}; allowed: {sorted(allowed)}."
+    if adata.n_obs == 0:
+        msg = "`adata` has no spots (adata.n_obs == 0)."
         raise ValueError(msg)
+    check_unique_names(adata.obs_names, "`adata.obs_names`")
+    check_unique_names(adata.var_names, "`adata.var_names`")
+    _check_reference(reference, groupby, reference_layer)
+    need_graph = lam == "auto" or lam > 0
+    W = get_graph(adata, connectivity_key) if need_graph else None
+    if betti_priors is not None and lam_topo > 0:
+        _check_betti(adata, betti_priors, reference, groupby)
+    Y, var_names = get_matrix(adata, layer, genes=genes)
 
+    # ---------------- reading the data: signatures and shared genes (still nothing written) ----------------
     sig = reference_signatures(reference, groupby, layer=reference_layer)
-    if mdl in _COUNT_MODELS and (sig.to_numpy() < 0).any():
+    types = list(sig.columns)
+    n_types = len(types)
+    if mdl in _NONNEG_MODELS and (sig.to_numpy() < 0).any():
         msg = f"model={mdl!r} needs non-negative (count-like) reference signatures; found negative values."
         raise ValueError(msg)
-    was_view = adata.is_view
-    if was_view:
-        check_adata(adata)  # makes the view actual (scanpy's warning)
-    Y, var_names = get_matrix(adata, layer, genes=genes)
     ref_index = pd.Index(sig.index)
     shared_mask = pd.Index(var_names.astype(str)).isin(ref_index)
     n_shared = int(shared_mask.sum())
@@ -319,7 +474,37 @@ def deconvolve(
             "same gene identifiers (symbols vs Ensembl IDs)."
         )
         raise ValueError(msg)
-    n_types = sig.shape[1]
+    if lam == "auto" and n_shared < 2 * _N_FOLDS:
+        msg = f"lambda_spatial='auto' needs at least {2 * _N_FOLDS} shared genes, found {n_shared}; pass a number."
+        raise ValueError(msg)
+    gene_names = var_names[shared_mask].astype(str)
+    Y = Y[:, np.flatnonzero(shared_mask)]
+    Y = sp.csr_matrix(Y, dtype=np.float64) if sp.issparse(Y) else np.asarray(Y, dtype=np.float64)
+    Xsig = sig.loc[gene_names].to_numpy()
+    if mdl in _NONNEG_MODELS and Y.shape[0] and Y.min() < 0:
+        msg = (
+            f"model={mdl!r} needs non-negative (count-like) expression, but "
+            f"{('adata.X' if layer is None else f'adata.layers[{layer!r}]')} "
+            "has negative values; pass raw counts with `layer=` or use model='nnls'."
+        )
+        raise ValueError(msg)
+    Q = None
+    if need_graph:
+        op = get_prior_operator(W, prior, rho, standardize)
+        if op.Q is None:  # 'sma': the precision (B B^T)^{-1} is dense by definition
+            if adata.n_obs > DENSE_WARN:
+                warnings.warn(
+                    f"prior='sma' has a dense precision: inverting a {adata.n_obs} x {adata.n_obs} matrix; "
+                    "use prior='icar' or 'car' (sparse) for large data.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        Q = op.Q if op.Q is not None else op.dense()
+    top_module = top_loss if (top_loss is not None and lam_top > 0) else None
+    lam_top_eff = lam_top
+    if betti_priors is not None and lam_topo > 0:
+        top_module = _build_toploss(adata, betti_priors, types)
+        lam_top_eff = lam_topo
     if n_shared < max(_FEW_GENES, 2 * n_types):
         warnings.warn(
             f"Only {n_shared} genes are shared with the reference; proportions of {n_types} types may be "
@@ -327,34 +512,12 @@ def deconvolve(
             UserWarning,
             stacklevel=2,
         )
-    gene_names = var_names[shared_mask].astype(str)
-    Y = Y[:, np.flatnonzero(shared_mask)]
-    Y = Y.astype(np.float64) if sp.issparse(Y) else np.asarray(Y, dtype=np.float64)
-    Xsig = sig.loc[gene_names].to_numpy()
-    if mdl in _COUNT_MODELS:
-        ymin = Y.min() if Y.shape[0] else 0.0
-        if ymin < 0:
-            msg = (
-                f"model={mdl!r} needs non-negative (count-like) expression, but "
-                f"{('adata.X' if layer is None else f'layer {layer!r}')} "
-                "has negative values; pass raw counts with `layer=` or use model='nnls'."
-            )
-            raise ValueError(msg)
-    need_graph = lam == "auto" or lam > 0
-    Q = None
-    if need_graph:
-        Q = get_precision(adata, prior=prior, rho=rho, standardize=standardize, connectivity_key=connectivity_key)
-    top_module = top_loss if (top_loss is not None and lam_top > 0) else None
-    lam_top_eff = lam_top
-    if betti_priors is not None and lam_topo > 0:
-        top_module = _build_toploss(adata, betti_priors, list(sig.columns))
-        lam_top_eff = lam_topo
 
     # ---------------- work ----------------
     start = log_start(f"deconvolving {adata.n_obs} spots into {n_types} types with {n_shared} genes ({mdl})")
     auto_info = None
     if lam == "auto":
-        lam, auto_info = _choose_lambda(Xsig, Y, Q, mdl, bias, mkw, auto_grid, random_state, tol, max_iter)
+        lam, auto_info = _choose_lambda(Xsig, Y, Q, mdl, bias, mkw, grid, random_state, tol, max_iter)
     res = _solve(
         Xsig,
         Y,
@@ -380,28 +543,30 @@ def deconvolve(
             stacklevel=2,
         )
 
-    adata = adata.copy() if copy else adata
-    adata.obsm[key_added] = pd.DataFrame(props, index=adata.obs_names.copy(), columns=list(sig.columns))
+    # ---------------- one write ----------------
+    obs_index = adata.obs_names.copy()
     params = {
         "model": mdl,
         "lambda_spatial": float(lam),
-        "lambda_spatial_requested": str(lambda_spatial) if isinstance(lambda_spatial, str) else float(lambda_spatial),
+        "lambda_spatial_requested": lambda_spatial if isinstance(lambda_spatial, str) else float(lambda_spatial),
         "prior": prior,
         "rho": rho,
-        "standardize": bool(standardize),
-        "connectivity_key": connectivity_key,
+        "standardize": standardize,
+        "connectivity_key": connectivity_key if need_graph else None,
         "layer": layer,
+        "reference_layer": reference_layer,
         "groupby": groupby,
-        "bias": bool(bias),
+        "bias": bias,
         "backend": backend,
-        "device": str(device),
+        "device": device,
         "model_kwargs": mkw,
         "lambda_top_loss": float(lam_top_eff) if top_module is not None else 0.0,
-        "tol": float(tol),
-        "max_iter": int(max_iter),
+        "tol": tol,
+        "max_iter": max_iter,
         "random_state": random_state,
+        "key_added": key_added,
     }
-    extra = {
+    uns = {
         "objective": {
             "model": res.model_loss,
             "spatial": res.spatial_loss,
@@ -416,17 +581,29 @@ def deconvolve(
             "seconds": float(res.seconds),
         },
         "genes": np.asarray(gene_names, dtype=object).astype(str),
-        "types": np.asarray(list(sig.columns), dtype=str),
+        "types": np.asarray(types, dtype=str),
     }
-    if res.bias is not None:
-        adata.obs[f"{key_added}_bias"] = res.bias
     if auto_info is not None:
-        extra["lambda_auto"] = auto_info
-    write_params(adata, key_added, params, **extra)
-    log_finish(start, [f"adata.obsm[{key_added!r}]", f"adata.uns[{key_added!r}]"])
-    return adata if copy else None
+        uns["lambda_auto"] = auto_info
+    out = save_result(
+        adata,
+        copy=copy,
+        uns_key=key_added,
+        params=params,
+        uns=uns,
+        obsm={
+            key_added: pd.DataFrame(props, index=obs_index, columns=types),
+            f"{key_added}_abundance": pd.DataFrame(np.clip(res.coef, 0.0, None), index=obs_index, columns=types),
+        },
+        obs={f"{key_added}_bias": None if res.bias is None else np.asarray(res.bias, dtype=np.float64)},
+    )
+    log_finish(start)
+    return out
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# solvers
+# ----------------------------------------------------------------------------------------------------------------
 def _solve(
     X,
     Y,
@@ -510,17 +687,15 @@ def _default_grid(X, Q, bias) -> np.ndarray:
     return lam0 * np.logspace(-3, 3, 13)
 
 
-def _choose_lambda(X, Y, Q, mdl, bias, mkw, grid, random_state, tol, max_iter, n_folds: int = 5):
-    """Pick lambda by K-fold cross-validation over genes: fit on the other genes, predict the held-out ones."""
-    if mdl not in core.QUADRATIC_MODELS:
-        msg = "lambda_spatial='auto' is available for the models 'lr', 'nnls' and 'dwls'."
-        raise ValueError(msg)
+def _choose_lambda(X, Y, Q, mdl, bias, mkw, grid, random_state, tol, max_iter, n_folds: int = _N_FOLDS):
+    """Pick lambda by K-fold cross-validation over genes: fit on the other genes, predict the held-out ones.
+
+    The candidate 0 is always evaluated, so the choice is never worse than no spatial loss by this criterion.
+    A choice at the largest candidate is warned about (the optimum may lie beyond the grid).
+    """
     G = X.shape[0]
-    if G < 2 * n_folds:
-        msg = f"lambda_spatial='auto' needs at least {2 * n_folds} shared genes, found {G}."
-        raise ValueError(msg)
-    grid = _default_grid(X, Q, bias) if grid is None else np.sort(np.asarray(grid, dtype=np.float64))[::-1]
-    grid = np.sort(grid)[::-1]  # strong to weak: warm starts move towards the data
+    grid = _default_grid(X, Q, bias) if grid is None else grid
+    grid = np.unique(np.concatenate([np.asarray(grid, dtype=np.float64), [0.0]]))[::-1]  # strong to weak
     rng = np.random.default_rng(random_state)
     folds = np.array_split(rng.permutation(G), n_folds)
     err = np.zeros((len(grid), n_folds))
@@ -547,23 +722,46 @@ def _choose_lambda(X, Y, Q, mdl, bias, mkw, grid, random_state, tol, max_iter, n
             err[i, f] = float(np.mean((Yte - pred) ** 2))
     cv = err.mean(axis=1)
     best = int(np.argmin(cv))
+    if best == 0 and grid[0] > 0 and len(grid) > 2:
+        warnings.warn(
+            f"lambda_spatial='auto' chose the largest candidate {grid[0]:.3g}; the best strength may be larger. "
+            f"Pass `auto_grid=` with larger values, e.g. auto_grid=np.geomspace({grid[0]:.3g}, {1e3 * grid[0]:.3g}, 7)"
+            ".",
+            UserWarning,
+            stacklevel=3,
+        )
     info = {"grid": grid, "cv_error": cv, "chosen": float(grid[best]), "n_folds": n_folds}
     return float(grid[best]), info
 
 
-def _build_toploss(adata, betti_priors, types):
+def _check_betti(adata, betti_priors, reference, groupby) -> None:
     if K.SPATIAL_KEY not in adata.obsm:
         msg = "`betti_priors` needs coordinates in `adata.obsm['spatial']` to build the topological loss."
         raise KeyError(msg)
+    from anndata import AnnData
+
+    if isinstance(reference, AnnData):
+        labels = reference.obs[groupby]
+        cats = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else pd.unique(labels)
+        types = [str(c) for c in cats]
+    else:
+        types = [str(c) for c in reference.columns]
+    for k in betti_priors:
+        if isinstance(k, str) and k not in types:
+            msg = f"`betti_priors` names type {k!r}, which is not in the reference types {types}."
+            raise KeyError(msg)
+        if not isinstance(k, str) and (isinstance(k, bool) or not isinstance(k, int | np.integer)):
+            msg = f"Keys of `betti_priors` are type names or indices, found {k!r}."
+            raise TypeError(msg)
+        if not isinstance(k, str) and not 0 <= int(k) < len(types):
+            msg = f"`betti_priors` index {k} is out of range for {len(types)} reference types."
+            raise ValueError(msg)
+
+
+def _build_toploss(adata, betti_priors, types):
     pri = {}
     for k, v in betti_priors.items():
-        if isinstance(k, str):
-            if k not in types:
-                msg = f"`betti_priors` names type {k!r}, which is not in the reference types {types}."
-                raise KeyError(msg)
-            pri[types.index(k)] = v
-        else:
-            pri[int(k)] = v
+        pri[types.index(k) if isinstance(k, str) else int(k)] = v
     try:
         from .._core.persistence import coords_to_grid
         from ..losses import TopLoss
