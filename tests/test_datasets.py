@@ -331,3 +331,56 @@ def test_mixture_reproducible_and_roundtrip(tmp_path):
     np.testing.assert_array_equal(sp.varm["signature_truth"], a_sp.varm["signature_truth"])
     assert list(sp.uns["cell_types"]) == a_sp.uns["cell_types"]
     pd.testing.assert_series_equal(ref.obs["cell_type"], a_ref.obs["cell_type"])
+
+
+# ---------------------------------------------------------------- issue 11: bounded work, checked first
+
+
+def test_tiny_length_scale_is_a_clear_error_naming_a_working_value():
+    from smoother.datasets import _fields
+
+    with pytest.raises(ValueError, match=r"length_scale=1e-06.*Use length_scale >= ") as info:
+        sm.datasets.simulate_field(400, pattern="gp", length_scale=1e-6)
+    suggested = float(str(info.value).rsplit("length_scale=", 1)[1].rstrip(")."))
+    coords = sm.datasets.lattice(400, "hex")
+    _fields.check_field_grid(coords, suggested)  # the value named in the message works ...
+    with pytest.raises(ValueError):
+        _fields.check_field_grid(coords, 0.98 * suggested)  # ... and is close to the smallest that does
+    assert _fields._grid_cells(np.ptp(coords, axis=0), suggested) <= _fields.MAX_GRID_CELLS
+    with pytest.raises(ValueError, match="length_scale"):
+        sm.datasets.simulate_mixture(300, length_scale=1e-5)
+    # blobs draw no grid: a tiny length scale is allowed there
+    a = sm.datasets.simulate_field(50, pattern="blobs", length_scale=1e-6, n_genes=2)
+    assert np.isfinite(a.X).all()
+
+
+def test_too_large_for_memory_is_checked_before_allocating(monkeypatch):
+    from smoother.datasets import _fields
+
+    monkeypatch.setattr(_fields, "_physical_memory", lambda: 2**30)  # a 1 GiB machine
+    with pytest.raises(ValueError, match=r"`n_spots` x `n_genes` = 10000000 x 50 .* n_spots=(\d+)") as info:
+        sm.datasets.simulate_field(10_000_000, n_genes=50)
+    fit = int(str(info.value).split("n_spots=")[1].split(" ")[0])
+    _fields.check_size(fit, 50, "n_spots", "n_genes")  # the suggested size passes the same check
+    with pytest.raises(ValueError, match="n_types \\* n_cells_per_type"):
+        sm.datasets.simulate_mixture(10, n_types=1000, n_cells_per_type=1000, n_genes=1000)
+    with pytest.raises(ValueError, match="`n_spots` = "):
+        sm.datasets.lattice(100_000_000)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"noise_level": 1e300}, "noise_level"),
+        ({"spacing": 1e300}, "spacing"),
+        ({"spacing": 1e-300}, "spacing"),
+    ],
+)
+def test_values_that_would_overflow_are_rejected(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        sm.datasets.simulate_field(50, **kwargs)
+
+
+def test_mixture_depth_bound():
+    with pytest.raises(ValueError, match=r"`depth` in \(0, 1e\+12\]"):
+        sm.datasets.simulate_mixture(50, depth=1e300)

@@ -6,9 +6,11 @@ resolution follows the length scale (not the number of spots) plus one spline in
 
 from __future__ import annotations
 
-import numbers
+import os
 
 import numpy as np
+
+from .. import _validation as _v
 
 LAYOUTS = ("hex", "square")
 
@@ -17,46 +19,90 @@ _HEX_ROW = np.sqrt(3.0) / 2.0
 
 
 def check_int(value, name: str, *, minimum: int = 1) -> int:
-    """An integer ``>= minimum`` (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        msg = f"Expected `{name}` to be an integer >= {minimum}, found `{value!r}`."
-        raise TypeError(msg)
-    if value < minimum:
-        msg = f"Expected `{name}` >= {minimum}, found `{value}`."
-        raise ValueError(msg)
-    return int(value)
+    """An integer ``>= minimum``: ``TypeError`` for a float, string or bool, ``ValueError`` below ``minimum``."""
+    return _v.check_int(value, name, low=minimum, example=str(max(minimum, 10)))
 
 
-def check_positive(value, name: str, *, allow_zero: bool = False) -> float:
-    """A finite real number ``> 0`` (or ``>= 0`` with ``allow_zero``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        kind = "non-negative" if allow_zero else "positive"
-        msg = f"Expected `{name}` to be a finite {kind} number, found `{value!r}`."
-        raise TypeError(msg)
-    if value < 0 or (value == 0 and not allow_zero):
-        msg = f"Expected `{name}` {'>=' if allow_zero else '>'} 0, found `{value}`."
-        raise ValueError(msg)
-    return float(value)
+def check_positive(value, name: str, *, allow_zero: bool = False, example: str = "1.0") -> float:
+    """A finite real number ``> 0`` (or ``>= 0`` with ``allow_zero``): ``TypeError`` for a non-number,
+    ``ValueError`` for NaN, inf or a value out of range."""
+    return _v.check_real(value, name, low=0.0, low_open=not allow_zero, example=example)
 
 
 def check_choice(value, name: str, options: tuple[str, ...]) -> str:
-    """One of ``options`` (case-insensitive)."""
-    if not isinstance(value, str) or value.lower() not in options:
-        msg = f"Unknown {name} `{value!r}`: expected one of {list(options)}."
-        raise ValueError(msg)
-    return value.lower()
+    """One of ``options`` (case-insensitive): ``TypeError`` for a non-string, ``ValueError`` for an unknown one."""
+    return _v.check_choice(value.lower() if isinstance(value, str) else value, name, options)
 
 
-def check_seed(seed) -> int:
+def check_seed(seed, name: str = "seed") -> int:
     """A non-negative integer seed; ``None`` draws one (so that it can be recorded)."""
     if seed is None:
         return int(np.random.default_rng().integers(2**31 - 1))
-    msg = f"Expected `seed` to be a non-negative integer (or None for a random one), found `{seed!r}`."
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(msg)
-    if seed < 0:
-        raise ValueError(msg)
-    return int(seed)
+    return _v.check_int(seed, name, low=0, example="0")
+
+
+#: Bytes of memory per (spot x gene) entry at the peak of a simulation (float32 X and truth, float64 work arrays).
+_BYTES_PER_ENTRY = 32
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):  # not available on this platform
+        return None
+
+
+def check_size(n_rows: int, n_cols: int, rows: str, cols: str | None) -> None:
+    """``ValueError`` when an ``n_rows x n_cols`` simulation cannot fit in this machine's memory (checked before
+    anything is allocated; the message names a size that fits). ``cols=None``: ``n_cols`` is fixed, not an argument."""
+    total = _physical_memory()
+    need = float(n_rows) * float(n_cols) * _BYTES_PER_ENTRY
+    if total is None or need <= 0.8 * total:
+        return
+    fit = max(1, int(0.8 * total / (_BYTES_PER_ENTRY * max(n_cols, 1))))
+    what = f"`{rows}` = {n_rows}" if cols is None else f"`{rows}` x `{cols}` = {n_rows} x {n_cols}"
+    fix = f"{rows}={fit}" if cols is None else f"{rows}={fit} with {cols}={n_cols}"
+    msg = (
+        f"{what} needs about {need / 2**30:.3g} GiB, more than this machine's {total / 2**30:.3g} GiB of memory; "
+        f"use fewer (e.g. {fix})."
+    )
+    raise ValueError(msg)
+
+
+#: Largest FFT grid (number of cells) a Gaussian field may be drawn on: about 1 GiB at the peak of one draw.
+MAX_GRID_CELLS = 2**25
+_CELLS_PER_LENGTH = 4.0  # grid cell = length_scale / 4
+_PAD_LENGTHS = 3.0  # the grid extends 3 length scales beyond the tissue on every side
+
+
+def _grid_cells(extent: np.ndarray, ell: float) -> float:
+    """Number of cells (as a float: no overflow) of the FFT grid of :func:`gaussian_fields`."""
+    cell = ell / _CELLS_PER_LENGTH
+    span = np.asarray(extent, dtype=np.float64) + 2 * _PAD_LENGTHS * ell
+    return float(np.prod(np.ceil(span / cell) + 4))
+
+
+def check_field_grid(coords: np.ndarray, length_scale: float, name: str = "length_scale") -> None:
+    """``ValueError`` when a Gaussian field of this length scale over these coordinates needs more than
+    :data:`MAX_GRID_CELLS` grid cells; the message names the smallest length scale that works."""
+    extent = np.ptp(coords, axis=0) if coords.shape[0] else np.zeros(coords.shape[1])
+    cells = _grid_cells(extent, length_scale)
+    if cells <= MAX_GRID_CELLS:
+        return
+    # at length scale 2 * extent + 1 the grid has at most 30 cells per axis: the smallest working value is below
+    lo, hi = length_scale, 2.0 * float(extent.max()) + 1.0
+    for _ in range(200):  # bisection on a monotone function: the smallest length scale that fits
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _grid_cells(extent, mid) > MAX_GRID_CELLS else (lo, mid)
+    ok = float(f"{hi * 1.001:.3g}")
+    while _grid_cells(extent, ok) > MAX_GRID_CELLS:
+        ok = float(f"{ok * 1.01:.3g}")
+    msg = (
+        f"`{name}={length_scale!r}` is too small for a tissue of extent {float(extent.max()):.4g}: the smooth field "
+        f"is drawn on a grid of cell {name}/4, which would need {cells:.3g} cells ({cells * 8 / 2**30:.3g} GiB per "
+        f"array; the limit is {MAX_GRID_CELLS} cells). Use {name} >= {ok:.3g} (e.g. {name}={ok:.3g})."
+    )
+    raise ValueError(msg)
 
 
 def lattice_shape(n_spots: int, layout: str) -> tuple[int, int]:
@@ -108,8 +154,9 @@ def gaussian_fields(coords: np.ndarray, n_fields: int, length_scale: float, rng:
     from scipy import ndimage
 
     ell = float(length_scale)
-    cell = ell / 4.0
-    pad = 3.0 * ell
+    check_field_grid(coords, ell)
+    cell = ell / _CELLS_PER_LENGTH
+    pad = _PAD_LENGTHS * ell
     lo = coords.min(axis=0) - pad
     span = np.ptp(coords, axis=0) + 2 * pad
     shape = tuple(int(np.ceil(s / cell)) + 4 for s in span)

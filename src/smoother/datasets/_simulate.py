@@ -18,12 +18,14 @@ from .._constants import (
     ZONE,
 )
 from .._settings import log_finish, log_start
+from .._validation import check_real
 from ._fields import (
     LAYOUTS,
     check_choice,
+    check_field_grid,
     check_int,
-    check_positive,
     check_seed,
+    check_size,
     default_length_scale,
     gaussian_fields,
     make_lattice,
@@ -75,17 +77,44 @@ def lattice(n_spots: int, layout: Literal["hex", "square"] = "hex", *, spacing: 
     """
     n_spots = check_int(n_spots, "n_spots")
     layout = check_choice(layout, "layout", LAYOUTS)
-    spacing = check_positive(spacing, "spacing")
+    spacing = _check_spacing(spacing)
+    check_size(n_spots, 2, "n_spots", None)
     return make_lattice(n_spots, layout, spacing)
 
 
 def _lattice_and_length_scale(
-    n_spots: int, layout: str, spacing: float, length_scale: float | None
+    n_spots: int, layout: str, spacing: float, length_scale: float | None, *, field: bool
 ) -> tuple[np.ndarray, float]:
-    """The lattice of the simulators and the field's length scale (checked first; default from the lattice)."""
-    ell = None if length_scale is None else check_positive(length_scale, "length_scale")
+    """The lattice of the simulators and the field's length scale (default from the lattice).
+
+    ``length_scale`` was checked by the caller; with ``field=True`` (a Gaussian field is drawn) the size of its
+    FFT grid is checked here, before any field work.
+    """
     coords = make_lattice(n_spots, layout, spacing)
-    return coords, default_length_scale(coords, spacing) if ell is None else ell
+    ell = default_length_scale(coords, spacing) if length_scale is None else length_scale
+    if field:
+        check_field_grid(coords, ell)
+    return coords, ell
+
+
+#: Spot spacing allowed by the simulators: squared distances of the coordinates stay finite and non-zero.
+_SPACING_RANGE = (1e-100, 1e100)
+#: Largest expected count allowed (numpy's Poisson sampler fails above ~9e18).
+_MAX_DEPTH = 1e12
+
+
+#: Largest Gaussian noise level (relative to a unit signal): keeps float32 values finite.
+_MAX_NOISE_LEVEL = 1e15
+
+
+def _check_noise_level(noise_level, noise: str) -> float:
+    """``>= 0`` (``> 0`` for 'nb', the dispersion); at most ``_MAX_NOISE_LEVEL`` for 'gaussian'."""
+    high = _MAX_NOISE_LEVEL if noise == "gaussian" else None
+    return check_real(noise_level, "noise_level", low=0.0, low_open=noise == "nb", high=high, example="0.5")
+
+
+def _check_spacing(spacing) -> float:
+    return check_real(spacing, "spacing", low=_SPACING_RANGE[0], high=_SPACING_RANGE[1], example="1.0")
 
 
 def _spot_names(prefix: str, n: int) -> pd.Index:
@@ -223,7 +252,9 @@ def simulate_field(
         Distance between neighbouring spots.
     length_scale
         Length scale of ``'gp'`` fields and of blobs, in coordinate units. Default: a sixth of the longest
-        side of the tissue, at least ``3 * spacing``.
+        side of the tissue, at least ``3 * spacing``. A ``'gp'`` field is drawn on an FFT grid of cell
+        ``length_scale / 4`` covering the tissue: a length scale that would need more than 2^25 grid cells
+        raises ``ValueError`` naming the smallest value that works.
     seed
         Seed of the local random generator; the same seed gives the same data. ``None`` draws a seed (recorded
         in ``uns['simulation']``).
@@ -243,6 +274,15 @@ def simulate_field(
     ``uns['simulation']``
         The parameters used (writable to h5ad).
 
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type (a string or bool for a number, a float for an integer).
+    ValueError
+        NaN, inf or out-of-range values (``spacing`` in [1e-100, 1e100], Gaussian ``noise_level`` at most 1e15),
+        a ``length_scale`` too small for the FFT grid, or ``n_spots x n_genes`` too large for this machine's
+        memory. All are checked before any work.
+
     Examples
     --------
     >>> import smoother as sm
@@ -257,11 +297,13 @@ def simulate_field(
     pattern = check_choice(pattern, "pattern", PATTERNS)
     n_genes = check_int(n_genes, "n_genes")
     noise = check_choice(noise, "noise", NOISES)
-    noise_level = check_positive(noise_level, "noise_level", allow_zero=noise != "nb")
+    noise_level = _check_noise_level(noise_level, noise)
     n_zones = check_int(n_zones, "n_zones")
-    spacing = check_positive(spacing, "spacing")
+    spacing = _check_spacing(spacing)
     seed = check_seed(seed)
-    coords, ell = _lattice_and_length_scale(n_spots, layout, spacing, length_scale)
+    ell = check_real(length_scale, "length_scale", low=0.0, low_open=True, allow_none=True, example="5.0")
+    check_size(n_spots, n_genes, "n_spots", "n_genes")
+    coords, ell = _lattice_and_length_scale(n_spots, layout, spacing, ell, field=pattern == "gp")
 
     start = log_start(f"simulating {n_spots} spots x {n_genes} genes ('{pattern}', {noise} noise)")
     rng = np.random.default_rng(seed)
@@ -353,7 +395,7 @@ def simulate_mixture(
     spacing
         Distance between neighbouring spots.
     length_scale
-        Length scale of the proportion fields; default as in :func:`simulate_field`.
+        Length scale of the proportion fields; default and smallest allowed value as in :func:`simulate_field`.
     seed
         Seed of the local random generator (``None`` draws one and records it).
 
@@ -378,6 +420,11 @@ def simulate_mixture(
     ``obs['cell_type']`` (categorical), and the same ``varm['signature_truth']``, ``uns['cell_types']`` and
     ``uns['simulation']``.
 
+    Raises
+    ------
+    TypeError, ValueError
+        As in :func:`simulate_field`; also ``n_genes < n_types`` and ``depth`` outside (0, 1e12].
+
     Examples
     --------
     >>> import smoother as sm
@@ -396,11 +443,14 @@ def simulate_mixture(
         raise ValueError(msg)
     n_cells_per_type = check_int(n_cells_per_type, "n_cells_per_type")
     noise = check_choice(noise, "noise", NOISES)
-    noise_level = check_positive(noise_level, "noise_level", allow_zero=noise != "nb")
-    depth = check_positive(depth, "depth")
-    spacing = check_positive(spacing, "spacing")
+    noise_level = _check_noise_level(noise_level, noise)
+    depth = check_real(depth, "depth", low=0.0, high=_MAX_DEPTH, low_open=True, example="1000.0")
+    spacing = _check_spacing(spacing)
     seed = check_seed(seed)
-    coords, ell = _lattice_and_length_scale(n_spots, layout, spacing, length_scale)
+    ell = check_real(length_scale, "length_scale", low=0.0, low_open=True, allow_none=True, example="5.0")
+    check_size(n_spots, n_genes, "n_spots", "n_genes")
+    check_size(n_types * n_cells_per_type, n_genes, "n_types * n_cells_per_type", "n_genes")
+    coords, ell = _lattice_and_length_scale(n_spots, layout, spacing, ell, field=True)
 
     start = log_start(f"simulating {n_spots} spots mixing {n_types} cell types, {n_genes} genes")
     rng = np.random.default_rng(seed)
