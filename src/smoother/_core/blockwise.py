@@ -1,0 +1,224 @@
+r"""Dask-backed (out-of-core) versions of the exact fits: blocks in, blocks out, on any Dask scheduler.
+
+Nothing here schedules, forks or writes files of its own: every function returns a lazy :mod:`dask.array` built
+from :func:`dask.array.map_blocks` / :func:`dask.array.blockwise` tasks, and whatever scheduler is active runs them
+(the threaded scheduler by default, a :class:`distributed.Client` when one exists, dask-jobqueue or Kubernetes
+clusters alike).
+
+- **Smoothing** (:func:`smooth_blocks`): the matrix :math:`A = I + \lambda Q` travels once as a single graph key
+  (each worker fetches it once); the Cholesky factor cannot be pickled, so each worker *process* factors ``A`` the
+  first time it needs it and keeps the factor in a per-process cache keyed by the token of ``A``
+  (:func:`cached_factor`); every gene block then costs two triangular solves. Gene blocks hold all spots
+  (rows unchunked), ``genes_per_block`` columns each.
+- **Sparse-times-blocked products** (:func:`sparse_matmul`): :math:`Q X` for a row-chunked ``X`` with one task
+  per non-zero block of ``Q`` (few when spots are stored in spatial order), summed per row block.
+- **Gram matrices** (:func:`gram`): :math:`X^T (I - \lambda Q) X` reduced over spot blocks into a small
+  ``genes x genes`` matrix (spatial PCA).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+_FACTORS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+_MAX_CACHED = 4
+
+
+def is_dask(x: Any) -> bool:
+    """Whether ``x`` is a dask array (without importing dask when it is not loaded)."""
+    import sys
+
+    if "dask" not in sys.modules:
+        return False
+    import dask.array as da
+
+    return isinstance(x, da.Array)
+
+
+def cached_factor(token: str, A: sp.spmatrix):
+    """The :class:`~smoother._core.linalg.SPDFactor` of ``A``, built once per process and kept under ``token``."""
+    from .linalg import SPDFactor
+
+    with _LOCK:
+        fac = _FACTORS.get(token)
+        if fac is None:
+            fac = SPDFactor(A)
+            if len(_FACTORS) >= _MAX_CACHED:
+                _FACTORS.pop(next(iter(_FACTORS)))
+            _FACTORS[token] = fac
+    return fac
+
+
+def clear_cache() -> None:
+    """Drop the cached factors of this process."""
+    with _LOCK:
+        _FACTORS.clear()
+
+
+def _dense(block) -> np.ndarray:
+    if sp.issparse(block):
+        return block.toarray()
+    if hasattr(block, "todense") and not isinstance(block, np.ndarray):  # pydata sparse
+        return np.asarray(block.todense())
+    return np.asarray(block)
+
+
+def _solve_block(Yb, A, token: str, shift, dtype, diag_scale):
+    fac = cached_factor(token, A)
+    Y = _dense(Yb).astype(np.float64)
+    if shift is not None:
+        Y = Y - shift[None, :]
+    rhs = Y if diag_scale is None else diag_scale[:, None] * Y
+    X = fac.solve(rhs)
+    if shift is not None:
+        X = X + shift[None, :]
+    return X.astype(dtype, copy=False)
+
+
+def column_blocks(Y, genes_per_block: int):
+    """``Y`` rechunked to blocks of all rows x ``genes_per_block`` columns (a no-op when it already is)."""
+    n, g = Y.shape
+    want = (n, max(1, min(genes_per_block, g)))
+    if Y.chunks[0] == (n,) and all(c <= want[1] for c in Y.chunks[1]):
+        return Y
+    return Y.rechunk(want)
+
+
+def smooth_blocks(
+    Y,
+    A: sp.spmatrix,
+    *,
+    token: str,
+    genes_per_block: int = 16,
+    means: np.ndarray | None = None,
+    diag_scale: np.ndarray | None = None,
+    dtype=np.float32,
+):
+    r"""Lazy :math:`\hat X = A^{-1} (D (Y - 1 m^T)) + 1 m^T` for a dask array ``Y`` (``n x G``).
+
+    Parameters
+    ----------
+    Y
+        Dask array, dense or scipy-sparse chunks; rechunked to gene blocks holding all spots.
+    A
+        The sparse SPD system matrix ``(n, n)`` (e.g. ``I + lambda Q``).
+    token
+        A name unique to ``A`` (e.g. ``dask.base.tokenize(A)``): the per-process factor cache key.
+    means
+        ``(G,)`` per-gene means removed before and added back after the solve (``None``: none).
+    diag_scale
+        ``(n,)`` diagonal ``D`` applied to the right-hand side (``None``: identity).
+    dtype
+        Result dtype.
+
+    Returns
+    -------
+    dask array ``(n, G)`` of ``dtype``, chunked like the gene blocks.
+    """
+    import dask
+    import dask.array as da
+
+    Yc = column_blocks(Y, genes_per_block)
+    A_key = dask.delayed(sp.csr_matrix(A), pure=True)
+    scale_key = None if diag_scale is None else dask.delayed(np.asarray(diag_scale, dtype=np.float64), pure=True)
+    if means is None:
+        shifts = None
+    else:
+        means = np.asarray(means, dtype=np.float64)
+        bounds = np.cumsum((0, *Yc.chunks[1]))
+        shifts = [means[bounds[i] : bounds[i + 1]] for i in range(len(Yc.chunks[1]))]
+
+    blocks = []
+    for j in range(len(Yc.chunks[1])):
+        part = dask.delayed(_solve_block, pure=True)(
+            Yc.blocks[0, j], A_key, token, None if shifts is None else shifts[j], np.dtype(dtype), scale_key
+        )
+        blocks.append(da.from_delayed(part, shape=(Yc.shape[0], Yc.chunks[1][j]), dtype=np.dtype(dtype)))
+    return da.concatenate(blocks, axis=1)
+
+
+def _row_bounds(chunks) -> np.ndarray:
+    return np.cumsum((0, *chunks))
+
+
+def _matmul_part(Qbc, Xc):
+    out = Qbc @ (Xc if sp.issparse(Xc) else np.asarray(Xc, dtype=np.float64))
+    return out.toarray() if sp.issparse(out) else np.asarray(out)
+
+
+def _sum_parts(*parts):
+    out = parts[0].astype(np.float64, copy=True)
+    for p in parts[1:]:
+        out += p
+    return out
+
+
+def sparse_matmul(Q: sp.spmatrix, X):
+    """Lazy ``Q @ X`` for a sparse ``(n, n)`` ``Q`` and a row-chunked dask ``X`` (``n x G``): dense float64 blocks.
+
+    One task per non-zero block ``Q[b, c]`` (the graph is local: few per row block when spots are stored in
+    spatial order), summed per row block. ``X`` keeps its chunks.
+    """
+    import dask
+    import dask.array as da
+
+    Q = sp.csr_matrix(Q, dtype=np.float64)
+    rb = _row_bounds(X.chunks[0])
+    nb = len(X.chunks[0])
+    out_blocks = []
+    for b in range(nb):
+        Qb = Q[rb[b] : rb[b + 1]]
+        cols = Qb.indices
+        row_parts = []
+        for jc in range(len(X.chunks[1])):
+            parts = []
+            for c in range(nb):
+                lo, hi = rb[c], rb[c + 1]
+                if not ((cols >= lo) & (cols < hi)).any():
+                    continue
+                Qbc = dask.delayed(Qb[:, lo:hi].tocsr(), pure=True)
+                parts.append(dask.delayed(_matmul_part, pure=True)(Qbc, X.blocks[c, jc]))
+            shape = (rb[b + 1] - rb[b], X.chunks[1][jc])
+            if parts:
+                total = dask.delayed(_sum_parts, pure=True)(*parts)
+                row_parts.append(da.from_delayed(total, shape=shape, dtype=np.float64))
+            else:
+                row_parts.append(da.zeros(shape, dtype=np.float64))
+        out_blocks.append(row_parts)
+    return da.block(out_blocks)
+
+
+def _gram_part(Xb, QXb, lam, mean):
+    X = _dense(Xb).astype(np.float64)
+    if mean is not None:
+        X = X - mean[None, :]
+    return X.T @ (X - lam * QXb)
+
+
+def gram(X, Q: sp.spmatrix, lam: float, *, means: np.ndarray | None = None) -> np.ndarray:
+    r""":math:`(X - 1 m^T)^T (I - \lambda Q) (X - 1 m^T)` for a row-chunked dask ``X`` (``n x G``), computed.
+
+    A map-reduce over spot blocks: :math:`\sum_b X_b^T (X_b - \lambda (Q X)_b)`; the result is ``G x G`` float64.
+    With ``means`` the columns are centred (:math:`Q` applied to the centred matrix: :math:`Q X - (Q 1) m^T`).
+    """
+    import dask
+    import dask.array as da
+
+    if X.chunks[1] != (X.shape[1],):
+        X = X.rechunk({1: X.shape[1]})
+    QX = sparse_matmul(Q, X)
+    if means is not None:
+        q1 = np.asarray(sp.csr_matrix(Q) @ np.ones(X.shape[0])).ravel()
+        QX = QX - da.from_array(q1[:, None], chunks=(X.chunks[0], 1)) * means[None, :]
+    rb = _row_bounds(X.chunks[0])
+    parts = [
+        dask.delayed(_gram_part, pure=True)(X.blocks[b, 0], QX.blocks[b, 0], float(lam), means)
+        for b in range(len(rb) - 1)
+    ]
+    total = dask.delayed(_sum_parts, pure=True)(*parts)
+    return np.asarray(total.compute())
