@@ -35,11 +35,11 @@ def test_sphinx_build_without_warnings(tmp_path):
         assert (out / f"{page}.html").is_file(), page
     # an API page for every public module, and a page per function of the AnnData API
     gen = out / "generated"
-    for mod in ["pp", "tl", "pl", "datasets", "losses", "weights", "models"]:
+    for mod in ["pp", "tl", "pl", "get", "datasets", "losses", "weights", "models"]:
         assert (gen / f"smoother.{mod}.html").is_file(), mod
     import smoother as sm
 
-    for mod in (sm.pp, sm.tl, sm.pl, sm.datasets):
+    for mod in (sm.pp, sm.tl, sm.pl, sm.get, sm.datasets):
         for name in mod.__all__:
             assert (gen / f"{mod.__name__}.{name}.html").is_file(), f"{mod.__name__}.{name}"
     # the math page states the exact problems

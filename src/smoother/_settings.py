@@ -30,6 +30,7 @@ class _Settings:
 
     _verbosity: int = 1
     progress_bar: bool | None = None
+    autoshow: bool = True  # sm.pl.*(show=None): call plt.show() and return None, as scanpy does
 
     @property
     def verbosity(self) -> int:
