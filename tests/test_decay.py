@@ -334,3 +334,70 @@ def test_corr_decay_isolated_spots_named_before_any_work():
     # the message's way out: 'isar' is proper with isolated spots
     sm.tl.corr_decay(a, prior="isar", rho=0.9, max_k=5)
     assert np.isfinite(a.uns["corr_decay"]["isar_rho0.9"]["quantiles"][COLS].to_numpy()).all()
+
+
+# ------------------------------------------------------------------------------- degenerate decay-rate fits
+
+
+@pytest.mark.parametrize(
+    "y,why",
+    [
+        (lambda k: 0.9 * np.exp(-0.001 * k), "too slow to identify"),  # a near-straight line as a huge exponential
+        (lambda k: 0.5 - 0.4 * np.exp(-0.3 * k), "does not decay"),  # rising: alpha < 0
+        (lambda k: 0.4 + 0 * k, "flat"),
+        (lambda k: 0.9 - 0.01 * k, "did not converge"),  # an exact straight line
+    ],
+)
+def test_fit_decay_flags_degenerate_fits(adata, y, why):
+    from smoother._core.decay import fit_mono_exp
+
+    k = np.arange(0, 16)
+    q = pd.DataFrame({**{c: y(k) for c in COLS}, "k": k})
+    q.loc[0, COLS] = 1.0
+    adata.uns["corr_decay"] = {"bad": {"quantiles": q, "params": {"kind": "prior"}}}
+    if why in ("too slow to identify", "does not decay"):  # what used to be reported as the decay rate
+        assert np.isfinite(fit_mono_exp(k[1:], q["Q50"].to_numpy()[1:])).all()
+    with pytest.warns(UserWarning, match=why):
+        rates = sm.tl.fit_decay(adata)
+    assert rates.loc["bad", "degenerate"] and why in rates.loc["bad", "note"]
+    assert np.isnan(rates.loc["bad", "beta"])
+    entry = adata.uns["corr_decay"]["bad"]
+    assert np.isnan(entry["decay_rate"]) and entry["decay_degenerate"] and why in entry["decay_note"]
+    assert entry["params"] == {"kind": "prior"}  # the rest of the entry is kept
+
+
+def test_scan_rho_ignores_a_degenerate_data_rate(adata):
+    sm.tl.corr_decay(adata, prior="icar", rho=0.95, max_k=15)
+    k = np.arange(0, 16)
+    q = adata.uns["corr_decay"]["icar_rho0.95"]["quantiles"].copy()
+    lin = pd.DataFrame({**dict.fromkeys(COLS, np.r_[1.0, 0.5 - 0.01 * k[1:]]), "k": k})
+    adata.uns["corr_decay"]["data"] = {"quantiles": lin, "params": {"kind": "data"}}
+    with pytest.warns(UserWarning, match="data curve 'data' is degenerate"):
+        scan = sm.tl.scan_rho(adata, prior="icar", rhos=(0.5, 0.95))
+    assert np.isnan(scan.attrs["data_decay_rate"]) and scan["rate_diff"].isna().all()
+    # best is still the smallest mean absolute difference of the medians, computed by hand
+    mae = {
+        r: np.abs(adata.uns["corr_decay"][f"icar_rho{r:g}"]["quantiles"]["Q50"][1:] - lin["Q50"][1:]).mean()
+        for r in (0.5, 0.95)
+    }
+    assert scan.loc[scan["best"], "rho"].iloc[0] == min(mae, key=mae.get)
+    np.testing.assert_allclose(scan["mae"], [mae[0.5], mae[0.95]])
+    np.testing.assert_allclose(adata.uns["corr_decay"]["icar_rho0.95"]["quantiles"][COLS], q[COLS])
+
+
+def test_similarity_decay_nan_representation_is_an_error(adata):
+    from tests.contract import check_rejects
+
+    rep = np.asarray(adata.X[:, :5], dtype=np.float64)
+    rep[[3, 7], 1] = np.nan
+    adata.obsm["X_rep"] = rep
+    check_rejects(sm.tl.similarity_decay, adata, use_rep="X_rep", max_k=5, error=ValueError, names=("X_rep", "2 spot"))
+    adata.X[2, 2] = np.inf
+    check_rejects(sm.tl.similarity_decay, adata, max_k=5, error=ValueError, names="adata.X")
+    check_rejects(sm.tl.similarity_decay, adata, use_rep="X", max_k=5, error=ValueError, names="adata.X")
+    # NaN beyond the n_pcs used columns is not in the way
+    rep[:, 1] = 0.0
+    rep[[3, 7], 4] = np.nan
+    adata.obsm["X_rep"] = rep
+    sm.tl.similarity_decay(adata, use_rep="X_rep", n_pcs=3, max_k=5, n_null=2)
+    assert np.isfinite(adata.uns["corr_decay"]["data"]["similarity_cdf"][["observed", "shuffled"]].to_numpy()).all()

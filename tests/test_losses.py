@@ -258,7 +258,7 @@ def test_estimate_confidence(swm):
     np.testing.assert_allclose(float(loss(beta)), expected, rtol=1e-5)
     with pytest.raises(ValueError, match="genes"):
         loss.estimate_confidence(torch.tensor(ref[:5]), torch.tensor(st))
-    with pytest.raises(ValueError, match="only 'lr'"):
+    with pytest.raises(ValueError, match="`method`"):
         loss.estimate_confidence(torch.tensor(ref), torch.tensor(st), method="svr")
 
 
@@ -332,3 +332,39 @@ def test_bad_input(swm):
         loss.get_precision(1)
     with pytest.raises(ValueError, match="num_perm"):
         ContrastiveSpatialLoss(spatial_weights=swm, num_perm=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 11: defined results on constant data, true hints, the classic argument names
+# ---------------------------------------------------------------------------------------------------------------
+def test_estimate_confidence_constant_data_is_defined(swm):
+    """Classic smoother divided 0 by 0 here (NaN confidences, then an obscure error)."""
+    rng = np.random.default_rng(7)
+    ref = torch.tensor(rng.gamma(2.0, size=(20, 3)))
+    st = ref @ torch.tensor([[1.0], [2.0], [0.5]], dtype=ref.dtype).repeat(1, 30)  # every spot the same mixture
+    loss = SpatialLoss("icar", swm, rho=0.9)
+    with pytest.warns(UserWarning, match="set to 1"):
+        loss.estimate_confidence(ref, st)
+    np.testing.assert_array_equal(loss.confidences.numpy(), np.ones(3))
+    beta = torch.tensor(rng.normal(size=(3, 30)))
+    Q = loss.get_precision().toarray().astype(np.float32).astype(np.float64)
+    expected = sum(b @ Q @ b for b in beta.numpy()) / 90
+    np.testing.assert_allclose(float(loss(beta)), expected, rtol=1e-5)
+    bad = st.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="st_exp"):
+        loss.estimate_confidence(ref, bad)
+
+
+def test_corr_decay_stats_not_pd_hint_is_true(swm, coords, dense_precision):
+    import re
+
+    loss = SpatialLoss("car", swm, rho=0.9)  # above 1 / lambda_max(W)
+    with pytest.raises(ValueError, match="positive definite exactly for 0 <= rho <") as info:
+        loss.calc_corr_decay_stats(coords, max_k=3)
+    example = float(re.search(r"e\.g\. rho=([0-9]+\.?[0-9]*)", str(info.value)).group(1))
+    W = dense_W(swm)
+    assert np.linalg.eigvalsh(dense_precision(W, "car", 0.9)).min() < 0
+    assert np.linalg.eigvalsh(dense_precision(W, "car", example)).min() > 0
+    df = SpatialLoss("car", swm, rho=example).calc_corr_decay_stats(coords, max_k=3)
+    assert np.isfinite(df.to_numpy(dtype=float)).all()

@@ -110,3 +110,28 @@ def test_estimate_decay_rate():
     y = 0.9 * np.exp(-0.15 * x) + 0.05
     assert estimate_decay_rate(x, y) == pytest.approx(0.15, rel=1e-6)
     np.testing.assert_allclose(estimate_decay_rate(x, y, return_all_params=True), [0.9, 0.15, 0.05], rtol=1e-6)
+
+
+@pytest.mark.parametrize("min_zero", [True, False])
+def test_normalize_minmax_constant_data_is_defined(min_zero):
+    """Classic smoother divided by zero here (all-NaN output)."""
+    import torch
+
+    x = np.full((4, 3), 2.5) if min_zero else np.zeros((4, 3))
+    out, scale = normalize_minmax(x, min_zero=min_zero, return_scale=True)
+    np.testing.assert_array_equal(out.numpy(), np.zeros((4, 3)))
+    assert float(scale) == 1.0
+    shift = torch.as_tensor(x).min(dim=0).values if min_zero else 0.0
+    np.testing.assert_allclose((out * scale + shift).numpy(), x)  # the transform is still invertible
+    # one constant column among varying ones keeps the classic result (that column is 0)
+    y = np.column_stack([np.arange(4.0), np.full(4, 7.0)])
+    np.testing.assert_allclose(normalize_minmax(y).numpy(), np.column_stack([np.arange(4.0) / 3, np.zeros(4)]))
+
+
+def test_normalize_minmax_bad_input():
+    from tests.contract import check_rejects
+
+    check_rejects(normalize_minmax, np.array([[1.0, np.nan]]), error=ValueError, names="`x`")
+    check_rejects(normalize_minmax, np.zeros((0, 2)), error=ValueError, names="`x`")
+    check_rejects(normalize_minmax, np.array([["a", "b"]]), error=TypeError, names="`x`")
+    check_rejects(normalize_minmax, np.ones((2, 2)), min_zero="yes", error=TypeError, names="min_zero")

@@ -26,7 +26,16 @@ from torch import nn
 from ._core.precision import DENSE_WARN
 from ._core.quadratic import quadratic_form, to_torch_sparse
 from ._topology import TopLoss
-from ._validation import check_coords, check_prior, check_rho
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_coords,
+    check_int,
+    check_prior,
+    check_random_state,
+    check_real,
+    check_rho,
+)
 from .weights import SpatialWeightMatrix
 
 __all__ = [
@@ -40,6 +49,7 @@ __all__ = [
 ]
 
 _EPS = 1e-20  # added to probabilities before taking logs (classic convention)
+_INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -155,10 +165,6 @@ def kl_loss(p, weights=None) -> torch.Tensor:
     return (w * kl).sum() / count
 
 
-def _is_index(i, size: int) -> bool:
-    return not isinstance(i, bool) and isinstance(i, (int, np.integer)) and 0 <= i < size
-
-
 def _group_scales(group_scales, beta: torch.Tensor):
     """Scalar or ``(num_group,)`` scales; a length-1 tensor is broadcast to all groups (classic)."""
     s = torch.as_tensor(group_scales, dtype=beta.dtype, device=beta.device)
@@ -210,6 +216,7 @@ def quadratic_loss(beta, inv_cov, group_scales, normalize=True) -> torch.Tensor:
     Scalar tensor, differentiable in ``beta``.
     """
     beta = _check_beta(beta)
+    normalize = check_bool(normalize, "normalize")
     Q = inv_cov
     if not torch.is_tensor(Q):
         Q = torch.as_tensor(np.asarray(Q))
@@ -239,6 +246,7 @@ def sparse_quadratic_loss(beta, inv_cov_2d_sp, group_scales, normalize=True) -> 
     Scalar tensor, differentiable in ``beta``.
     """
     beta = _check_beta(beta)
+    normalize = check_bool(normalize, "normalize")
     loss = quadratic_form(beta, inv_cov_2d_sp, _group_scales(group_scales, beta))
     return loss / beta.numel() if normalize else loss
 
@@ -371,8 +379,7 @@ class SpatialLoss(nn.Module):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 msg = f"Expected `{name}` to be True or False, found `{getattr(self, name)!r}`."
                 raise TypeError(msg)
-        if str(self.prior).lower() != "kl":
-            check_rho(self.rho, str(self.prior).lower())
+        check_rho(self.rho, str(self.prior).lower())
 
     # ---- state -----------------------------------------------------------------------------------------------
     @property
@@ -431,10 +438,8 @@ class SpatialLoss(nn.Module):
         if self.prior == "kl":
             msg = "The 'kl' prior has no precision matrix; use a Gaussian prior ('icar', 'car', ...)."
             raise ValueError(msg)
-        if not _is_index(index, len(self._precisions)):
-            msg = f"`index` must be an integer in [0, {len(self._precisions)}), found `{index!r}`."
-            raise ValueError(msg)
-        return self._precisions[int(index)]
+        index = check_int(index, "index", low=0, high=len(self._precisions) - 1, example="0")
+        return self._precisions[index]
 
     # ---- confidence ----------------------------------------------------------------------------------------
     def estimate_confidence(self, ref_exp, st_exp, method="lr") -> None:
@@ -451,10 +456,11 @@ class SpatialLoss(nn.Module):
             Spatial expression, ``num_gene x num_spot``.
         method
             Only ``'lr'``.
+
+        When no coefficient varies across spots (constant ``st_exp``, one spot), the largest standard deviation
+        is 0 and the classic ratio is 0 / 0: every confidence is set to 1 instead, with a warning.
         """
-        if method != "lr":
-            msg = f"Unknown `method` {method!r}: only 'lr' (linear regression) is available."
-            raise ValueError(msg)
+        check_choice(method, "method", ("lr",))
         X = ref_exp if torch.is_tensor(ref_exp) else torch.as_tensor(np.asarray(ref_exp))
         Y = st_exp if torch.is_tensor(st_exp) else torch.as_tensor(np.asarray(st_exp))
         if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
@@ -463,6 +469,13 @@ class SpatialLoss(nn.Module):
                 f"of genes, found shapes {tuple(X.shape)} and {tuple(Y.shape)}."
             )
             raise ValueError(msg)
+        for name, T in (("ref_exp", X), ("st_exp", Y)):
+            if T.is_complex() or not (T.is_floating_point() or T.dtype in _INT_DTYPES):
+                msg = f"Expected `{name}` to hold real numbers, found dtype {T.dtype}."
+                raise TypeError(msg)
+            if T.is_floating_point() and not torch.isfinite(T).all():
+                msg = f"`{name}` contains NaN or inf; drop or impute those values first."
+                raise ValueError(msg)
         if self._num_spot is not None and Y.shape[1] != self._num_spot:
             msg = f"`st_exp` has {Y.shape[1]} spots but the spatial loss has {self._num_spot}."
             raise ValueError(msg)
@@ -472,13 +485,25 @@ class SpatialLoss(nn.Module):
         dt = torch.promote_types(X.dtype, Y.dtype)
         dt = dt if dt.is_floating_point else torch.float32
         sol = torch.linalg.lstsq(X.to(dt), Y.to(dt)).solution  # num_group x num_spot
-        sd = torch.std(sol, dim=1)
+        sd = torch.std(sol, dim=1) if sol.shape[1] > 1 else torch.zeros(sol.shape[0], dtype=sol.dtype)
+        tiny = 100 * torch.finfo(dt).eps * max(float(sol.abs().max()), torch.finfo(dt).tiny)  # round-off level
+        if not torch.isfinite(sd).all() or float(sd.max()) <= tiny:
+            warnings.warn(
+                "No group's regression coefficient varies across spots (constant `st_exp`, a single spot, or a "
+                "singular `ref_exp`), so the data say nothing about relative confidence: every confidence is set "
+                "to 1.",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.confidences = torch.ones(sol.shape[0])
+            return
         self.confidences = sd / sd.max()
 
     # ---- loss ----------------------------------------------------------------------------------------------
     def forward(self, coefs, normalize=True) -> torch.Tensor:
         """Spatial loss of ``coefs`` (``num_group x num_spot``); divided by ``coefs.numel()`` when ``normalize``."""
         coefs = _check_beta(coefs)
+        normalize = check_bool(normalize, "normalize")
         if self._num_spot is not None and coefs.shape[1] != self._num_spot:
             msg = f"`coefs` has {coefs.shape[1]} spots (columns) but the spatial graph has {self._num_spot}."
             raise ValueError(msg)
@@ -528,41 +553,38 @@ class SpatialLoss(nn.Module):
         if self.prior == "kl":
             msg = "Covariance is not defined for the 'kl' prior; use a Gaussian prior such as 'icar' with rho < 1."
             raise ValueError(msg)
-        if not _is_index(cov_ind, self.n_precisions):
-            msg = f"`cov_ind` must be an integer in [0, {self.n_precisions}), found `{cov_ind!r}`."
-            raise ValueError(msg)
+        cov_ind = check_int(cov_ind, "cov_ind", low=0, high=self.n_precisions - 1, example="0")
+        min_k = check_int(min_k, "min_k", low=0, example="0")
+        max_k = check_int(max_k, "max_k", low=0, example="50")
+        return_var = check_bool(return_var, "return_var")
         xy = check_coords(coords)
         n = self._num_spot
         if xy.shape[0] != n:
             msg = f"`coords` has {xy.shape[0]} spots but the spatial loss has {n}."
             raise ValueError(msg)
-        for name, v in (("min_k", min_k), ("max_k", max_k)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                msg = f"Expected `{name}` to be a non-negative integer, found `{v!r}`."
-                raise ValueError(msg)
         if min_k > max_k or max_k >= n:
             msg = f"Need 0 <= min_k <= max_k < num_spot ({n}), found min_k={min_k}, max_k={max_k}."
             raise ValueError(msg)
 
         from ._core import decay
         from ._core.linalg import NotPositiveDefiniteError
+        from ._core.precision import not_pd_message
 
+        sw = self.spatial_weights
+        swm = sw if isinstance(sw, SpatialWeightMatrix) else sw[cov_ind]
         if self.prior == "sma":
             # the SMA covariance (I + rho W)(I + rho W)^T is sparse: no inverse needed (classic: raw, unstandardized)
-            sw = self.spatial_weights
-            swm = sw if isinstance(sw, SpatialWeightMatrix) else sw[cov_ind]
             cov = decay.sma_covariance(swm.weights_csr(scaled=True).maximum(0), self.rho)
             return decay.corr_decay_quantiles_from_cov(cov, xy, min_k=min_k, max_k=max_k, return_var=return_var)
+        if self.prior in ("icar", "isar") and self.rho >= 1.0:
+            raise ValueError(not_pd_message(self.prior, self.rho) + " Correlation decay needs a proper prior.")
         try:
             return decay.corr_decay_quantiles(
                 self._precisions[cov_ind], xy, min_k=min_k, max_k=max_k, return_var=return_var
             )
         except NotPositiveDefiniteError as exc:
-            msg = (
-                f"The '{self.prior}' precision with rho = {self.rho} is not positive definite, so it has no "
-                "covariance: use rho < 1 (e.g. 0.99) or another prior to compute correlation decay."
-            )
-            raise ValueError(msg) from exc
+            msg = not_pd_message(self.prior, self.rho, swm.weights_csr(scaled=True), graph="these spatial weights")
+            raise ValueError(msg + " Correlation decay needs a proper prior (a covariance).") from exc
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -635,13 +657,12 @@ class ContrastiveSpatialLoss(SpatialLoss):
         *,
         random_state=None,
     ) -> None:
-        if isinstance(num_perm, bool) or not isinstance(num_perm, (int, np.integer)) or num_perm < 1:
-            msg = f"Expected `num_perm` to be a positive integer, found `{num_perm!r}`."
-            raise ValueError(msg)
-        for name, v in (("neg2pos_ratio", neg2pos_ratio), ("lower_bound", lower_bound)):
-            if isinstance(v, bool) or not np.isscalar(v) or not np.isfinite(v):
-                msg = f"Expected `{name}` to be a finite number, found `{v!r}`."
-                raise ValueError(msg)
+        num_perm = check_int(num_perm, "num_perm", low=1, example="10")
+        neg2pos_ratio = check_real(neg2pos_ratio, "neg2pos_ratio", low=0.0, example="0.5")
+        lower_bound = check_real(lower_bound, "lower_bound", example="-1")
+        check_positive_definite = check_bool(check_positive_definite, "check_positive_definite")
+        if not isinstance(random_state, torch.Generator):
+            check_random_state(random_state)
         with warnings.catch_warnings():  # icar at rho = 1 warns by design here (classic)
             warnings.simplefilter("ignore")
             super().__init__(prior, spatial_weights, rho, use_sparse, standardize_cov)
@@ -671,9 +692,7 @@ class ContrastiveSpatialLoss(SpatialLoss):
         if self.prior == "kl":
             msg = "check_positive_definite needs a Gaussian prior, not 'kl'."
             raise ValueError(msg)
-        if isinstance(n_tests, bool) or not isinstance(n_tests, (int, np.integer)) or n_tests < 1:
-            msg = f"Expected `n_tests` to be a positive integer, found `{n_tests!r}`."
-            raise ValueError(msg)
+        n_tests = check_int(n_tests, "n_tests", low=1, example="10")
         n = self._num_spot
         for Q in {id(q): q for q in self._precisions}.values():
             Qs = sp.csr_matrix(Q)
@@ -707,6 +726,10 @@ class ContrastiveSpatialLoss(SpatialLoss):
             Permutations for this call only (default: :attr:`generator`).
         """
         coefs = _check_beta(coefs)
+        normalize = check_bool(normalize, "normalize")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            msg = f"Expected `generator` to be a torch.Generator or None, found {type(generator).__name__}."
+            raise TypeError(msg)
         pos = super().forward(coefs, normalize=normalize)
         neg = 0.0
         for perm in self._perms(coefs.shape[1], generator):

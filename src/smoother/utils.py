@@ -12,7 +12,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._core import decay as _decay
-from ._validation import _torch_to_scipy, check_coords
+from ._validation import (
+    _torch_to_scipy,
+    as_float_array,
+    check_bool,
+    check_choice,
+    check_coords,
+    check_int,
+    check_random_state,
+)
 
 __all__ = [
     "estimate_decay_rate",
@@ -37,7 +45,7 @@ def normalize_minmax(x, min_zero: bool = True, return_scale: bool = False):
     Parameters
     ----------
     x
-        2D array or tensor.
+        Array or tensor (columns are features when ``min_zero``).
     min_zero
         Subtract each column's minimum first (columns then start at 0).
     return_scale
@@ -45,14 +53,37 @@ def normalize_minmax(x, min_zero: bool = True, return_scale: bool = False):
 
     Returns
     -------
-    ``torch.Tensor`` of the shape of ``x`` (and the scale, a 0-d tensor, with ``return_scale``).
+    ``torch.Tensor`` of the shape of ``x`` (and the scale, a 0-d tensor, with ``return_scale``). Constant data
+    (every column constant with ``min_zero``, all zeros otherwise) have nothing to scale: they are divided by 1,
+    so the result is 0 (the shifted data) and the scale returned is 1; ``x_norm * scale + shift`` always gives
+    back ``x``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not numeric, or ``min_zero``/``return_scale`` is not a bool.
+    ValueError
+        ``x`` is empty or contains NaN or inf.
     """
     import torch
 
+    min_zero = check_bool(min_zero, "min_zero")
+    return_scale = check_bool(return_scale, "return_scale")
     if not torch.is_tensor(x):
-        x = torch.as_tensor(np.asarray(x))
+        x = torch.as_tensor(as_float_array(x, "x", expected="a numeric array or tensor"))
+    if x.is_complex() or x.dtype == torch.bool:
+        msg = f"Expected `x` to hold real numbers, found dtype {x.dtype}."
+        raise TypeError(msg)
+    if x.numel() == 0 or x.ndim == 0:
+        msg = f"Expected a non-empty array `x`, found shape {tuple(x.shape)}."
+        raise ValueError(msg)
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        msg = f"`x` contains {int((~torch.isfinite(x)).sum())} NaN or inf value(s); drop or impute them first."
+        raise ValueError(msg)
     x_norm = x - x.min(dim=0, keepdim=True).values if min_zero else x.clone()
     scale = x_norm.abs().max()
+    if scale == 0:  # constant data: nothing to scale, divide by 1
+        scale = torch.ones_like(scale)
     x_norm = x_norm / scale
     if return_scale:
         return x_norm, scale
@@ -87,9 +118,18 @@ def _randomized(Z, q):
 
 def _check_features(features, coords):
     coords = check_coords(coords)
-    n_spot = _to_numpy(features).shape[1] if not sp.issparse(features) else features.shape[1]
+    F = _to_numpy(features) if not sp.issparse(features) else features
+    if F.ndim != 2:
+        msg = f"Expected `features` of shape (num_feature, num_spot), found shape {F.shape}."
+        raise ValueError(msg)
+    n_spot = F.shape[1]
     if n_spot != coords.shape[0]:
         msg = f"`features` has {n_spot} spots (columns) but `coords` has {coords.shape[0]} rows."
+        raise ValueError(msg)
+    values = F.data if sp.issparse(F) else F
+    if not np.isfinite(values).all():
+        bad = int(values.size - np.isfinite(values).sum())
+        msg = f"`features` contains {bad} NaN or inf value(s): the cosine similarity is undefined; drop or impute them."
         raise ValueError(msg)
     return coords
 
@@ -118,6 +158,10 @@ def quantile_feature_similarity_decay(
     -------
     ``pandas.DataFrame`` with one row per ``k = 0..max_k`` and columns ``Q10, Q25, Q50, Q75, Q90, k``.
     """
+    max_k = check_int(max_k, "max_k", low=0, example="50")
+    topk = check_bool(topk, "topk")
+    reduce = check_choice(reduce, "reduce", ("pca", "none"))
+    dim = check_int(dim, "dim", low=1, example="20")
     coords = _check_features(features, coords)
     _decay.check_decay_args(coords.shape[0], 0, max_k, None)
     X = _reduce(features, reduce, dim)
@@ -138,6 +182,11 @@ def quantile_feature_similarity_neighbor(
     Long ``pandas.DataFrame`` with columns ``Quantile`` (0, 0.01, ..., 1), ``Data`` (``'Observed'`` or
     ``'Shuffled'``) and ``CumulativeDensity`` (the similarity at that quantile), 202 rows.
     """
+    k = check_int(k, "k", low=1, example="6")
+    reduce = check_choice(reduce, "reduce", ("pca", "none"))
+    dim = check_int(dim, "dim", low=1, example="20")
+    n_null = check_int(n_null, "n_null", low=1, example="100")
+    seed = check_random_state(seed, "seed")
     coords = _check_features(features, coords)
     _decay.check_decay_args(coords.shape[0], 0, k, None)
     X = _reduce(features, reduce, dim)
@@ -165,6 +214,8 @@ def get_neighbor_quantile_value_by_k(sq_mat, coords, min_k: int = 0, max_k: int 
     """
     coords = check_coords(coords)
     n = coords.shape[0]
+    if not hasattr(sq_mat, "shape"):
+        sq_mat = as_float_array(sq_mat, "sq_mat", expected="a (num_spot, num_spot) matrix")
     if tuple(sq_mat.shape) != (n, n):
         msg = f"Expected `sq_mat` of shape ({n}, {n}) to match `coords`, found {tuple(sq_mat.shape)}."
         raise ValueError(msg)
@@ -196,7 +247,20 @@ def estimate_decay_rate(x, y, return_all_params: bool = False):
 
     Returns
     -------
-    ``beta`` (float), or the array ``[alpha, beta, theta]``.
+    ``beta`` (float), or the array ``[alpha, beta, theta]``, as fitted (the classic result). A degenerate fit —
+    a flat or rising curve, a near-straight line fitted as a huge slow exponential (``beta`` near 0), a poor fit —
+    gives a ``UserWarning`` saying why (see :func:`smoother._core.decay.decay_fit_problem`): that ``beta`` is not
+    a decay rate.
     """
-    params = _decay.fit_mono_exp(_to_numpy(x), _to_numpy(y))
+    import warnings
+
+    return_all_params = check_bool(return_all_params, "return_all_params")
+    x = as_float_array(x, "x", expected="a 1D numeric array").ravel()
+    y = as_float_array(y, "y", expected="a 1D numeric array").ravel()
+    if x.shape != y.shape:
+        msg = f"Expected `x` and `y` of the same length, found {x.size} and {y.size}."
+        raise ValueError(msg)
+    *params, problem = _decay.fit_decay_rate(x, y)
+    if problem:
+        warnings.warn(f"The decay-rate fit is degenerate: {problem}.", UserWarning, stacklevel=2)
     return np.asarray(params) if return_all_params else params[1]

@@ -388,7 +388,7 @@ def decay_fit_problem(x: np.ndarray, y: np.ndarray, params: tuple[float, float, 
         return f"only {x.size} finite point(s) on the curve; a decay rate needs at least 3 (use a larger max_k)"
     alpha, beta, theta = (float(v) for v in params)
     if not np.isfinite([alpha, beta, theta]).all():
-        return "the least-squares fit did not converge"
+        return "the least-squares fit did not converge (the curve has no mono-exponential shape, e.g. a straight line)"
     span, yrange = float(x.max() - x.min()), float(y.max() - y.min())
     if yrange <= 1e-12:
         return f"the curve is flat (constant {y[0]:.3g}): no decay"
