@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from smoother._core import knn_graph, precision
+from smoother._core.graph import knn_graph
+from smoother._core.precision import precision
 from smoother._core.spca import lambda_upper_bound, spatial_gram
 from smoother._core.spca import spatial_pca as core_spca
 

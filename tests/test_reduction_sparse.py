@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from smoother._core import knn_graph, precision, spca
+from smoother._core import spca
+from smoother._core.graph import knn_graph
+from smoother._core.precision import precision
 from smoother._core.spca import spatial_gram
 from smoother._core.spca import spatial_pca as core_spca
 

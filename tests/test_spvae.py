@@ -14,7 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def counts():
     import anndata as ad
 
-    from smoother._core import knn_graph
+    from smoother._core.graph import knn_graph
 
     rng = np.random.default_rng(0)
     xx, yy = np.meshgrid(np.arange(16.0), np.arange(16.0))
@@ -48,7 +48,7 @@ def test_spatial_tiles_partition_and_contiguity():
 def test_spatial_loss_term_matches_formula(counts):
     import torch
 
-    from smoother._core import precision
+    from smoother._core.precision import precision
     from smoother.models.reduction import SpatialVAE
     from smoother.models.reduction._spvae import SPOT_INDEX_KEY
 
@@ -99,7 +99,7 @@ def test_spatial_vae_bad_input_leaves_adata_unchanged(counts):
 
 
 def test_from_rna_model_and_sp_loss_as_kl(counts):
-    from smoother._core import precision
+    from smoother._core.precision import precision
     from smoother.models.reduction import SpatialVAE
 
     ref = counts.copy()
@@ -119,7 +119,7 @@ def test_from_rna_model_and_sp_loss_as_kl(counts):
 
 
 def test_spatial_anvi_trains(counts):
-    from smoother._core import precision
+    from smoother._core.precision import precision
     from smoother.models.reduction import SpatialANVI
 
     a = counts.copy()

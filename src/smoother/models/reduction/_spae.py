@@ -27,7 +27,8 @@ from torch import nn
 
 from ..._core.fit import should_stop
 from ..._settings import logger, progress
-from ._sppca import _adata_matrix, quadratic_precision
+from ..._validation import check_bool, check_choice, check_int, check_lambda, check_random_state, check_real
+from ._sppca import _adata_matrix, check_fit_args, check_spatial_loss, quadratic_precision
 
 
 def _empty_logs() -> dict:
@@ -108,14 +109,32 @@ class SpatialAutoEncoder(nn.Module):
         random_state: int | None = 0,
     ) -> None:
         super().__init__()
-        if recon_loss_mode not in ("mse", "poisson"):
-            msg = f"Unknown recon_loss_mode `{recon_loss_mode!r}`: expected 'mse' or 'poisson'."
-            raise ValueError(msg)
+        recon_loss_mode = check_choice(recon_loss_mode, "recon_loss_mode", ("poisson", "mse"))
+        lam_sp = check_lambda(lambda_spatial_loss, "lambda_spatial_loss")
+        lam_orth = check_lambda(lambda_orth_loss, "lambda_orth_loss")
+        n_layers = check_int(n_layers, "n_layers", low=1, example="1")
+        n_hidden = check_int(n_hidden, "n_hidden", low=1, example="128")
+        n_latent = check_int(n_latent, "n_latent", low=1, example="10")
+        dropout_rate = check_real(dropout_rate, "dropout_rate", low=0.0, high=1.0, high_open=True, example="0.1")
+        for name, value in (("use_batch_norm", use_batch_norm), ("use_activation", use_activation)):
+            check_bool(value, name)
+        check_bool(use_bias, "use_bias")
+        if activation_fn is not None and not callable(activation_fn):
+            msg = f"Expected `activation_fn` to be a torch activation class such as nn.ReLU, found {activation_fn!r}."
+            raise TypeError(msg)
+        random_state = check_random_state(random_state)
+        data = _adata_matrix(adata, layer)
+        if recon_loss_mode == "poisson":
+            vals = data.data if sp.issparse(data) else data
+            if vals.size and vals.min() < 0:
+                msg = "`recon_loss_mode='poisson'` needs non-negative data (counts); pass recon_loss_mode='mse'."
+                raise ValueError(msg)
+        check_spatial_loss(spatial_loss, data.shape[0])
         self.n_feature = int(adata.shape[1])
-        self.n_latent = int(n_latent)
+        self.n_latent = n_latent
         self.spatial_loss = spatial_loss
-        self.l_sp_loss = float(lambda_spatial_loss)
-        self.l_orth_loss = float(lambda_orth_loss)
+        self.l_sp_loss = lam_sp
+        self.l_orth_loss = lam_orth
         self.setup_args = {
             "lambda_orth_loss": lambda_orth_loss,
             "recon_loss_mode": recon_loss_mode,
@@ -241,11 +260,13 @@ class SpatialAutoEncoder(nn.Module):
         shared rule :func:`smoother._core.fit.should_stop`) or at ``max_epochs``. ``optimizer`` is ``'SGD'``
         (momentum 0.9) or ``'Adam'``; the learning rate drops tenfold on plateaus as in the classic model.
         """
+        lr, max_epochs, patience, tol = check_fit_args(
+            lr, max_epochs, patience, tol, verbose=verbose, quite=quite, clear_logs=clear_logs, quiet=quiet
+        )
+        optimizer = check_choice(optimizer, "optimizer", ("SGD", "Adam"))
+        check_spatial_loss(self.spatial_loss, self._data.shape[1], data="the loaded data")
         if quiet is not None:
             quite = quiet
-        if optimizer not in ("SGD", "Adam"):
-            msg = f"Unknown optimizer `{optimizer!r}`: expected 'SGD' or 'Adam'."
-            raise ValueError(msg)
         self.dr_configs = {"lr": lr, "max_epochs": max_epochs, "patience": patience, "tol": tol, "optimizer": optimizer}
         if clear_logs:
             self.dr_logs = _empty_logs()
@@ -294,6 +315,15 @@ class SpatialAutoEncoder(nn.Module):
     @classmethod
     def from_rna_model(cls, rna_model, st_adata, layer: str | None = None, spatial_loss=None, lambda_spatial_loss=0.1):
         """A spatial autoencoder with the layout and weights of a trained (single-cell) autoencoder."""
+        if not isinstance(rna_model, SpatialAutoEncoder):
+            msg = f"Expected `rna_model` to be a trained SpatialAutoEncoder, found {type(rna_model).__name__}."
+            raise TypeError(msg)
+        if getattr(st_adata, "n_vars", None) != rna_model.n_feature:
+            msg = (
+                f"`st_adata` has {getattr(st_adata, 'n_vars', None)} features but `rna_model` was built on "
+                f"{rna_model.n_feature}; subset both to the same genes in the same order."
+            )
+            raise ValueError(msg)
         args = deepcopy(rna_model.setup_args)
         model = cls(st_adata, layer=layer, spatial_loss=spatial_loss, lambda_spatial_loss=lambda_spatial_loss, **args)
         state = {k: v for k, v in rna_model.state_dict().items() if k.startswith(("encoder.", "decoder."))}

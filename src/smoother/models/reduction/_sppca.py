@@ -32,7 +32,7 @@ from torch import nn
 
 from ..._core.fit import ClassicStopping
 from ..._settings import logger
-from ..._validation import _torch_to_scipy
+from ..._validation import _torch_to_scipy, check_bool, check_choice, check_int, check_lambda, check_real
 
 _LOG_KEYS = ("elapsed_time", "total_loss", "recon_loss", "spatial_loss")
 
@@ -43,15 +43,66 @@ def _empty_logs() -> dict:
 
 def _adata_matrix(adata, layer, n_feature: int | None = None):
     """The (spots x features) data of ``adata`` as given (kept sparse), validated (``n_feature`` columns if given)."""
-    from ..._anndata import get_matrix
+    from ..._anndata import check_adata, get_matrix
 
+    check_adata(adata, writes=False)
     if n_feature is not None and adata.shape[1] != n_feature:
-        msg = f"The new data have {adata.shape[1]} features but the model has {n_feature}."
+        msg = f"`adata` has {adata.shape[1]} features but the model has {n_feature}; pass data with the same genes."
         raise ValueError(msg)
     X, _ = get_matrix(adata, layer)
     if sp.issparse(X):
         return X.astype(np.float64) if not np.issubdtype(X.dtype, np.floating) else X
     return np.asarray(X, dtype=np.float64 if not np.issubdtype(X.dtype, np.floating) else X.dtype)
+
+
+def spatial_loss_spots(spatial_loss) -> int | None:
+    """The number of spots ``spatial_loss`` is defined on (``None`` when it does not say, e.g. a custom callable).
+
+    Raises ``TypeError`` when ``spatial_loss`` is neither ``None``, a classic ``SpatialLoss`` (or any callable
+    loss module), nor a square precision matrix (scipy sparse, numpy or torch).
+    """
+    if spatial_loss is None:
+        return None
+    if sp.issparse(spatial_loss) or isinstance(spatial_loss, np.ndarray) or torch.is_tensor(spatial_loss):
+        shape = tuple(spatial_loss.shape)
+        if len(shape) != 2 or shape[0] != shape[1]:
+            msg = f"A precision matrix given as `spatial_loss` must be square (n_spots x n_spots), found {shape}."
+            raise ValueError(msg)
+        return int(shape[0])
+    if not callable(spatial_loss):
+        msg = (
+            "Expected `spatial_loss` to be a smoother.SpatialLoss, a precision matrix or None, found "
+            f"{type(spatial_loss).__name__}."
+        )
+        raise TypeError(msg)
+    n = getattr(spatial_loss, "num_spot", None)
+    return None if n is None else int(n)
+
+
+def check_spatial_loss(spatial_loss, n_spots: int, *, data: str = "adata") -> None:
+    """``ValueError`` naming both sizes when ``spatial_loss`` is defined on another number of spots than the data."""
+    m = spatial_loss_spots(spatial_loss)
+    if m is not None and m != n_spots:
+        msg = (
+            f"`spatial_loss` is defined on {m} spots but `{data}` has {n_spots} spots; build the spatial weights "
+            f"on the coordinates of these {n_spots} spots (or load the data the loss was built for)."
+        )
+        raise ValueError(msg)
+
+
+def check_fit_args(lr, max_epochs, patience, tol, **flags) -> tuple[float, int, int, float]:
+    """The classic gradient settings (``max_epochs=-1``: the classic 10,000) and boolean ``flags``, checked."""
+    lr = check_real(lr, "lr", low=0.0, low_open=True, example="0.01")
+    max_epochs = check_int(max_epochs, "max_epochs", low=-1, example="1000")
+    if max_epochs == 0:
+        msg = "Expected `max_epochs` >= 1 (or -1 for the classic 10,000), found `0` (e.g. max_epochs=1000)."
+        raise ValueError(msg)
+    patience = check_int(patience, "patience", low=0, example="10")
+    tol = check_real(tol, "tol", low=0.0, example="1e-5")
+    for name, value in flags.items():
+        if value is not None:
+            check_bool(value, name)
+    return lr, max_epochs, patience, tol
 
 
 def quadratic_precision(spatial_loss, n_spots: int) -> tuple[sp.csr_matrix | np.ndarray, float] | None:
@@ -124,18 +175,21 @@ class SpatialPCA(nn.Module):
 
     def __init__(self, adata, layer: str | None = None, n_latent: int = 10, spatial_loss=None, lambda_spatial_loss=0.1):
         super().__init__()
-        if isinstance(n_latent, bool) or not isinstance(n_latent, (int, np.integer)) or n_latent < 1:
-            msg = f"Expected `n_latent` to be a positive integer, found `{n_latent!r}`."
-            raise ValueError(msg)
+        n_latent = check_int(n_latent, "n_latent", low=1, example="10")
+        lam = check_lambda(lambda_spatial_loss, "lambda_spatial_loss")
+        data = _adata_matrix(adata, layer)
         self.n_feature = int(adata.shape[1])
         if n_latent >= self.n_feature:
-            msg = f"`n_latent` ({n_latent}) must be smaller than the number of features ({self.n_feature})."
+            msg = (
+                f"Expected `n_latent` < the number of features ({self.n_feature}), found {n_latent} "
+                f"(e.g. n_latent={max(self.n_feature - 1, 1)})."
+            )
             raise ValueError(msg)
+        check_spatial_loss(spatial_loss, data.shape[0])
         self.n_latent = int(n_latent)
-        self._data = None
-        self.load_adata(adata, layer)
+        self._data = data
         self.spatial_loss = spatial_loss
-        self.l_sp_loss = float(lambda_spatial_loss)
+        self.l_sp_loss = lam
         gen = torch.Generator().manual_seed(0)
         U0 = torch.rand(self.n_feature, self.n_latent, generator=gen, dtype=torch.float64)
         self.U = nn.Parameter(torch.linalg.qr(U0, mode="reduced")[0], requires_grad=True)
@@ -209,11 +263,21 @@ class SpatialPCA(nn.Module):
             the classic loss, whatever the start. ``'sgd'``: the classic projected SGD (needed when the spatial
             loss is not a single quadratic form, e.g. ``ContrastiveSpatialLoss``).
         """
+        lr, max_epochs, patience, tol = check_fit_args(
+            lr,
+            max_epochs,
+            patience,
+            tol,
+            init_with_svd=init_with_svd,
+            verbose=verbose,
+            quite=quite,
+            clear_logs=clear_logs,
+            quiet=quiet,
+        )
+        method = check_choice(method, "method", ("exact", "sgd"))
         if quiet is not None:
             quite = quiet
-        if method not in ("exact", "sgd"):
-            msg = f"Unknown method `{method!r}`: expected 'exact' or 'sgd'."
-            raise ValueError(msg)
+        check_spatial_loss(self.spatial_loss, self.n_spot, data="the loaded data")
         qp = quadratic_precision(self.spatial_loss, self.n_spot)
         if method == "exact" and self.spatial_loss is not None and self.l_sp_loss > 0 and qp is None:
             msg = (
@@ -316,6 +380,15 @@ class SpatialPCA(nn.Module):
         The exact solver does not depend on the start; the loadings matter for ``reduce(method='sgd')`` or when
         the model is used without refitting.
         """
+        if not isinstance(rna_model, SpatialPCA):
+            msg = f"Expected `rna_model` to be a fitted SpatialPCA, found {type(rna_model).__name__}."
+            raise TypeError(msg)
+        if getattr(st_adata, "n_vars", None) != rna_model.n_feature:
+            msg = (
+                f"`st_adata` has {getattr(st_adata, 'n_vars', None)} features but `rna_model` was built on "
+                f"{rna_model.n_feature}; subset both to the same genes in the same order."
+            )
+            raise ValueError(msg)
         model = cls(
             st_adata,
             layer=layer,

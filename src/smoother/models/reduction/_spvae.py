@@ -26,13 +26,15 @@ from __future__ import annotations
 import inspect
 import time
 import warnings
+from copy import deepcopy
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from ..._settings import logger
-from ._sppca import quadratic_precision
+from ..._validation import check_bool, check_device, check_int, check_key, check_lambda, check_random_state, check_real
+from ._sppca import check_spatial_loss, quadratic_precision, spatial_loss_spots
 
 SPOT_INDEX_KEY = "_smoother_spot_index"
 
@@ -193,68 +195,138 @@ class _SpatialLossMixin:
 
         base = super().loss(tensors, inference_outputs, generative_outputs, *args, **kwargs)
         lam = getattr(self, "l_sp_loss", 0.0)
-        idx = tensors.get(SPOT_INDEX_KEY) if isinstance(tensors, dict) else None
-        if getattr(self, "_sm_Q", None) is None or lam <= 0 or idx is None:
+        if getattr(self, "_sm_Q", None) is None or lam <= 0:
             return base
         m, v = self._latent_moments(inference_outputs)
-        QB = self._sub_precision(torch.as_tensor(idx).reshape(-1), m)
+        idx = tensors.get(SPOT_INDEX_KEY) if isinstance(tensors, dict) else None
+        if idx is None:
+            if m.shape[0] != self._sm_Q.shape[0]:
+                # a batch of unknown spots (e.g. scvi's own evaluation loaders): no spatial term can be formed
+                return base
+            idx = torch.arange(m.shape[0])  # the whole data set, in order (the published full-batch convention)
+        idx = torch.as_tensor(idx).reshape(-1)
+        QB = self._sub_precision(idx, m)
         b = m.shape[0]
         quad = (m * torch.sparse.mm(QB, m)).sum()
         scale = lam * self._sm_conf / b
+        kl_weight = kwargs.get("kl_weight", args[0] if args else 1.0)
+        kl_local = base.kl_local
         if not self.sp_loss_as_kl:
             sp_term = scale * quad
             total = base.loss + sp_term
         else:
-            kl_weight = kwargs.get("kl_weight", args[0] if args else 1.0)
-            diag = torch.as_tensor(self._sm_Q_diag[torch.as_tensor(idx).cpu().numpy()], dtype=m.dtype, device=m.device)
+            diag = torch.as_tensor(self._sm_Q_diag[idx.cpu().numpy()], dtype=m.dtype, device=m.device)
             sp_term = 0.5 * scale * (quad + (diag[:, None] * v).sum() - torch.log(v).sum())
-            kl_z = base.kl_local["kl_divergence_z"]
-            total = base.loss - kl_weight * kl_z.mean() + kl_weight * sp_term
+            total = base.loss + kl_weight * sp_term
+            if isinstance(kl_local, dict) and "kl_divergence_z" in kl_local:
+                # the KL of z to N(0, I) is replaced by the KL to the spatial prior
+                total = total - kl_weight * kl_local["kl_divergence_z"].mean()
+                kl_local = {**kl_local, "kl_divergence_z": sp_term}
         return LossOutput(
             loss=total,
             reconstruction_loss=base.reconstruction_loss,
-            kl_local=base.kl_local,
+            kl_local=kl_local,
             kl_global=sp_term.detach(),
+            classification_loss=base.classification_loss,
+            true_labels=base.true_labels,
+            logits=base.logits,
             extra_metrics=base.extra_metrics,
         )
 
 
-def _attach(module, spatial_loss, lambda_spatial_loss: float, sp_loss_as_kl: bool, n_spots: int):
-    """Turn an scvi module into its spatial subclass in place and store the precision."""
-    base_cls = type(module)
+_MODULE_CLASSES: dict = {}  # scvi module class -> its spatial subclass (SPVAE, SPANVAE, SPMULTIVAE)
+
+
+def _check_spatial_args(spatial_loss, lambda_spatial_loss, sp_loss_as_kl, n_spots: int | None, data: str):
+    """Check the spatial arguments of a model or module (before anything is built); return ``(lambda, kl)``."""
+    lam = check_lambda(lambda_spatial_loss, "lambda_spatial_loss")
+    kl = check_bool(sp_loss_as_kl, "sp_loss_as_kl")
+    if n_spots is None:
+        spatial_loss_spots(spatial_loss)  # type check only
+    else:
+        check_spatial_loss(spatial_loss, n_spots, data=data)
+    if kl and (spatial_loss is None or lam == 0):
+        msg = (
+            "`sp_loss_as_kl=True` replaces the KL term by the spatial prior's: it needs `spatial_loss` and "
+            "`lambda_spatial_loss` > 0."
+        )
+        raise ValueError(msg)
+    return lam, kl
+
+
+def _attach(module, spatial_loss, lambda_spatial_loss: float, sp_loss_as_kl: bool, n_spots: int | None = None):
+    """Turn an scvi module into its spatial subclass in place and store the precision (arguments checked)."""
+    lam, kl = _check_spatial_args(spatial_loss, lambda_spatial_loss, sp_loss_as_kl, n_spots, "adata")
     if not isinstance(module, _SpatialLossMixin):
-        module.__class__ = type(f"Spatial{base_cls.__name__}", (_SpatialLossMixin, base_cls), {})
-    module.l_sp_loss = float(lambda_spatial_loss)
-    module.sp_loss_as_kl = bool(sp_loss_as_kl)
+        base_cls = type(module)
+        cls = _MODULE_CLASSES.get(base_cls) or type(f"Spatial{base_cls.__name__}", (_SpatialLossMixin, base_cls), {})
+        module.__class__ = cls
+    module.spatial_loss = spatial_loss
+    module.l_sp_loss = lam
+    module.sp_loss_as_kl = kl
     module._sm_Q, module._sm_Q_full, module._sm_conf, module._sm_Q_diag = None, None, 1.0, None
-    if spatial_loss is None or lambda_spatial_loss <= 0:
-        if sp_loss_as_kl:
-            msg = "`sp_loss_as_kl=True` needs a spatial loss and lambda_spatial_loss > 0."
-            raise ValueError(msg)
+    if spatial_loss is None or lam == 0:
         return module
-    qp = quadratic_precision(spatial_loss, n_spots)
+    n = n_spots if n_spots is not None else spatial_loss_spots(spatial_loss)
+    qp = quadratic_precision(spatial_loss, n) if n is not None else None
     if qp is None:
         msg = (
-            "The spatial loss must be a quadratic SpatialLoss on these spots (one weight matrix, equal "
-            f"confidences) or a precision matrix of shape ({n_spots}, {n_spots})."
+            "`spatial_loss` must be a quadratic SpatialLoss (one weight matrix, equal confidences; not 'kl' or "
+            "contrastive) or a precision matrix."
         )
         raise ValueError(msg)
     Q, c = qp
     module._sm_Q = sp.csr_matrix(Q, dtype=np.float64)
     module._sm_conf = float(c)
-    if sp_loss_as_kl:
+    if kl:
         module._sm_Q_diag = module._sm_Q.diagonal()
     return module
 
 
 # ----------------------------------------------------------------------------------------------- models
-def _spatial_train(model, *, max_epochs, lr, batch_size, coords_key, random_state, plan_kwargs, kwargs):
+_ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+
+
+def _check_train_args(model, max_epochs, lr, batch_size, coords_key, random_state, accelerator, devices):
+    """Check the training arguments before anything is trained (``device='cuda'`` without CUDA included)."""
+    max_epochs = check_int(max_epochs, "max_epochs", low=1, example="400")
+    lr = check_real(lr, "lr", low=0.0, example="0.01")
+    batch_size = check_int(batch_size, "batch_size", low=2, allow_none=True, example="256")
+    coords_key = check_key(coords_key, "coords_key")
+    random_state = check_random_state(random_state)
+    if not isinstance(accelerator, str) or accelerator not in _ACCELERATORS:
+        msg = (
+            f"Expected `accelerator` to be one of {list(_ACCELERATORS)}, found `{accelerator!r}` "
+            "(e.g. accelerator='cpu')."
+        )
+        raise (TypeError if not isinstance(accelerator, str) else ValueError)(msg)
+    if accelerator in ("gpu", "cuda"):
+        index = devices[0] if isinstance(devices, (list, tuple)) and len(devices) == 1 else None
+        check_device("cuda" if not isinstance(index, int) else f"cuda:{index}", "accelerator")
+    elif accelerator == "mps":
+        check_device("mps", "accelerator")
     coords = None
     if batch_size is not None:
         if coords_key not in model.adata.obsm:
             msg = f"Mini-batch tiles need coordinates in `adata.obsm[{coords_key!r}]`; or pass batch_size=None."
             raise KeyError(msg)
-        coords = np.asarray(model.adata.obsm[coords_key], dtype=np.float64)
+        from ..._validation import check_coords
+
+        coords = check_coords(model.adata.obsm[coords_key], name=f"adata.obsm[{coords_key!r}]")
+    return max_epochs, lr, batch_size, coords, random_state
+
+
+def _spatial_train(model, *, max_epochs, lr, batch_size, coords_key, random_state, plan_kwargs, kwargs):
+    max_epochs, lr, batch_size, coords, random_state = _check_train_args(
+        model,
+        max_epochs,
+        lr,
+        batch_size,
+        coords_key,
+        random_state,
+        kwargs.get("accelerator", "cpu"),
+        kwargs.get("devices", "auto"),
+    )
     if kwargs.get("early_stopping", False):
         msg = "Early stopping is not supported: all spots are training spots (there is no validation set)."
         raise ValueError(msg)
@@ -293,6 +365,122 @@ def _hist(hist, key) -> list[float]:
     if key not in hist:
         return []
     return [float(v) for v in np.asarray(hist[key]).ravel()]
+
+
+def _make_modules():
+    """The spatial scvi modules of smoother-omics 1.1.0's names: ``SPVAE``, ``SPANVAE``, ``SPMULTIVAE``."""
+    from scvi.module import MULTIVAE, SCANVAE, VAE
+
+    def _module_init(self, base_cls, spatial_loss, lambda_spatial_loss, sp_loss_as_kl, kwargs):
+        _check_spatial_args(spatial_loss, lambda_spatial_loss, sp_loss_as_kl, None, "the data")
+        base_cls.__init__(self, **kwargs)
+        _attach(self, spatial_loss, lambda_spatial_loss, sp_loss_as_kl)
+
+    def _from_vae(cls, vae_module, spatial_loss, lambda_spatial_loss, sp_loss_as_kl):
+        base = cls.__mro__[2]  # (cls, _SpatialLossMixin, scvi module class, ...)
+        if not isinstance(vae_module, base) or (type(vae_module) is not base and not isinstance(vae_module, cls)):
+            msg = f"Expected `vae_module` to be a {base.__name__}, found {type(vae_module).__name__}."
+            raise TypeError(msg)
+        _check_spatial_args(spatial_loss, lambda_spatial_loss, sp_loss_as_kl, None, "the data")
+        module = deepcopy(vae_module)
+        module.__class__ = cls
+        return _attach(module, spatial_loss, lambda_spatial_loss, sp_loss_as_kl)
+
+    class SPVAE(_SpatialLossMixin, VAE):
+        """``scvi.module.VAE`` with the spatial loss of the latent means (smoother-omics 1.1.0's name).
+
+        Parameters
+        ----------
+        n_input
+            Number of genes.
+        spatial_loss
+            Classic :class:`~smoother.losses.SpatialLoss` or a precision matrix, on the spots of the data.
+        lambda_spatial_loss
+            Weight of the spatial loss.
+        sp_loss_as_kl
+            Replace the KL of ``z`` to ``N(0, I)`` by the KL to the spatial prior.
+        n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood, latent_distribution, **model_kwargs
+            As ``scvi.module.VAE``.
+        """
+
+        def __init__(
+            self,
+            n_input: int,
+            spatial_loss=None,
+            lambda_spatial_loss: float = 0.1,
+            sp_loss_as_kl: bool = False,
+            n_hidden: int = 128,
+            n_latent: int = 10,
+            n_layers: int = 1,
+            dropout_rate: float = 0.1,
+            dispersion: str = "gene",
+            gene_likelihood: str = "nb",
+            latent_distribution: str = "normal",
+            **model_kwargs,
+        ):
+            kwargs = {
+                "n_input": n_input,
+                "n_hidden": n_hidden,
+                "n_latent": n_latent,
+                "n_layers": n_layers,
+                "dropout_rate": dropout_rate,
+                "dispersion": dispersion,
+                "gene_likelihood": gene_likelihood,
+                "latent_distribution": latent_distribution,
+                **model_kwargs,
+            }
+            _module_init(self, VAE, spatial_loss, lambda_spatial_loss, sp_loss_as_kl, kwargs)
+
+        @classmethod
+        def from_vae(cls, vae_module, spatial_loss=None, lambda_spatial_loss: float = 0.1, sp_loss_as_kl=False):
+            """A copy of a (trained) ``VAE`` module with the spatial loss added."""
+            return _from_vae(cls, vae_module, spatial_loss, lambda_spatial_loss, sp_loss_as_kl)
+
+    class SPANVAE(_SpatialLossMixin, SCANVAE):
+        """``scvi.module.SCANVAE`` with the spatial loss of the latent means ``z1`` (smoother-omics 1.1.0's name).
+
+        SCANVI's ``z1`` has a learned hierarchical prior rather than ``N(0, I)``, so ``sp_loss_as_kl=True`` adds
+        the KL to the spatial prior (weighted like the other KL terms) instead of replacing a term.
+        """
+
+        def __init__(
+            self,
+            n_input: int,
+            spatial_loss=None,
+            lambda_spatial_loss: float = 0.1,
+            sp_loss_as_kl: bool = False,
+            **model_kwargs,
+        ):
+            kwargs = {"n_input": n_input, **model_kwargs}
+            _module_init(self, SCANVAE, spatial_loss, lambda_spatial_loss, sp_loss_as_kl, kwargs)
+
+        @classmethod
+        def from_vae(cls, vae_module, spatial_loss=None, lambda_spatial_loss: float = 0.1, sp_loss_as_kl=False):
+            """A copy of a (trained) ``SCANVAE`` module with the spatial loss added."""
+            return _from_vae(cls, vae_module, spatial_loss, lambda_spatial_loss, sp_loss_as_kl)
+
+    class SPMULTIVAE(_SpatialLossMixin, MULTIVAE):
+        """``scvi.module.MULTIVAE`` with the spatial loss of the joint latent means (smoother-omics 1.1.0's name).
+
+        The defaults are the published ones: ``lambda_spatial_loss=1``, ``sp_loss_as_kl=True``.
+        """
+
+        def __init__(
+            self,
+            spatial_loss=None,
+            lambda_spatial_loss: float = 1.0,
+            sp_loss_as_kl: bool = True,
+            **model_kwargs,
+        ):
+            _module_init(self, MULTIVAE, spatial_loss, lambda_spatial_loss, sp_loss_as_kl, model_kwargs)
+
+        @classmethod
+        def from_vae(cls, vae_module, spatial_loss=None, lambda_spatial_loss: float = 1.0, sp_loss_as_kl=True):
+            """A copy of a (trained) ``MULTIVAE`` module with the spatial loss added."""
+            return _from_vae(cls, vae_module, spatial_loss, lambda_spatial_loss, sp_loss_as_kl)
+
+    _MODULE_CLASSES.update({VAE: SPVAE, SCANVAE: SPANVAE, MULTIVAE: SPMULTIVAE})
+    return SPVAE, SPANVAE, SPMULTIVAE
 
 
 def _make_models():
@@ -375,9 +563,16 @@ def _make_models():
             (``unfrozen=True`` trains everything). The returned model is not trained yet.
             """
             scvi_cls = cls._scvi_cls
-            st = scvi_cls.prepare_query_anndata(st_adata, sc_model, inplace=False)
-            if st is None:
-                st = st_adata
+            if not isinstance(sc_model, scvi_cls):
+                msg = f"Expected `sc_model` to be a trained {scvi_cls.__name__}, found {type(sc_model).__name__}."
+                raise TypeError(msg)
+            _check_spatial_args(spatial_loss, lambda_spatial_loss, sp_loss_as_kl, st_adata.n_obs, "st_adata")
+            from anndata import AnnData
+
+            st = st_adata
+            if isinstance(st_adata, AnnData):  # a MuData (MULTIVI) is used as registered, modality by modality
+                st = scvi_cls.prepare_query_anndata(st_adata, sc_model, inplace=False)
+                st = st_adata if st is None else st
             base = scvi_cls.load_query_data(
                 st,
                 sc_model,
@@ -428,6 +623,7 @@ def _make_models():
             latent_distribution: str = "normal",
             **model_kwargs,
         ):
+            _check_spatial_args(spatial_loss, lambda_spatial_loss, sp_loss_as_kl, st_adata.n_obs, "st_adata")
             super().__init__(
                 st_adata,
                 n_hidden=n_hidden,
@@ -443,11 +639,12 @@ def _make_models():
             self.init_params_ = self._get_init_params(locals())
 
     class SpatialANVI(_SpatialModelMixin, SCANVI):
-        """``scvi.model.SCANVI`` with a spatial loss on the latent means (``sp_loss_as_kl`` not supported).
+        """``scvi.model.SCANVI`` with a spatial loss on the latent means ``z1`` (module :class:`SPANVAE`).
 
         The classifier is trained on the labelled spots of the full-data batches only when scvi-tools' own
         semi-supervised loader is used; with the spatial tile loader, batches carry no separate labelled set,
         so fine-tune a trained SCANVI (``from_rna_model``) rather than training one from scratch here.
+        ``sp_loss_as_kl=True`` adds the KL to the spatial prior (see :class:`SPANVAE`).
         """
 
         _scvi_cls = SCANVI
@@ -460,20 +657,19 @@ def _make_models():
             sp_loss_as_kl: bool = False,
             **model_kwargs,
         ):
-            if sp_loss_as_kl:
-                msg = "`sp_loss_as_kl=True` is only available for SpatialVAE."
-                raise ValueError(msg)
+            _check_spatial_args(spatial_loss, lambda_spatial_loss, sp_loss_as_kl, st_adata.n_obs, "st_adata")
             super().__init__(st_adata, **model_kwargs)
-            self._init_spatial(spatial_loss, lambda_spatial_loss, False)
+            self._init_spatial(spatial_loss, lambda_spatial_loss, sp_loss_as_kl)
             self.init_params_ = self._get_init_params(locals())
 
     class SpatialMULTIVI(_SpatialModelMixin, MULTIVI):
-        """``scvi.model.MULTIVI`` with a spatial loss on the joint latent means (``sp_loss_as_kl`` not supported).
+        """``scvi.model.MULTIVI`` with a spatial loss on the joint latent means (module :class:`SPMULTIVAE`).
 
         Register the data with ``SpatialMULTIVI.setup_mudata(mdata, modalities={"rna_layer": "rna",
         "atac_layer": "atac"})`` on a ``MuData`` whose ``obsm['spatial']`` holds the coordinates (needed for
         tiled mini-batches); in scvi-tools >= 1.4 ``MULTIVI.setup_anndata`` is deprecated and registers nothing.
         ``train(lr=...)`` is honoured (scvi's ``MULTIVI.train`` default is ``1e-4``; here it is ``0.01``).
+        The defaults ``lambda_spatial_loss=1``, ``sp_loss_as_kl=True`` are smoother-omics 1.1.0's.
         """
 
         _scvi_cls = MULTIVI
@@ -482,31 +678,55 @@ def _make_models():
             self,
             st_adata,
             spatial_loss=None,
-            lambda_spatial_loss: float = 0.1,
-            sp_loss_as_kl: bool = False,
+            lambda_spatial_loss: float = 1.0,
+            sp_loss_as_kl: bool = True,
             **model_kwargs,
         ):
-            if sp_loss_as_kl:
-                msg = "`sp_loss_as_kl=True` is only available for SpatialVAE."
-                raise ValueError(msg)
+            _check_spatial_args(spatial_loss, lambda_spatial_loss, sp_loss_as_kl, st_adata.n_obs, "st_adata")
             super().__init__(st_adata, **model_kwargs)
-            self._init_spatial(spatial_loss, lambda_spatial_loss, False)
+            self._init_spatial(spatial_loss, lambda_spatial_loss, sp_loss_as_kl)
             self._model_summary_string = self._model_summary_string.replace("MultiVI", type(self).__name__, 1)
             self.init_params_ = self._get_init_params(locals())
+
+        @classmethod
+        def from_sc_model(
+            cls,
+            st_adata,
+            sc_model,
+            spatial_loss=None,
+            lambda_spatial_loss: float = 1.0,
+            sp_loss_as_kl: bool = True,
+            **kwargs,
+        ):
+            """smoother-omics 1.1.0's name of :meth:`from_rna_model` (with its MULTIVI defaults)."""
+            return cls.from_rna_model(
+                st_adata,
+                sc_model,
+                spatial_loss=spatial_loss,
+                lambda_spatial_loss=lambda_spatial_loss,
+                sp_loss_as_kl=sp_loss_as_kl,
+                **kwargs,
+            )
 
     return SpatialVAE, SpatialANVI, SpatialMULTIVI
 
 
+_NAMES = ("SpatialVAE", "SpatialANVI", "SpatialMULTIVI", "SPVAE", "SPANVAE", "SPMULTIVAE")
 _MODELS = None
 
 
 def __getattr__(name: str):
     global _MODELS
-    if name in ("SpatialVAE", "SpatialANVI", "SpatialMULTIVI"):
+    if name in _NAMES:
         if _MODELS is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                _MODELS = dict(zip(("SpatialVAE", "SpatialANVI", "SpatialMULTIVI"), _make_models(), strict=True))
+                modules = _make_modules()
+                _MODELS = dict(zip(_NAMES, (*_make_models(), *modules), strict=True))
         return _MODELS[name]
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES))

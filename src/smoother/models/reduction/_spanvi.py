@@ -1,0 +1,19 @@
+"""smoother-omics 1.1.0's module path of the spatial SCANVI: ``from smoother.models.reduction._spanvi import
+SPANVAE, SpatialANVI`` keeps working (both are defined with the other scvi-tools models, loaded on first use)."""
+
+from __future__ import annotations
+
+_NAMES = ("SPANVAE", "SpatialANVI")
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        from . import _spvae
+
+        return getattr(_spvae, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__():
+    return sorted(_NAMES)
