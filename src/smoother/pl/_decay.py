@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -15,27 +15,78 @@ _QCOLS = ("Q10", "Q25", "Q50", "Q75", "Q90")
 
 
 def _store(adata, fn: str = "sm.tl.corr_decay"):
-    store = adata.uns.get(K.CORR_DECAY) if hasattr(adata, "uns") else None
-    if not store:
+    """``adata.uns['corr_decay']`` (``TypeError`` for a non-AnnData, ``KeyError`` naming ``fn`` when missing)."""
+    from .._anndata import check_adata
+
+    check_adata(adata, writes=False)
+    store = adata.uns.get(K.CORR_DECAY)
+    if not isinstance(store, Mapping) or not store:
         msg = f"No results in `adata.uns['corr_decay']`. Please run `{fn}` first."
         raise KeyError(msg)
     return store
 
 
-def _select(store, keys, fn: str = "sm.tl.corr_decay") -> list[str]:
+def _select(store, keys, fn: str = "sm.tl.corr_decay", name: str = "keys") -> list[str]:
     if keys is None:
         names = list(store.keys())
         # the data curve first, then the priors
         return sorted(names, key=lambda n: 0 if _kind(store[n]) == "data" else 1)
-    keys = [keys] if isinstance(keys, str) else list(keys)
-    missing = [k for k in keys if k not in store]
+    items = [keys] if isinstance(keys, str) else keys
+    if isinstance(items, bytes) or not isinstance(items, Sequence | np.ndarray):
+        msg = f"Expected `{name}` to be an entry name, a list of them or None, found {type(keys).__name__}."
+        raise TypeError(msg)
+    items = list(items)
+    if not items or not all(isinstance(k, str) for k in items):
+        msg = f"Expected `{name}` to hold at least one entry name (strings), found `{keys!r}`."
+        raise (ValueError if not items else TypeError)(msg)
+    missing = [k for k in items if k not in store]
     if missing:
         msg = (
             f"Result(s) {missing} not found in `adata.uns['corr_decay']` (available: {list(store.keys())}). "
             f"Please run `{fn}` first."
         )
         raise KeyError(msg)
-    return keys
+    for k in items:
+        q = store[k].get("quantiles") if isinstance(store[k], Mapping) else None
+        if not hasattr(q, "columns") or not {"k", *_QCOLS} <= set(q.columns):
+            msg = f"`adata.uns['corr_decay'][{k!r}]` has no decay table (Q10 .. Q90, k). Please run `{fn}` again."
+            raise KeyError(msg)
+    return items
+
+
+def _check_plot_args(*, ax, figsize, title, legend, palette, n_colors: int) -> None:
+    """Checks shared by the plots: ``ax``, ``figsize``, ``title``, ``legend``, ``palette``."""
+    from .._validation import check_bool, check_real
+
+    if ax is not None:
+        from matplotlib.axes import Axes
+
+        if not isinstance(ax, Axes):
+            msg = f"Expected `ax` to be a matplotlib Axes or None, found {type(ax).__name__}."
+            raise TypeError(msg)
+    if figsize is not None:
+        if isinstance(figsize, str) or not isinstance(figsize, Sequence | np.ndarray) or len(figsize) != 2:
+            msg = f"Expected `figsize` to be (width, height) in inches or None, found `{figsize!r}`."
+            raise TypeError(msg)
+        for i, v in enumerate(figsize):
+            check_real(v, f"figsize[{i}]", low=0.0, low_open=True, example="4.0")
+    if title is not None and not isinstance(title, str):
+        msg = f"Expected `title` to be a string or None, found {type(title).__name__}."
+        raise TypeError(msg)
+    check_bool(legend, "legend")
+    if palette is not None:
+        if isinstance(palette, str) or not isinstance(palette, Sequence | np.ndarray) or len(palette) < 1:
+            msg = f"Expected `palette` to be a list of colours (e.g. ['tab:red', 'tab:grey']), found `{palette!r}`."
+            raise TypeError(msg)
+        from matplotlib.colors import is_color_like
+
+        bad = [c for c in palette if not is_color_like(c)]
+        if bad:
+            msg = f"`palette` holds values that are not colours: {bad[:3]}; use e.g. ['tab:red', 'tab:grey']."
+            raise ValueError(msg)
+        if len(palette) < n_colors:
+            msg = f"`palette` has {len(palette)} colour(s), {n_colors} needed."
+            raise ValueError(msg)
 
 
 def _kind(entry) -> str:
@@ -116,11 +167,13 @@ def corr_decay(
     :class:`~matplotlib.axes.Axes` (overlay) or :class:`~matplotlib.figure.Figure` (``panels=True``). Never
     calls ``plt.show()``.
     """
-    if kind not in _KINDS:
-        msg = f"Expected `kind` to be one of {list(_KINDS)}, found `{kind!r}`."
-        raise ValueError(msg)
+    from .._validation import check_bool, check_choice
+
     store = _store(adata)
     names = _select(store, keys)
+    check_choice(kind, "kind", _KINDS)
+    panels = check_bool(panels, "panels")
+    _check_plot_args(ax=ax, figsize=figsize, title=title, legend=legend, palette=palette, n_colors=1)
     if panels and ax is not None:
         msg = "`ax` cannot be used with `panels=True`; pass `panels=False` to draw into `ax`."
         raise ValueError(msg)
@@ -205,9 +258,13 @@ def similarity_cdf(
     :class:`~matplotlib.axes.Axes`. Never calls ``plt.show()``.
     """
     store = _store(adata, "sm.tl.similarity_decay")
-    _select(store, key, "sm.tl.similarity_decay")
+    if not isinstance(key, str):
+        msg = f"Expected `key` to be an entry name (a string), found {type(key).__name__} `{key!r}`."
+        raise TypeError(msg)
+    _select(store, key, "sm.tl.similarity_decay", name="key")
+    _check_plot_args(ax=ax, figsize=figsize, title=title, legend=legend, palette=palette, n_colors=2)
     entry = store[key]
-    if "similarity_cdf" not in entry:
+    if not hasattr(entry.get("similarity_cdf"), "columns"):
         msg = f"`adata.uns['corr_decay'][{key!r}]` has no similarity CDF. Please run `sm.tl.similarity_decay` first."
         raise KeyError(msg)
     import matplotlib.pyplot as plt
