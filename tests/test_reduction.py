@@ -258,3 +258,52 @@ def test_tl_sma_prior_matches_dense_precision(adata, problem, dense_precision):
     sm.tl.spatial_pca(adata, n_comps=3, lambda_spatial=0.3, prior="sma", rho=0.5, standardize=False)
     np.testing.assert_allclose(adata.uns["spatial_pca"]["objective"] * adata.n_obs, w, rtol=1e-8)
     np.testing.assert_allclose(np.abs(adata.varm["spatial_PCs"].T @ V), np.eye(3), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- mask_var (issue 13)
+def test_tl_mask_var_as_scanpy(adata, problem):
+    import warnings
+
+    import smoother as sm
+
+    _, X, W, _ = problem
+    Q = precision(W, "icar", 0.99, standardize=True)
+    sel = np.zeros(adata.n_vars, dtype=bool)
+    sel[[0, 2, 3, 5, 8, 9, 11, 14, 20]] = True
+    w, V = _brute_force(X[:, sel], Q, 3, 0.05, True)  # the reference: the selected genes only
+
+    def run(**kw):
+        out = sm.tl.spatial_pca(adata, n_comps=3, lambda_spatial=0.05, copy=True, **kw)
+        return out.varm["spatial_PCs"], out.uns["spatial_pca"]
+
+    # a boolean array and a var column give the selected genes' result, loadings 0 elsewhere
+    L, u = run(mask_var=sel)
+    np.testing.assert_allclose(np.abs(L[sel].T @ V), np.eye(3), atol=1e-6)
+    assert np.all(L[~sel] == 0)
+    np.testing.assert_allclose(u["objective"] * adata.n_obs, w, rtol=1e-8)
+    np.testing.assert_array_equal(u["params"]["mask_var"], sel)
+    adata.var["mine"] = sel
+    L2, u2 = run(mask_var="mine")
+    np.testing.assert_allclose(L2, L, atol=1e-12)
+    assert u2["params"]["mask_var"] == "mine" and u2["params"]["use_highly_variable"] is False
+    # default: 'highly_variable' when that column exists (scanpy's default); mask_var=None: every gene
+    adata.var["highly_variable"] = sel
+    L3, u3 = run()
+    np.testing.assert_allclose(L3, L, atol=1e-12)
+    assert u3["params"]["mask_var"] == "highly_variable" and u3["params"]["use_highly_variable"] is True
+    L4, u4 = run(mask_var=None)
+    assert np.all(L4 != 0) and u4["params"]["mask_var"] is None
+    # the deprecated alias still works, with scanpy's FutureWarning
+    with pytest.warns(FutureWarning, match="use_highly_variable"):
+        L5, _ = run(use_highly_variable=True)
+    np.testing.assert_allclose(L5, L, atol=1e-12)
+    with pytest.warns(FutureWarning, match="use_highly_variable"):
+        L6, _ = run(use_highly_variable=False)
+    np.testing.assert_allclose(L6, L4, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(mask_var="highly_variable")  # the new spelling does not warn
+    with pytest.raises(ValueError, match=r"either `mask_var` or the deprecated `use_highly_variable`"):
+        run(mask_var="highly_variable", use_highly_variable=True)
+    with pytest.raises(ValueError, match=r"either `mask_var` or the deprecated `use_highly_variable`"):
+        run(mask_var=None, use_highly_variable=False)
