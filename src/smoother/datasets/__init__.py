@@ -4,8 +4,13 @@ Visium-like hexagonal lattices and square grids of any size (:func:`lattice`), s
 Gaussian, Poisson or negative binomial noise (:func:`simulate_field`), and cell-type mixtures with spatially
 smooth proportions plus a single-cell reference (:func:`simulate_mixture`). Everything is seeded and built
 without loops over spots, from 100 to 10^6 spots.
+
+Real tissue: :func:`dlpfc_151673` gives the human DLPFC Visium section 151673 (real spot positions, cortical
+layers and layer-level expression; spot-level counts generated from them), read from ``SMOOTHER_DATA_DIR`` or
+downloaded once.
 """
 
+from ._dlpfc import dlpfc_151673
 from ._simulate import lattice, simulate_field, simulate_mixture
 
-__all__ = ["lattice", "simulate_field", "simulate_mixture"]
+__all__ = ["dlpfc_151673", "lattice", "simulate_field", "simulate_mixture"]
