@@ -173,6 +173,17 @@ def _group_scales(group_scales, beta: torch.Tensor):
     return s
 
 
+def _as_tensor(x, name: str) -> torch.Tensor:
+    """A tensor as is, anything else through numpy (``TypeError`` naming ``name`` when it is not numeric)."""
+    if torch.is_tensor(x):
+        return x
+    arr = np.asarray(x)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        msg = f"Expected `{name}` to be a numeric array or tensor, found dtype {arr.dtype}."
+        raise TypeError(msg)
+    return torch.as_tensor(arr)
+
+
 def _check_beta(beta) -> torch.Tensor:
     if not torch.is_tensor(beta):
         beta = torch.as_tensor(np.asarray(beta))
@@ -461,8 +472,7 @@ class SpatialLoss(nn.Module):
         is 0 and the classic ratio is 0 / 0: every confidence is set to 1 instead, with a warning.
         """
         check_choice(method, "method", ("lr",))
-        X = ref_exp if torch.is_tensor(ref_exp) else torch.as_tensor(np.asarray(ref_exp))
-        Y = st_exp if torch.is_tensor(st_exp) else torch.as_tensor(np.asarray(st_exp))
+        X, Y = _as_tensor(ref_exp, "ref_exp"), _as_tensor(st_exp, "st_exp")
         if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
             msg = (
                 f"Expected `ref_exp` (num_gene x num_group) and `st_exp` (num_gene x num_spot) with the same number "
@@ -470,7 +480,7 @@ class SpatialLoss(nn.Module):
             )
             raise ValueError(msg)
         for name, T in (("ref_exp", X), ("st_exp", Y)):
-            if T.is_complex() or not (T.is_floating_point() or T.dtype in _INT_DTYPES):
+            if T.is_complex() or not (T.is_floating_point() or T.dtype in _INT_DTYPES or T.dtype == torch.bool):
                 msg = f"Expected `{name}` to hold real numbers, found dtype {T.dtype}."
                 raise TypeError(msg)
             if T.is_floating_point() and not torch.isfinite(T).all():
