@@ -100,7 +100,7 @@ def check_fit_args(lr, max_epochs, patience, tol, **flags) -> tuple[float, int, 
     patience = check_int(patience, "patience", low=0, example="10")
     tol = check_real(tol, "tol", low=0.0, example="1e-5")
     for name, value in flags.items():
-        if value is not None:
+        if not (name == "quiet" and value is None):  # quiet=None: use the classic `quite`
             check_bool(value, name)
     return lr, max_epochs, patience, tol
 
