@@ -343,9 +343,9 @@ def test_tiny_length_scale_is_a_clear_error_naming_a_working_value():
         sm.datasets.simulate_field(400, pattern="gp", length_scale=1e-6)
     suggested = float(str(info.value).rsplit("length_scale=", 1)[1].rstrip(")."))
     coords = sm.datasets.lattice(400, "hex")
-    _fields.check_field_grid(coords, suggested)  # the value named in the message works ...
+    _fields.check_field_grid(np.ptp(coords, axis=0), suggested)  # the value named in the message works ...
     with pytest.raises(ValueError):
-        _fields.check_field_grid(coords, 0.98 * suggested)  # ... and is close to the smallest that does
+        _fields.check_field_grid(np.ptp(coords, axis=0), 0.98 * suggested)  # ... close to the smallest that does
     assert _fields._grid_cells(np.ptp(coords, axis=0), suggested) <= _fields.MAX_GRID_CELLS
     with pytest.raises(ValueError, match="length_scale"):
         sm.datasets.simulate_mixture(300, length_scale=1e-5)
@@ -384,3 +384,14 @@ def test_values_that_would_overflow_are_rejected(kwargs, name):
 def test_mixture_depth_bound():
     with pytest.raises(ValueError, match=r"`depth` in \(0, 1e\+12\]"):
         sm.datasets.simulate_mixture(50, depth=1e300)
+
+
+@pytest.mark.parametrize("layout", ["hex", "square"])
+def test_lattice_extent_without_building_the_lattice(layout):
+    """The grid check runs before the lattice is built, from this closed form: compare with the lattice itself."""
+    from smoother.datasets import _fields
+
+    for n in [1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 13, 30, 31, 97, 1000, 1001]:
+        for spacing in (1.0, 0.37):
+            xy = sm.datasets.lattice(n, layout, spacing=spacing)
+            np.testing.assert_allclose(_fields.lattice_extent(n, layout, spacing), np.ptp(xy, axis=0), atol=1e-12)

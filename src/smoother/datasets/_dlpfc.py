@@ -262,6 +262,7 @@ def dlpfc_151673(
     noise = check_choice(noise, "noise", _NOISES)
     noise_level = check_real(noise_level, "noise_level", low=0.0, low_open=True, example="0.1")
     seed = check_random_state(random_state)
+    check_bool(download, "download")
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31 - 1))
     paths = dlpfc_files(download=download)

@@ -82,10 +82,10 @@ def _grid_cells(extent: np.ndarray, ell: float) -> float:
     return float(np.prod(np.ceil(span / cell) + 4))
 
 
-def check_field_grid(coords: np.ndarray, length_scale: float, name: str = "length_scale") -> None:
-    """``ValueError`` when a Gaussian field of this length scale over these coordinates needs more than
-    :data:`MAX_GRID_CELLS` grid cells; the message names the smallest length scale that works."""
-    extent = np.ptp(coords, axis=0) if coords.shape[0] else np.zeros(coords.shape[1])
+def check_field_grid(extent: np.ndarray, length_scale: float, name: str = "length_scale") -> None:
+    """``ValueError`` when a Gaussian field of this length scale over a tissue of this extent (per axis) needs more
+    than :data:`MAX_GRID_CELLS` grid cells; the message names the smallest length scale that works."""
+    extent = np.asarray(extent, dtype=np.float64)
     cells = _grid_cells(extent, length_scale)
     if cells <= MAX_GRID_CELLS:
         return
@@ -128,10 +128,21 @@ def make_lattice(n_spots: int, layout: str, spacing: float) -> np.ndarray:
     return np.column_stack([x, y]).astype(np.float64)
 
 
-def default_length_scale(coords: np.ndarray, spacing: float) -> float:
-    """A sixth of the longest side of the bounding box, but at least three spot spacings."""
-    extent = float(np.ptp(coords, axis=0).max()) if coords.shape[0] > 1 else 0.0
-    return max(extent / 6.0, 3.0 * spacing)
+def lattice_extent(n_spots: int, layout: str, spacing: float) -> np.ndarray:
+    """``np.ptp(make_lattice(n_spots, layout, spacing), axis=0)`` without building the lattice (O(rows) work)."""
+    n_cols, n_rows = lattice_shape(n_spots, layout)
+    rows = np.arange(n_rows)
+    count = np.full(n_rows, n_cols)
+    count[-1] = n_spots - n_cols * (n_rows - 1)
+    shift = 0.5 * (rows % 2) if layout == "hex" else np.zeros(n_rows)
+    width = float((count - 1 + shift).max() - shift.min())
+    height = (n_rows - 1) * (_HEX_ROW if layout == "hex" else 1.0)
+    return np.array([width, height]) * float(spacing)
+
+
+def default_length_scale(extent: np.ndarray, spacing: float) -> float:
+    """A sixth of the longest side of the bounding box (``extent`` per axis), but at least three spot spacings."""
+    return max(float(np.max(extent)) / 6.0, 3.0 * spacing)
 
 
 def standardize_columns(a: np.ndarray) -> np.ndarray:
@@ -154,7 +165,7 @@ def gaussian_fields(coords: np.ndarray, n_fields: int, length_scale: float, rng:
     from scipy import ndimage
 
     ell = float(length_scale)
-    check_field_grid(coords, ell)
+    check_field_grid(np.ptp(coords, axis=0), ell)
     cell = ell / _CELLS_PER_LENGTH
     pad = _PAD_LENGTHS * ell
     lo = coords.min(axis=0) - pad

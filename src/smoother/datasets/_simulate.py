@@ -28,6 +28,7 @@ from ._fields import (
     check_size,
     default_length_scale,
     gaussian_fields,
+    lattice_extent,
     make_lattice,
     standardize_columns,
 )
@@ -85,16 +86,16 @@ def lattice(n_spots: int, layout: Literal["hex", "square"] = "hex", *, spacing: 
 def _lattice_and_length_scale(
     n_spots: int, layout: str, spacing: float, length_scale: float | None, *, field: bool
 ) -> tuple[np.ndarray, float]:
-    """The lattice of the simulators and the field's length scale (default from the lattice).
+    """The lattice of the simulators and the field's length scale (default from the lattice's extent).
 
     ``length_scale`` was checked by the caller; with ``field=True`` (a Gaussian field is drawn) the size of its
-    FFT grid is checked here, before any field work.
+    FFT grid is checked here from the extent alone, before the lattice or anything else is built.
     """
-    coords = make_lattice(n_spots, layout, spacing)
-    ell = default_length_scale(coords, spacing) if length_scale is None else length_scale
+    extent = lattice_extent(n_spots, layout, spacing)
+    ell = default_length_scale(extent, spacing) if length_scale is None else length_scale
     if field:
-        check_field_grid(coords, ell)
-    return coords, ell
+        check_field_grid(extent, ell)
+    return make_lattice(n_spots, layout, spacing), ell
 
 
 #: Spot spacing allowed by the simulators: squared distances of the coordinates stay finite and non-zero.
