@@ -32,29 +32,35 @@ def _Q(W, rho):
     return np.diag(W.sum(1)) - rho * W
 
 
-def test_fixed_obs_is_the_gaussian_conditional():
+@pytest.mark.parametrize("center", [False, True])
+def test_fixed_obs_is_the_gaussian_conditional(center):
     a, c_new = _split()
-    out = sm.tl.impute(a, c_new, prior="icar", rho=0.99, n_neighs=4, dtype="float64")
+    out = sm.tl.impute(a, c_new, prior="icar", rho=0.99, n_neighs=4, center=center, dtype="float64")
     obs = out.obs["observed"].to_numpy()
     assert obs.sum() == a.n_obs and (~obs).sum() == len(c_new)
     np.testing.assert_array_equal(out.X[obs], a.X)  # observations kept
     Q = _Q(out.obsp["spatial_connectivities"], 0.99)
-    ref = np.linalg.solve(Q[~obs][:, ~obs], -Q[~obs][:, obs] @ np.asarray(a.X, np.float64))
+    Y = np.asarray(a.X, np.float64)
+    m = Y.mean(0) if center else np.zeros(a.n_vars)  # the field's prior mean
+    ref = m + np.linalg.solve(Q[~obs][:, ~obs], -Q[~obs][:, obs] @ (Y - m))
     np.testing.assert_allclose(out.X[~obs], ref, atol=1e-9)
+    assert out.obs["connected"].all()
     np.testing.assert_allclose(out.obsm["spatial"][~obs], c_new)
     assert out.uns["impute"]["params"]["fixed_obs"] is True
 
 
-def test_joint_denoise_and_fill_equals_dense_solve():
+@pytest.mark.parametrize("center", [False, True])
+def test_joint_denoise_and_fill_equals_dense_solve(center):
     a, c_new = _split(seed=1)
     lam = 0.7
-    out = sm.tl.impute(a, c_new, fixed_obs=False, lambda_spatial=lam, n_neighs=4, dtype="float64")
+    out = sm.tl.impute(a, c_new, fixed_obs=False, lambda_spatial=lam, n_neighs=4, center=center, dtype="float64")
     obs = out.obs["observed"].to_numpy()
     Q = _Q(out.obsp["spatial_connectivities"], 0.99)
     P = np.diag(obs.astype(float))
     Yall = np.zeros((out.n_obs, a.n_vars))
     Yall[obs] = a.X
-    ref = np.linalg.solve(P + lam * Q, P @ Yall)
+    m = Yall[obs].mean(0) if center else np.zeros(a.n_vars)
+    ref = m + np.linalg.solve(P + lam * Q, P @ (Yall - m))
     np.testing.assert_allclose(out.X, ref, atol=1e-9)
 
 
@@ -80,7 +86,9 @@ def test_classic_imputetorch_agrees_with_tl_impute(fixed_obs):
     assert res.shape == (len(coords_all), a.n_vars)
     # the classic loss normalizes the fit by n_obs*G and the prior by n_all*G: lambda' = lam_c * n_obs / n_all
     lam = lam_c * a.n_obs / len(coords_all)
-    out = sm.tl.impute(a, c_new, fixed_obs=fixed_obs, lambda_spatial=lam, n_neighs=4, dtype="float64")
+    out = sm.tl.impute(
+        a, c_new, fixed_obs=fixed_obs, lambda_spatial=lam, n_neighs=4, rho=0.99, center=False, dtype="float64"
+    )
     np.testing.assert_allclose(res, out.X, atol=1e-5)
     # and it is the optimum of the classic objective: Adam from the classic defaults ends higher
     with pytest.warns(UserWarning, match="converge"):  # 200 Adam epochs do not converge
@@ -135,9 +143,33 @@ def test_impute_bad_inputs():
     del b.obsm["spatial"]
     with pytest.raises(KeyError, match="obsm"):
         sm.tl.impute(b, c_new)
-    far = np.array([[1000.0, 1000.0], [1001.0, 1000.0]])  # a separate island: undetermined under the Laplacian
-    with pytest.raises(ValueError, match="not connected"):
-        sm.tl.impute(a, far, n_neighs=1, mutual=True, rho=1.0)
+
+
+@pytest.mark.parametrize("rho", [0.9, 1.0])
+@pytest.mark.parametrize("fixed_obs", [True, False])
+def test_spots_without_a_path_to_data_are_flagged_not_silently_zero(rho, fixed_obs):
+    a, c_new = _split()
+    a.X = a.X + 5.0  # far from 0, so a silent 0 would show
+    far = np.array([[1000.0, 1000.0], [1001.0, 1000.0]])  # a separate island: no graph path to any observation
+    coords = np.vstack([c_new, far])
+    with pytest.warns(UserWarning, match=r"2 new spot\(s\) have no graph path.*obs\['connected'\]"):
+        out = sm.tl.impute(a, coords, n_neighs=4, rho=rho, fixed_obs=fixed_obs, dtype="float64")
+    conn = out.obs["connected"].to_numpy()
+    np.testing.assert_array_equal(conn, np.r_[np.ones(a.n_obs + len(c_new), bool), False, False])
+    np.testing.assert_allclose(out.X[~conn], np.tile(np.asarray(a.X, np.float64).mean(0), (2, 1)), rtol=1e-6)
+    # the connected spots get the dense solution of the problem restricted to them (the island is decoupled)
+    Q = _Q(out.obsp["spatial_connectivities"], rho)[conn][:, conn]
+    obs = out.obs["observed"].to_numpy()[conn]
+    Y = np.asarray(a.X, np.float64)
+    m = Y.mean(0)
+    if fixed_obs:
+        ref = m + np.linalg.solve(Q[~obs][:, ~obs], -Q[~obs][:, obs] @ (Y - m))
+        np.testing.assert_allclose(out.X[conn][~obs], ref, atol=1e-8)
+    else:
+        Yall = np.zeros((conn.sum(), a.n_vars))
+        Yall[obs] = Y - m
+        ref = m + np.linalg.solve(np.diag(obs.astype(float)) + Q, Yall)  # lambda_spatial=1
+        np.testing.assert_allclose(out.X[conn], ref, atol=1e-8)
 
 
 def test_enhance_subspots_average_back_to_spots():
@@ -179,3 +211,23 @@ def test_classic_stopping_rule():
     for loss in (3.0, 2.0, 1.0):
         s.update(loss)
     assert s.epoch == 3 and not s.keep_going()
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_enhance_equals_dense_solve(center):
+    rng = np.random.default_rng(1)
+    coords = _grid(5) * 2.0
+    a = ad.AnnData((3.0 + rng.normal(size=(25, 2))).astype(np.float32))
+    a.obsm["spatial"] = coords
+    lam, rho = 0.5, 0.9
+    out = sm.tl.enhance(a, factor=2, lambda_spatial=lam, rho=rho, center=center, dtype="float64")
+    codes = out.obs["parent_spot"].cat.codes.to_numpy()
+    A = np.zeros((a.n_obs, out.n_obs))
+    A[codes, np.arange(out.n_obs)] = 1.0
+    A /= A.sum(1, keepdims=True)  # spot value = mean of its sub-spots
+    Q = _Q(out.obsp["spatial_connectivities"], rho)
+    Y = np.asarray(a.X, np.float64)
+    m = Y.mean(0) if center else np.zeros(a.n_vars)
+    ref = m + np.linalg.solve(A.T @ A + lam * Q, A.T @ (Y - m))
+    np.testing.assert_allclose(out.X, ref, atol=1e-9)
+    assert out.uns["enhance"]["params"]["center"] is center

@@ -30,22 +30,33 @@ def _adata(n_side=12, n_genes=5, seed=0, k=4):
 
 @pytest.mark.parametrize("prior", PRIORS)
 @pytest.mark.parametrize("standardize", [False, True])
-def test_exact_equals_dense_solve(prior, standardize, dense_precision):
+@pytest.mark.parametrize("center", [False, True])
+def test_exact_equals_dense_solve(prior, standardize, center, dense_precision):
     a = _adata()
     rho = 0.2 if prior == "car" else 0.9
     lam = 1.7
-    sm.tl.smooth(a, prior=prior, rho=rho, lambda_spatial=lam, standardize=standardize, dtype="float64")
+    sm.tl.smooth(a, prior=prior, rho=rho, lambda_spatial=lam, standardize=standardize, center=center, dtype="float64")
     Q = dense_precision(a.obsp["spatial_connectivities"], prior, rho, standardize)
-    ref = np.linalg.solve(np.eye(a.n_obs) + lam * Q, np.asarray(a.X, dtype=np.float64))
+    Y = np.asarray(a.X, dtype=np.float64)
+    m = Y.mean(axis=0) if center else np.zeros(a.n_vars)  # centre: the prior's mean is each gene's mean
+    ref = m + np.linalg.solve(np.eye(a.n_obs) + lam * Q, Y - m)
     np.testing.assert_allclose(a.layers["smoothed"], ref, rtol=1e-9, atol=1e-9)
     assert a.layers["smoothed"].dtype == np.float64
     assert a.uns["smoothed"]["params"]["prior"] == prior
     assert a.uns["smoothed"]["params"]["lambda"] == lam
+    assert a.uns["smoothed"]["params"]["center"] is center
+    if center:  # levels are not shrunk: shifting a gene by a constant shifts its smoothed values by it
+        b = a.copy()
+        b.X = Y + 5.0
+        sm.tl.smooth(b, prior=prior, rho=rho, lambda_spatial=lam, standardize=standardize, dtype="float64")
+        np.testing.assert_allclose(b.layers["smoothed"], a.layers["smoothed"] + 5.0, atol=1e-9)
 
 
 def test_icar_rho_one_is_fine_and_matches_laplacian():
     a = _adata()
     sm.tl.smooth(a, prior="icar", rho=1.0, lambda_spatial=2.0, dtype="float64")
+    b = sm.tl.smooth(a, prior="icar", rho=1.0, lambda_spatial=2.0, dtype="float64", center=False, copy=True)
+    np.testing.assert_allclose(a.layers["smoothed"], b.layers["smoothed"], atol=1e-10)  # Q 1 = 0: no change
     W = a.obsp["spatial_connectivities"].toarray()
     L = np.diag(W.sum(1)) - W
     ref = np.linalg.solve(np.eye(a.n_obs) + 2.0 * L, np.asarray(a.X, np.float64))
@@ -67,22 +78,25 @@ def test_sparse_int_and_dense_inputs_agree_and_chunking_is_invisible():
 
 
 @pytest.mark.parametrize("prior", ["sar", "icar"])
-def test_nonneg_is_the_exact_constrained_optimum(prior, dense_precision):
+@pytest.mark.parametrize("center", [False, True])
+def test_nonneg_is_the_exact_constrained_optimum(prior, center, dense_precision):
     a = _adata(n_side=8, n_genes=3)
     Y = np.asarray(a.X, np.float64) - 0.8  # some negative values: the constraint binds
     a.X = Y
     lam, rho = 3.0, 0.9
-    sm.tl.smooth(a, prior=prior, rho=rho, lambda_spatial=lam, nonneg=True, dtype="float64")
+    sm.tl.smooth(a, prior=prior, rho=rho, lambda_spatial=lam, nonneg=True, center=center, dtype="float64")
     X = a.layers["smoothed"]
     assert X.min() >= 0
     Q = dense_precision(a.obsp["spatial_connectivities"], prior, rho)
     L = np.linalg.cholesky(Q + 1e-12 * np.eye(a.n_obs))
     A = np.vstack([np.eye(a.n_obs), np.sqrt(lam) * L.T])
     for g in range(a.n_vars):
-        ref = lsq_linear(A, np.r_[Y[:, g], np.zeros(a.n_obs)], bounds=(0, np.inf), tol=1e-12).x
+        m = Y[:, g].mean() if center else 0.0  # prior centred at m: ||y - x||^2 + lam (x - m)' Q (x - m)
+        b = np.r_[Y[:, g], np.sqrt(lam) * L.T @ np.full(a.n_obs, m)]
+        ref = lsq_linear(A, b, bounds=(0, np.inf), tol=1e-12).x
 
-        def obj(x, y=Y[:, g]):
-            return ((y - x) ** 2).sum() + lam * x @ Q @ x
+        def obj(x, y=Y[:, g], m=m):
+            return ((y - x) ** 2).sum() + lam * (x - m) @ Q @ (x - m)
 
         assert obj(X[:, g]) <= obj(ref) * (1 + 1e-6)
         np.testing.assert_allclose(X[:, g], ref, atol=1e-4)

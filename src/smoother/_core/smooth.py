@@ -47,6 +47,26 @@ small problems (unit-vector solves)
 and a Hutchinson estimate :math:`\frac1p \sum_k z_k^T S_\lambda z_k` (Rademacher probes supported on observed
 spots, the same probes for every :math:`\lambda`) from the same factorization otherwise.
 
+Centring (each gene's level is not shrunk)
+------------------------------------------
+A prior with mean zero shrinks every gene towards 0, its level as well as its spatial variation, unless
+:math:`Q \mathbf 1 = 0` (ICAR at :math:`\rho = 1`, the graph Laplacian). With ``center=True`` the prior is centred
+at each gene's (weighted) mean over the observed spots, :math:`m = Y^T d / \sum_i d_i`:
+
+.. math::
+
+    \hat X = \arg\min_X \; \lVert D^{1/2} (Y - X) \rVert_F^2
+    + \lambda \, \mathrm{tr}\big((X - \mathbf 1 m^T)^T Q (X - \mathbf 1 m^T)\big)
+    = \mathbf 1 m^T + (D + \lambda Q)^{-1} D (Y - \mathbf 1 m^T),
+
+i.e. the mean is an unpenalized intercept estimated by the observed mean (a plug-in, not the joint minimizer over
+intercept and field), and the smoother of the centred data is added back. It is still linear in :math:`Y`
+(:math:`S^c_\lambda = P + S_\lambda (I - P)` with :math:`P = \mathbf 1 d^T / \sum d`), so GCV and the risk
+estimate below apply unchanged, with the traces of :math:`S^c_\lambda`. When :math:`Q \mathbf 1 = 0` centring
+changes nothing. With fixed observations the conditional mean becomes
+:math:`X_m = \mathbf 1 m^T + Q_{mm}^{-1} (-Q_{mo}) (Y_o - \mathbf 1 m^T)`, so far from every observation the
+imputation tends to the mean, not to 0.
+
 Non-negativity
 --------------
 ``nonneg=True`` returns the exact minimizer under :math:`X \ge 0`. For CAR/ICAR priors with non-negative
@@ -76,6 +96,8 @@ __all__ = [
     "gcv",
     "objective",
     "prior_operator",
+    "reached",
+    "restrict",
     "smooth",
 ]
 
@@ -177,6 +199,9 @@ class SmoothSolver:
         :math:`\lambda \ge 0`. ``0`` is allowed only when every weight is positive (then :math:`\hat X = Y`).
     weights
         ``(n,)`` non-negative observation weights :math:`d`; ``None`` means all ones.
+    center
+        Centre the prior at each column's weighted mean (see the module docstring): :meth:`apply` returns
+        :math:`\mathbf 1 m^T + (D + \lambda Q)^{-1} D (Y - \mathbf 1 m^T)`.
 
     Raises
     ------
@@ -185,9 +210,13 @@ class SmoothSolver:
         ``rho``, or unobserved spots that no observed spot reaches through the graph).
     """
 
-    def __init__(self, op: PriorOperator, lam: float, *, weights: np.ndarray | None = None) -> None:
+    def __init__(
+        self, op: PriorOperator, lam: float, *, weights: np.ndarray | None = None, center: bool = False
+    ) -> None:
         self.op = op
         self.lam = float(lam)
+        self.center = bool(center)
+        self._q1 = None
         n = op.n
         self.d = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
         if self.d.shape != (n,) or (self.d < 0).any():
@@ -207,12 +236,36 @@ class SmoothSolver:
         M = 0.5 * (M + M.T)
         self.factor = SPDFactor(M)
 
+    def means(self, Y: np.ndarray) -> np.ndarray:
+        """Weighted column means :math:`m = Y^T d / \\sum_i d_i` (over the observed spots)."""
+        return (self.d @ Y) / max(float(self.d.sum()), 1e-300)
+
+    def q1(self) -> np.ndarray:
+        """:math:`Q \\mathbf 1` (cached)."""
+        if self._q1 is None:
+            ones = np.ones(self.op.n)
+            self._q1 = self.op.Q @ ones if self.op.Q is not None else _sma_Qx(self.op, ones[:, None])[:, 0]
+        return self._q1
+
     def apply(self, Y: np.ndarray) -> np.ndarray:
-        """:math:`(D + \\lambda Q)^{-1} D Y` for dense ``Y`` of shape ``(n, k)`` (float64)."""
+        """:math:`(D + \\lambda Q)^{-1} D Y` for dense ``Y`` of shape ``(n, k)`` (float64); with ``center``,
+        :math:`\\mathbf 1 m^T + (D + \\lambda Q)^{-1} D (Y - \\mathbf 1 m^T)`."""
         if self.identity:
             return np.array(Y, dtype=np.float64)
+        if self.center:
+            m = self.means(Y)
+            Yc = Y - m
+            return m + self.solve_rhs(self.d[:, None] * Yc if Y.ndim == 2 else self.d * Yc)
         R = self.d[:, None] * Y if Y.ndim == 2 else self.d * Y
         return self.solve_rhs(R)
+
+    def rhs(self, Y: np.ndarray) -> np.ndarray:
+        """The right-hand side :math:`b` with :math:`(D + \\lambda Q) \\hat X = b`: :math:`D Y`, plus
+        :math:`\\lambda Q \\mathbf 1 m^T` with ``center``."""
+        b = self.d[:, None] * Y
+        if self.center and not self.identity:
+            b = b + self.lam * np.outer(self.q1(), self.means(Y))
+        return b
 
     def solve_rhs(self, R: np.ndarray) -> np.ndarray:
         """:math:`(D + \\lambda Q)^{-1} R` for a right-hand side ``R`` (already multiplied by ``D``)."""
@@ -286,6 +339,7 @@ def smooth(
     chunk_size: int | None = None,
     solver: SmoothSolver | None = None,
     show_progress: bool | None = None,
+    center: bool = False,
 ) -> np.ndarray:
     r"""Solve :math:`(D + \lambda Q) X = D Y` for every column of ``Y`` (see the module docstring).
 
@@ -310,6 +364,9 @@ def smooth(
         A :class:`SmoothSolver` for the same ``op``, ``lam`` and ``weights`` to reuse.
     show_progress
         Progress bar over chunks (``None``: follow ``sm.settings.progress_bar``).
+    center
+        Centre the prior at each gene's weighted mean (module docstring); ignored when ``solver`` is given (the
+        solver's own setting is used).
 
     Returns
     -------
@@ -317,7 +374,7 @@ def smooth(
         ``(n, n_genes)`` dense array of ``dtype``.
     """
     n, g = Y.shape
-    solver = solver if solver is not None else SmoothSolver(op, lam, weights=weights)
+    solver = solver if solver is not None else SmoothSolver(op, lam, weights=weights, center=center)
     src = _as_column_source(Y)
     out = np.empty((n, g), dtype=dtype)
     cs = _chunk_size(n, g, chunk_size)
@@ -343,7 +400,7 @@ def _nonneg_finish(X: np.ndarray, Y: np.ndarray, solver: SmoothSolver, nn_solver
     if solver.identity:
         X[:, bad] = np.maximum(X[:, bad], 0.0)
         return X, nn_solver
-    b = solver.d[:, None] * Y[:, bad]
+    b = solver.rhs(Y[:, bad])
     sigma = 1.0
     if nn_solver is None:
         nn_solver = SmoothSolver(solver.op, solver.lam, weights=solver.d + sigma)
@@ -403,24 +460,62 @@ def _sma_Qx(op: PriorOperator, X: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 # Objective (shared by tests and benchmarks)
 # --------------------------------------------------------------------------------------------------------------
-def objective(X, Y, op: PriorOperator, lam: float, *, weights: np.ndarray | None = None) -> float:
-    r""":math:`\lVert D^{1/2}(Y - X)\rVert_F^2 + \lambda\,\mathrm{tr}(X^T Q X)` (unnormalized, float64)."""
+def objective(X, Y, op: PriorOperator, lam: float, *, weights: np.ndarray | None = None, center: bool = False) -> float:
+    r""":math:`\lVert D^{1/2}(Y - X)\rVert_F^2 + \lambda\,\mathrm{tr}(X^T Q X)` (unnormalized, float64); with
+    ``center``, the prior term is taken at :math:`X - \mathbf 1 m^T` (``m`` the weighted means of ``Y``)."""
     X = np.asarray(X, dtype=np.float64)
     Y = Y.toarray() if sp.issparse(Y) else np.asarray(Y, dtype=np.float64)
     d = np.ones(X.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
     fit = float((d[:, None] * (Y - X) ** 2).sum())
-    return fit + float(lam) * float(op.quad(X).sum())
+    Xp = X - (d @ Y) / d.sum() if center else X
+    return fit + float(lam) * float(op.quad(Xp).sum())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Spots the data reach through the graph
+# --------------------------------------------------------------------------------------------------------------
+def _pattern(op: PriorOperator) -> sp.csr_matrix:
+    M = op.Q if op.Q is not None else op.B
+    return sp.csr_matrix((np.ones(M.nnz), M.indices, M.indptr), shape=M.shape)
+
+
+def reached(op: PriorOperator, observed: np.ndarray) -> np.ndarray:
+    """Boolean ``(n,)``: the spots with a graph path (through the sparsity pattern of ``Q``, or of ``B`` for SMA) to
+    at least one observed spot. The others are not determined by the data (their precision block is decoupled)."""
+    from scipy.sparse.csgraph import connected_components
+
+    observed = np.asarray(observed, dtype=bool)
+    if observed.all():
+        return np.ones(observed.size, dtype=bool)
+    _, label = connected_components(_pattern(op), directed=True, connection="weak")
+    return np.isin(label, np.unique(label[observed]))
+
+
+def restrict(op: PriorOperator, keep: np.ndarray) -> PriorOperator:
+    """The prior on the spots ``keep``, exact when ``keep`` is a union of connected components (:func:`reached`):
+    ``Q`` (or SMA's ``B``) is block diagonal over the components, so its block on ``keep`` is the prior there."""
+    keep = np.asarray(keep, dtype=bool)
+    if keep.all():
+        return op
+    if op.Q is not None:
+        Q = sp.csr_matrix(op.Q[keep][:, keep])
+        return PriorOperator(op.prior, op.rho, Q=Q, standardize=op.standardize, M_matrix=op.M_matrix)
+    return PriorOperator(op.prior, op.rho, B=sp.csr_matrix(op.B[keep][:, keep]), standardize=op.standardize)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Gaussian conditional (fixed observations)
 # --------------------------------------------------------------------------------------------------------------
-def conditional_mean(op: PriorOperator, Y_obs: np.ndarray, observed: np.ndarray, *, nonneg: bool = False) -> np.ndarray:
+def conditional_mean(
+    op: PriorOperator, Y_obs: np.ndarray, observed: np.ndarray, *, nonneg: bool = False, center: bool = False
+) -> np.ndarray:
     r"""Imputed values at unobserved spots with the observed ones held fixed.
 
     Minimizes :math:`x^T Q x` over :math:`x_m` with :math:`x_o = y_o` fixed: :math:`Q_{mm} X_m = -Q_{mo} Y_o`,
     the mean of the Gaussian random field conditional on the observations. For SMA
-    (:math:`Q = (BB^T)^{-1}`), :math:`X_m = B_m B_o^T (B_o B_o^T)^{-1} Y_o`, all sparse.
+    (:math:`Q = (BB^T)^{-1}`), :math:`X_m = B_m B_o^T (B_o B_o^T)^{-1} Y_o`, all sparse. With ``center``, the
+    prior is centred at the observed means :math:`m`: :math:`Q_{mm} X_m = -Q_{mo} Y_o + (Q \mathbf 1)_m m^T`, i.e.
+    :math:`X_m = \mathbf 1 m^T + Q_{mm}^{-1}(-Q_{mo})(Y_o - \mathbf 1 m^T)`.
 
     Parameters
     ----------
@@ -433,6 +528,8 @@ def conditional_mean(op: PriorOperator, Y_obs: np.ndarray, observed: np.ndarray,
     nonneg
         Exact minimizer under :math:`X_m \ge 0` (ADMM; not available for SMA, where the solution is clipped
         with a warning).
+    center
+        Centre the prior at each column's mean over the observed spots.
 
     Returns
     -------
@@ -449,10 +546,13 @@ def conditional_mean(op: PriorOperator, Y_obs: np.ndarray, observed: np.ndarray,
     Y_obs = np.asarray(Y_obs, dtype=np.float64)
     if m.size == 0:
         return np.zeros((0, Y_obs.shape[1]))
+    mu = Y_obs.mean(axis=0) if center and o.size else np.zeros(Y_obs.shape[1])
     if op.Q is not None:
         Q = op.Q
         Qmm = Q[m][:, m].tocsr()
         R = -(Q[m][:, o] @ Y_obs)
+        if center:
+            R = R + np.outer((Q @ np.ones(Q.shape[0]))[m], mu)
         F = SPDFactor(0.5 * (Qmm + Qmm.T))
         Xm = F.solve(R)
         if nonneg and (Xm < 0).any():
@@ -464,7 +564,7 @@ def conditional_mean(op: PriorOperator, Y_obs: np.ndarray, observed: np.ndarray,
     Bo, Bm = B[o], B[m]
     G = (Bo @ Bo.T).tocsr()
     F = SPDFactor(0.5 * (G + G.T))
-    Xm = Bm @ (Bo.T @ F.solve(Y_obs))
+    Xm = mu + Bm @ (Bo.T @ F.solve(Y_obs - mu))
     if nonneg and (Xm < 0).any():
         warnings.warn(
             "nonneg=True with fixed observations is not solved exactly for the 'sma' prior; negative values "
@@ -517,6 +617,9 @@ class GCVResult:
         Noise variance per gene estimated at the GCV optimum (criterion ``'risk'``).
     X
         Per-gene mode only: the solution at each gene's chosen :math:`\\lambda`, ``(n, n_genes)``.
+    edge
+        ``'upper'`` when the dataset-wide choice is the largest value of the grid (the criterion still decreased
+        there; widen the grid or change the prior), else ``None``.
     """
 
     lam: float | np.ndarray
@@ -529,6 +632,7 @@ class GCVResult:
     X: np.ndarray | None = None
     n_genes_used: int = 0
     trace_method: str = "exact"
+    edge: str | None = None
 
 
 def default_grid(n_points: int = 17, lo: float = 1e-3, hi: float = 1e3) -> np.ndarray:
@@ -552,6 +656,8 @@ def gcv(
     chunk_size: int | None = None,
     dtype=np.float32,
     show_progress: bool | None = None,
+    center: bool = False,
+    include_zero: bool = True,
 ) -> GCVResult:
     r"""Choose :math:`\lambda` from the data by GCV or by a GCV-calibrated unbiased risk estimate.
 
@@ -575,15 +681,25 @@ def gcv(
     between the neighbours of the best grid value; at most ``max_genes`` random genes enter the criterion.
     Per gene (``per_gene=True``): each gene takes the grid value minimizing its own criterion, and its solution
     there is returned in ``X``.
+
+    **No smoothing is always a candidate.** :math:`\lambda = 0` is added to the grid (with ``include_zero``): there
+    :math:`\hat X_o = Y_o`, :math:`t = t_2 = n_o` and :math:`\mathrm{RSS} = 0`, so the risk estimate is
+    :math:`\hat\sigma^2`, the risk of the raw data (with unobserved spots, the :math:`\lambda \to 0` limit, i.e.
+    imputation with the observations fixed). The choice is never worse than :math:`\lambda = 0` by the criterion
+    minimized. GCV itself is 0/0 at :math:`\lambda = 0` and cannot select it (its score there is recorded as inf).
+    A dataset-wide choice at the largest grid value is flagged in ``edge``.
     """
     if criterion not in ("risk", "gcv"):
         msg = f"Expected `criterion` to be 'risk' or 'gcv', found {criterion!r}."
         raise ValueError(msg)
     n, g = Y.shape
-    grid = np.sort(np.asarray(default_grid() if grid is None else grid, dtype=np.float64))
+    grid = np.asarray(default_grid() if grid is None else grid, dtype=np.float64)
     if grid.size == 0 or (grid < 0).any() or not np.isfinite(grid).all():
         msg = "Expected a non-empty grid of finite lambda >= 0."
         raise ValueError(msg)
+    grid = np.unique(np.r_[0.0, grid] if include_zero else grid)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
     d = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     n_obs = float((d > 0).sum())
     src = _as_column_source(Y)
@@ -596,7 +712,9 @@ def gcv(
     method = trace_method if trace_method != "auto" else ("exact" if n_obs <= EXACT_TRACE_MAX else "hutchinson")
 
     def evaluate(lam: float, keep: bool):
-        solver = SmoothSolver(op, lam, weights=d)
+        if lam == 0.0:  # no smoothing (the fixed-observation limit when some spots are unobserved)
+            return n_obs, n_obs, np.zeros(cols.size), None
+        solver = SmoothSolver(op, lam, weights=d, center=center)
         tr, tr2 = _traces(solver, method, n_probes, seed)
         X = smooth(
             Ysub,
@@ -621,7 +739,10 @@ def gcv(
     def scores(lams, sigma2):
         tr = np.array([recs[lm][0] for lm in lams])
         rss = np.vstack([recs[lm][2] for lm in lams])  # (n_lam, n_genes)
-        gc = rss / n_obs / np.maximum((1.0 - tr / n_obs) ** 2, 1e-300)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gc = rss / n_obs / ((1.0 - tr / n_obs) ** 2)[:, None]
+        gc[np.asarray(lams) == 0.0] = np.inf  # 0/0: GCV cannot judge lambda = 0
+        gc = np.where(np.isnan(gc), np.inf, gc)
         if criterion == "gcv" or sigma2 is None:
             return gc, gc
         risk = (rss + 2.0 * sigma2[None, :] * tr[:, None]) / n_obs - sigma2[None, :] / 1.0
@@ -636,6 +757,7 @@ def gcv(
         tr20 = np.array([recs[lams[i]][1] for i in i0])
         rss0 = np.array([recs[lams[i]][2][k] for k, i in enumerate(i0)])
         sigma2 = rss0 / np.maximum(n_obs - 2.0 * tr0 + tr20, 1.0)
+        sigma2 = np.where(np.isfinite(sigma2), sigma2, 0.0)
     sc, gc = scores(lams, sigma2)
     tr_all = np.array([recs[lm][0] for lm in lams])
     if per_gene:
@@ -652,12 +774,14 @@ def gcv(
                 dtype=dtype,
                 chunk_size=chunk_size,
                 show_progress=False,
+                center=center,
             )
         return GCVResult(lam_g, lams, sc, gc, tr_all, criterion, sigma2, X, g, method)
     total = sc.mean(axis=1)
     i = int(np.argmin(total))
     lam_best = float(lams[i])
-    if refine and lams.size >= 3 and 0 < i < lams.size - 1 and lams[i - 1] > 0:
+    edge = "upper" if lam_best > 0 and i == lams.size - 1 and lams.size >= 3 else None
+    if refine and lams.size >= 3 and 0 < i < lams.size - 1:
         from scipy.optimize import minimize_scalar
 
         def f(loglam):
@@ -667,23 +791,15 @@ def gcv(
                 recs[lam] = (tr, tr2, rss)
             return float(scores([lam], sigma2)[0].mean())
 
-        res = minimize_scalar(
-            f, bounds=(math.log10(lams[i - 1]), math.log10(lams[i + 1])), method="bounded", options={"xatol": 0.01}
-        )
+        lo = math.log10(lams[i - 1]) if lams[i - 1] > 0 else math.log10(lams[i]) - 1.0
+        res = minimize_scalar(f, bounds=(lo, math.log10(lams[i + 1])), method="bounded", options={"xatol": 0.01})
         if res.fun < total[i]:
             lam_best = float(10.0**res.x)
         lams = np.array(sorted(recs))
         sc, gc = scores(lams, sigma2)
         tr_all = np.array([recs[lm][0] for lm in lams])
-    elif not 0 < i < lams.size - 1 and lams.size >= 3:
-        logger.warning(
-            "The lambda search chose %.3g at the edge of the grid [%.3g, %.3g]; widen the grid.",
-            lam_best,
-            lams[0],
-            lams[-1],
-        )
     return GCVResult(
-        lam_best, lams, sc.mean(axis=1), gc.mean(axis=1), tr_all, criterion, sigma2, None, cols.size, method
+        lam_best, lams, sc.mean(axis=1), gc.mean(axis=1), tr_all, criterion, sigma2, None, cols.size, method, edge
     )
 
 
@@ -732,12 +848,15 @@ def aggregate_solve(
     *,
     dtype=np.float32,
     chunk_size: int | None = None,
+    center: bool = False,
 ) -> np.ndarray:
     r"""Sub-spot values :math:`X` whose spot averages match :math:`Y`, regularized by the prior :math:`Q`.
 
     Solves :math:`\min_X \lVert Y - A X \rVert_F^2 + \lambda\,\mathrm{tr}(X^T Q X)`, i.e.
     :math:`(A^T A + \lambda Q) X = A^T Y`, with ``A`` the ``(n_spots, n_sub)`` averaging matrix (row ``s`` has
-    ``1 / n_children(s)`` at the children of spot ``s``) and ``Q`` the precision on the sub-spot graph.
+    ``1 / n_children(s)`` at the children of spot ``s``) and ``Q`` the precision on the sub-spot graph. With
+    ``center`` the prior is centred at each gene's spot mean :math:`m` (``A 1 = 1``):
+    :math:`X = \mathbf 1 m^T + (A^T A + \lambda Q)^{-1} A^T (Y - \mathbf 1 m^T)`.
     """
     if lam <= 0:
         msg = "Expected `lambda` > 0 for resolution enhancement (the sub-spot values are otherwise undetermined)."
@@ -750,5 +869,10 @@ def aggregate_solve(
     cs = _chunk_size(n_sub, g, chunk_size)
     for start in range(0, g, cs):
         stop = min(g, start + cs)
-        out[:, start:stop] = F.solve(A.T @ _dense_cols(src, start, stop))
+        Yc = _dense_cols(src, start, stop)
+        if center:
+            mu = Yc.mean(axis=0)
+            out[:, start:stop] = mu + F.solve(A.T @ (Yc - mu))
+        else:
+            out[:, start:stop] = F.solve(A.T @ Yc)
     return out

@@ -100,6 +100,7 @@ def smooth(
     connectivity_key: str = K.DEFAULT_CONN,
     standardize: bool = False,
     nonneg: bool = False,
+    center: bool = True,
     per_gene: bool = False,
     criterion: Literal["risk", "gcv"] = "risk",
     gcv_grid: np.ndarray | list[float] | None = None,
@@ -120,6 +121,21 @@ def smooth(
         = (I + \lambda Q)^{-1} Y,
 
     one sparse Cholesky factorization of :math:`I + \lambda Q` solved for all genes in chunks.
+
+    **Each gene's level is not shrunk** (``center=True``, default). A prior with mean zero pulls every gene
+    towards 0, its level as well as its spatial noise. By default the prior is centred at each gene's mean
+    :math:`m_g` over the spots (an intercept left unpenalized, estimated by the mean and added back):
+
+    .. math::
+
+        \hat X = \arg\min_X \lVert Y - X \rVert_F^2
+        + \lambda\, \mathrm{tr}\big((X - \mathbf 1 m^T)^T Q (X - \mathbf 1 m^T)\big)
+        = \mathbf 1 m^T + (I + \lambda Q)^{-1} (Y - \mathbf 1 m^T).
+
+    (The mean is a plug-in estimate, not the joint minimizer over intercept and field.) When
+    :math:`Q \mathbf 1 = 0` (``'icar'`` at ``rho = 1``, the graph Laplacian) this equals the uncentred
+    solution; for ``rho < 1`` and for the other priors it differs. ``center=False`` gives the classic
+    :math:`(I + \lambda Q)^{-1} Y`.
 
     **Same** :math:`\lambda` **as the classic API.** The classic loss of smoother-omics is
     ``MSELoss(Y, X) + lambda * SpatialLoss(X.T)`` =
@@ -158,6 +174,8 @@ def smooth(
         Rescale :math:`Q` to unit implied variance at every spot.
     nonneg
         Exact minimizer under :math:`X \ge 0` (for counts).
+    center
+        Leave each gene's mean unpenalized (see above); ``False``: the classic :math:`(I + \lambda Q)^{-1} Y`.
     per_gene
         With ``lambda_spatial='auto'``: choose :math:`\lambda` per gene on the grid.
     criterion
@@ -203,6 +221,7 @@ def smooth(
     lam = check_lambda(lambda_spatial, allow_auto=True)
     standardize = check_bool(standardize, "standardize")
     nonneg = check_bool(nonneg, "nonneg")
+    center = check_bool(center, "center")
     per_gene = check_bool(per_gene, "per_gene")
     check_key(key_added, "key_added")
     check_key(connectivity_key, "connectivity_key")
@@ -236,7 +255,10 @@ def smooth(
             seed=random_state,
             chunk_size=chunk_size,
             dtype=dt,
+            center=center,
         )
+        if res.edge == "upper":
+            _warn_edge(float(res.lam), res.grid, prior, W)
         gcv_rec = {
             "lambda": res.grid,
             "score": res.score,
@@ -251,7 +273,7 @@ def smooth(
         if per_gene:
             X = res.X
             if nonneg:
-                X = _nonneg_per_gene(Y, op, res.lam, X, chunk_size)
+                X = _nonneg_per_gene(Y, op, res.lam, X, chunk_size, center)
             var_lambda = np.asarray(res.lam)
             lam_used = "per_gene"
             logger.info("    GCV chose lambda per gene (median %.4g)", float(np.median(var_lambda)))
@@ -262,7 +284,7 @@ def smooth(
         lam_used = float(lam)
     if var_lambda is None:
         try:
-            X = core.smooth(Y, op, lam_used, nonneg=bool(nonneg), dtype=dt, chunk_size=chunk_size)
+            X = core.smooth(Y, op, lam_used, nonneg=nonneg, dtype=dt, chunk_size=chunk_size, center=center)
         except NotPositiveDefiniteError as e:
             raise ValueError(not_pd_message(prior, rho, W)) from e
 
@@ -276,6 +298,7 @@ def smooth(
         "connectivity_key": connectivity_key,
         "standardize": standardize,
         "nonneg": nonneg,
+        "center": center,
         "per_gene": per_gene,
         "criterion": criterion,
         "dtype": dt.name,
@@ -298,14 +321,34 @@ def smooth(
     return out
 
 
-def _nonneg_per_gene(Y, op, lams: np.ndarray, X: np.ndarray, chunk_size) -> np.ndarray:
+def _warn_edge(lam: float, grid: np.ndarray, prior: str, W: sp.csr_matrix) -> None:
+    """A ``lambda_spatial='auto'`` choice at the top of the grid: say what to change."""
+    import warnings
+
+    rowsum = np.asarray(W.sum(axis=1)).ravel()
+    if prior in ("sar", "sma") and not np.allclose(rowsum, 1.0, rtol=1e-6):
+        fix = (
+            f"prior='{prior}' on a graph whose rows do not sum to 1 (median row sum {np.median(rowsum):.3g}) "
+            "penalizes smooth fields heavily; use prior='isar' (SAR on the row-normalized graph), or row-normalize "
+            "the graph"
+        )
+    else:
+        fix = f"pass a `gcv_grid` reaching beyond {grid.max():.3g}, or consider rho=1 (prior='icar') for the prior"
+    msg = (
+        f"lambda_spatial='auto' chose {lam:.3g}, the largest value of the grid: the criterion was still falling "
+        f"there, so the best lambda is larger or the prior does not fit these data. {fix[0].upper() + fix[1:]}."
+    )
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _nonneg_per_gene(Y, op, lams: np.ndarray, X: np.ndarray, chunk_size, center: bool) -> np.ndarray:
     """Non-negative finish of per-gene solutions (genes grouped by their lambda)."""
     bad = np.flatnonzero((X < 0).any(axis=0))
     src = Y.tocsc() if sp.issparse(Y) else np.asarray(Y)
     for lam in np.unique(lams[bad]):
         cols = bad[lams[bad] == lam]
         Ysub = src[:, cols]
-        X[:, cols] = core.smooth(Ysub, op, float(lam), nonneg=True, dtype=X.dtype, chunk_size=chunk_size)
+        X[:, cols] = core.smooth(Ysub, op, float(lam), nonneg=True, dtype=X.dtype, chunk_size=chunk_size, center=center)
     return X
 
 
@@ -329,6 +372,10 @@ def impute(
     bandwidth: float | None = None,
     standardize: bool = False,
     nonneg: bool = False,
+    center: bool = True,
+    criterion: Literal["risk", "gcv"] = "risk",
+    gcv_grid: np.ndarray | list[float] | None = None,
+    random_state: int | None = 0,
     dtype: Literal["float32", "float64"] = "float32",
     chunk_size: int | None = None,
 ):
@@ -345,9 +392,21 @@ def impute(
       :math:`\min_X \lVert Y_o - X_o\rVert_F^2 + \lambda\,\mathrm{tr}(X^T Q X)`, i.e.
       :math:`(P + \lambda Q) X = P Y` with :math:`P` the observed-spot indicator.
 
+    **Centring** (``center=True``, default): the prior is centred at each gene's mean :math:`m` over the
+    observed spots, i.e. :math:`x^T Q x` becomes :math:`(x - m)^T Q (x - m)`:
+    :math:`X_m = m + Q_{mm}^{-1}(-Q_{mo})(Y_o - m)` and
+    :math:`X = m + (P + \lambda Q)^{-1} P (Y - m)` (a plug-in intercept, see :func:`smooth`). Far from every
+    observation the imputation then tends to the gene's mean instead of 0. ``center=False`` is the classic
+    uncentred problem; with ``prior='icar', rho=1`` both agree.
+
+    **Spots the data do not reach.** New spots with no graph path to any observed spot are not determined by
+    the data (their block of :math:`Q` is decoupled). They receive the prior mean (the gene's mean, or 0 with
+    ``center=False``), are marked ``False`` in ``obs['connected']``, and a warning gives their number and the
+    fix (a larger ``n_neighs`` or ``radius``).
+
     The classic ``ImputeTorch(fixed_obs=False)`` with ``lambda_spatial_loss = l`` minimizes
     ``MSE(Y_o, X_o) + l * SpatialLoss(X.T)``, which normalizes the fit by ``n_obs * G`` and the prior by
-    ``n_all * G``: it equals this objective with :math:`\lambda = l \cdot n_{obs} / n_{all}`.
+    ``n_all * G``: it equals this objective (``center=False``) with :math:`\lambda = l \cdot n_{obs} / n_{all}`.
 
     Parameters
     ----------
@@ -355,8 +414,16 @@ def impute(
         Observed spots with coordinates in ``adata.obsm[spatial_key]``.
     coords_new
         ``(n_new, 2)`` coordinates of the spots to impute, same unit as the observed ones.
-    fixed_obs, prior, rho, lambda_spatial, standardize, nonneg, dtype, chunk_size
-        See above and :func:`smooth` (``lambda_spatial`` must be > 0 when ``fixed_obs=False``).
+    fixed_obs, prior, rho, standardize, nonneg, dtype, chunk_size
+        See above and :func:`smooth`.
+    lambda_spatial
+        With ``fixed_obs=False``: :math:`\lambda > 0`, or ``'auto'``: chosen by the same criterion as
+        :func:`smooth` (risk estimate on the observed spots; :math:`\lambda = 0`, the fixed-observation limit, is
+        a candidate and is used when it scores best). Ignored with ``fixed_obs=True``.
+    center
+        Centre the prior at each gene's observed mean (see above).
+    criterion, gcv_grid, random_state
+        How ``lambda_spatial='auto'`` chooses (see :func:`smooth`).
     layer
         Expression to impute (``None``: ``adata.X``).
     spatial_key
@@ -369,9 +436,11 @@ def impute(
     A new AnnData over ``n_obs + n_new`` spots (observed first, new ones named ``'new_0'``, ...):
 
     - ``X`` — ``(n_obs + n_new, n_vars)`` dense imputed (and, with ``fixed_obs=False``, denoised) expression;
-    - ``obs['observed']`` — boolean; ``obsm['spatial']`` — all coordinates;
+    - ``obs['observed']`` — boolean; ``obs['connected']`` — boolean, ``False`` for new spots with no graph path to
+      an observed spot (undetermined; see above); ``obsm['spatial']`` — all coordinates;
     - ``obsp['spatial_connectivities']``, ``obsp['spatial_distances']``, ``uns['spatial_neighbors']`` — the graph;
-    - ``uns['impute']['params']``.
+    - ``uns['impute']['params']`` (``lambda`` is the value used, ``None`` with ``fixed_obs=True``); with
+      ``lambda_spatial='auto'`` also ``uns['impute']['gcv']`` as in :func:`smooth`.
     """
     import anndata as ad
     import pandas as pd
@@ -382,7 +451,13 @@ def impute(
     check_adata(adata, writes=False)
     fixed_obs = check_bool(fixed_obs, "fixed_obs")
     prior, rho = check_precision_args(prior, rho)
-    lam = check_lambda(lambda_spatial)
+    lam = check_lambda(lambda_spatial, allow_auto=True)
+    if fixed_obs and lam == "auto":
+        msg = (
+            "`lambda_spatial='auto'` needs `fixed_obs=False` (with the observations fixed, lambda plays no role); "
+            "use fixed_obs=False to denoise and fill jointly."
+        )
+        raise ValueError(msg)
     if not fixed_obs and lam == 0:
         msg = (
             "`fixed_obs=False` needs `lambda_spatial` > 0 (new spots are otherwise undetermined); use e.g. "
@@ -391,6 +466,10 @@ def impute(
         raise ValueError(msg)
     standardize = check_bool(standardize, "standardize")
     nonneg = check_bool(nonneg, "nonneg")
+    center = check_bool(center, "center")
+    criterion = check_choice(criterion, "criterion", ("risk", "gcv"))
+    gcv_grid = _check_grid(gcv_grid)
+    random_state = check_random_state(random_state)
     dt = _check_dtype(dtype)
     chunk_size = _check_chunk(chunk_size)
     check_key(spatial_key, "spatial_key")
@@ -431,40 +510,83 @@ def impute(
         W, Dm = radius_graph(coords, radius, bandwidth=bandwidth)
     op = _operator(W, prior, rho, standardize)
     observed = np.r_[np.ones(n_obs, bool), np.zeros(n_new, bool)]
+    connected = core.reached(op, observed)
+    sub = core.restrict(op, connected)  # the spots the data determine (whole components)
+    obs_sub = observed[connected]
     X = np.empty((n_obs + n_new, Y.shape[1]), dtype=dt)
+    src = Y.tocsc() if sp.issparse(Y) else np.asarray(Y)
     gcv_rec = None
-    lam_used = None if fixed_obs else lam
+    lam_used = None
     try:
-        if fixed_obs:
-            src = Y.tocsc() if sp.issparse(Y) else np.asarray(Y)
+        if not fixed_obs:
+            n_fill = int(connected[n_obs:].sum())
+            Yall = (
+                sp.vstack([sp.csr_matrix(Y), sp.csr_matrix((n_fill, Y.shape[1]))]).tocsr()
+                if sp.issparse(Y)
+                else np.vstack([np.asarray(Y, dtype=np.float64), np.zeros((n_fill, Y.shape[1]))])
+            )
+            lam_used = lam
+            if lam == "auto":
+                res = core.gcv(
+                    Yall,
+                    sub,
+                    weights=obs_sub.astype(float),
+                    grid=gcv_grid,
+                    criterion=criterion,
+                    seed=random_state,
+                    chunk_size=chunk_size,
+                    center=center,
+                )
+                if res.edge == "upper":
+                    _warn_edge(float(res.lam), res.grid, prior, W)
+                gcv_rec = {
+                    "lambda": res.grid,
+                    "score": res.score,
+                    "gcv": res.gcv,
+                    "trace": res.trace,
+                    "criterion": res.criterion,
+                    "trace_method": res.trace_method,
+                    "n_genes": res.n_genes_used,
+                }
+                lam_used = float(res.lam)
+                logger.info("    the %s criterion chose lambda = %.4g", criterion, lam_used)
+        if lam_used is None or lam_used == 0:  # fixed observations (also the limit lambda -> 0 of the joint fit)
             cs = core._chunk_size(n_obs + n_new, Y.shape[1], chunk_size)
             for s0 in range(0, Y.shape[1], cs):
                 Yc = core._dense_cols(src, s0, min(Y.shape[1], s0 + cs))
-                X[:n_obs, s0 : s0 + Yc.shape[1]] = Yc
-                X[n_obs:, s0 : s0 + Yc.shape[1]] = core.conditional_mean(op, Yc, observed, nonneg=nonneg)
+                s1 = s0 + Yc.shape[1]
+                X[:n_obs, s0:s1] = Yc
+                block = np.empty((n_new, Yc.shape[1]))
+                block[connected[n_obs:]] = core.conditional_mean(sub, Yc, obs_sub, nonneg=nonneg, center=center)
+                block[~connected[n_obs:]] = Yc.mean(axis=0) if center else 0.0
+                X[n_obs:, s0:s1] = block
         else:
-            Yall = (
-                sp.vstack([sp.csr_matrix(Y), sp.csr_matrix((n_new, Y.shape[1]))]).tocsr()
-                if sp.issparse(Y)
-                else np.vstack([np.asarray(Y, dtype=np.float64), np.zeros((n_new, Y.shape[1]))])
-            )
-            X[:] = core.smooth(
+            Xc = core.smooth(
                 Yall,
-                op,
-                float(lam),
-                weights=observed.astype(float),
+                sub,
+                float(lam_used),
+                weights=obs_sub.astype(float),
                 nonneg=nonneg,
-                dtype=dt,
+                dtype=np.float64,
                 chunk_size=chunk_size,
+                center=center,
             )
-    except NotPositiveDefiniteError as e:
+            X[connected] = Xc
+            if not connected.all():
+                X[~connected] = np.asarray(Y.mean(axis=0), dtype=np.float64).ravel() if center else 0.0
+    except NotPositiveDefiniteError as e:  # only an indefinite 'car' precision gets here
+        raise ValueError(not_pd_message(prior, rho, W)) from e
+    n_lost = int((~connected).sum())
+    if n_lost:
+        import warnings
+
+        fill = "each gene's mean over the observed spots" if center else "0 (the prior mean; center=False)"
         msg = (
-            "Some new spots are not connected to any observed spot through the graph, so their values are "
-            "undetermined; increase `n_neighs` / `radius` or drop those spots."
+            f"{n_lost} new spot(s) have no graph path to any observed spot, so the data do not determine their "
+            f"values: they were set to {fill} and are marked False in `obs['connected']` of the result. Connect "
+            "them with a larger `n_neighs` (or graph_method='radius' with a larger `radius`), or drop them."
         )
-        if prior == "car":
-            msg = not_pd_message(prior, rho, W) + " " + msg
-        raise ValueError(msg) from e
+        warnings.warn(msg, UserWarning, stacklevel=2)
 
     # ---- write: a new AnnData
     names = pd.Index(list(map(str, adata.obs_names)) + [f"new_{i}" for i in range(n_new)])
@@ -490,6 +612,9 @@ def impute(
         "spatial_key": spatial_key,
         "standardize": standardize,
         "nonneg": nonneg,
+        "center": center,
+        "criterion": criterion if lam == "auto" else None,
+        "random_state": random_state,
         "dtype": dt.name,
         **{f"graph_{k}": v for k, v in graph_params.items()},
     }
@@ -498,7 +623,7 @@ def impute(
         uns_key="impute",
         params=params,
         uns={} if gcv_rec is None else {"gcv": gcv_rec},
-        obs={"observed": observed},
+        obs={"observed": observed, "connected": connected},
         obsm={K.SPATIAL_KEY: coords},
         obsp={ck: W, dk: Dm},
     )
@@ -572,6 +697,7 @@ def enhance(
     spatial_key: str = K.SPATIAL_KEY,
     n_neighs: int = 4,
     nonneg: bool = False,
+    center: bool = True,
     dtype: Literal["float32", "float64"] = "float32",
     chunk_size: int | None = None,
 ):
@@ -588,7 +714,10 @@ def enhance(
         = (A^T A + \lambda Q)^{-1} A^T Y,
 
     solved exactly with one sparse factorization. Small :math:`\lambda` keeps spot averages close to the data
-    (as :math:`\lambda \to 0`, the smoothest field with exactly the observed averages).
+    (as :math:`\lambda \to 0`, the smoothest field with exactly the observed averages). With ``center=True``
+    (default) the prior is centred at each gene's spot mean :math:`m` (a plug-in intercept, see :func:`smooth`):
+    :math:`\hat X = \mathbf 1 m^T + (A^T A + \lambda Q)^{-1} A^T (Y - \mathbf 1 m^T)`; ``center=False`` is the
+    formula above.
 
     Parameters
     ----------
@@ -606,6 +735,8 @@ def enhance(
         Neighbours per sub-spot (4: the square lattice).
     nonneg
         Clip negative sub-spot values at 0.
+    center
+        Centre the prior at each gene's mean (see above).
 
     Returns
     -------
@@ -631,6 +762,7 @@ def enhance(
     factor = check_int(factor, "factor", low=2, example="3")
     lam = check_real(lambda_spatial, "lambda_spatial", low=0.0, low_open=True, example="0.1")
     nonneg = check_bool(nonneg, "nonneg")
+    center = check_bool(center, "center")
     dt = _check_dtype(dtype)
     chunk_size = _check_chunk(chunk_size)
     check_key(spatial_key, "spatial_key")
@@ -660,7 +792,7 @@ def enhance(
     W, Dm = knn_graph(sub, n_neighs, symmetrize="mutual")
     op = _operator(W, prior, rho, False)
     try:
-        X = core.aggregate_solve(A, Y, op.Q, lam, dtype=dt, chunk_size=chunk_size)
+        X = core.aggregate_solve(A, Y, op.Q, lam, dtype=dt, chunk_size=chunk_size, center=center)
     except NotPositiveDefiniteError as e:
         raise ValueError(not_pd_message(prior, rho, W)) from e
     if nonneg:
@@ -682,6 +814,7 @@ def enhance(
         "spatial_key": spatial_key,
         "n_neighs": n_neighs,
         "nonneg": nonneg,
+        "center": center,
         "dtype": dt.name,
     }
     save_result(
