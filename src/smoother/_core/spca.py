@@ -29,6 +29,13 @@ Two solvers:
 * ``'arpack'`` / ``'lobpcg'``: never form ``C``; apply it implicitly,
   :math:`v \mapsto X^T (u - \lambda Q u)` with :math:`u = X v`, in a Lanczos (ARPACK ``eigsh``) or LOBPCG
   eigensolver. Use it when ``n_features`` is so large that a dense ``C`` does not fit.
+
+``Q`` may also be a :class:`~scipy.sparse.linalg.LinearOperator` (the SMA prior's dense precision
+:math:`(B B^T)^{-1}` applied through the sparse factor ``B``, :func:`sma_precision`); ``C`` is then built from
+column chunks of ``X``.
+
+Nothing is refused: the top ``k`` eigenvectors are the exact maximiser for every :math:`\lambda`, also when some of
+the ``k`` largest eigenvalues (the per-component objectives) are negative; the result lists those components.
 """
 
 from __future__ import annotations
