@@ -1,0 +1,926 @@
+r"""Count-aware deconvolution: a Poisson / negative-binomial likelihood with an identity link, a per-spot
+library size, a per-gene platform effect and the spatial quadratic penalty. Arrays in, arrays out.
+
+Model
+-----
+``Y`` is ``(n_spots, n_genes)`` raw counts :math:`y_{ng}`, ``S`` the ``(n_genes, n_types)`` reference
+signatures (mean expression profile of each type; each column is rescaled to sum to 1 over all given genes).
+On the informative genes :math:`g \in \mathcal G` (:func:`select_genes`) the mean count is
+
+.. math::
+
+    \mu_{ng} = s_n\, r_g \sum_k S_{gk}\, z_{nk}, \qquad z_{nk} \ge 0,
+
+with :math:`s_n` the library size of spot :math:`n` (its total count over all given genes unless given),
+:math:`r_g > 0` the platform effect of gene :math:`g` between the reference and the spatial assay (estimated,
+normalized by :math:`\sum_g \bar S_g r_g = \sum_g \bar S_g` over :math:`\mathcal G`, :math:`\bar S_g` the mean
+of gene :math:`g` over the types, so that ``r = 1`` is "no platform effect") and :math:`z_{nk}` the *share* of
+spot :math:`n`'s counts that comes from type :math:`k` (:math:`\sum_k z_{nk} \approx 1` when the model fits).
+Reported are the ``proportions`` :math:`z_{nk} / \sum_j z_{nj}` (rows sum to 1) and the ``abundance``
+:math:`s_n z_{nk}`: the expected counts of spot :math:`n` from type :math:`k`, which keeps the spot's scale
+(doubling a spot's counts doubles its abundances).
+
+Objective (minimized over :math:`Z \ge 0` and, with ``platform_effect=True``, :math:`r`):
+
+.. math::
+
+    F(Z, r) = \frac{1}{N \bar s} \sum_{n} \sum_{g \in \mathcal G} \ell(y_{ng}, \mu_{ng})
+      + \frac{\lambda}{N} \sum_k z_{:k}^T Q\, z_{:k},
+
+with :math:`\bar s` the mean library size (so :math:`\lambda` does not depend on the sequencing depth) and
+:math:`\ell` the negative log-likelihood without terms free of :math:`\mu`:
+
+- ``'poisson'``: :math:`\ell = \mu - y \log \mu`. Convex in :math:`Z` (identity link): for a fixed :math:`r`
+  the solution is a global optimum, certified by the KKT residual.
+- ``'nb'``: :math:`\ell = (y + \theta_g) \log(\theta_g + \mu) - y \log \mu` (variance
+  :math:`\mu + \mu^2/\theta_g`). **Not** convex in :math:`\mu` where :math:`y = 0` small, so it is minimized by
+  majorization-minimization: the concave part :math:`(y + \theta)\log(\theta + \mu)` is replaced by its
+  tangent at the current iterate, which leaves a convex weighted-Poisson surrogate
+  :math:`c_{ng}\mu - y \log \mu`, :math:`c_{ng} = (y + \theta_g) / (\theta_g + \mu^{(t)}_{ng})`. Every step
+  decreases the NB objective; the result is a KKT (stationary) point of the NB objective, not certified
+  globally optimal. Its score equations are those of quasi-likelihood with the NB variance (IRLS weights
+  :math:`1/(\mu + \mu^2/\theta)`), so high, overdispersed genes are down-weighted.
+
+The penalty acts on the shares :math:`z` (depth-free, ≈ proportions), not on the abundances, so spatial
+differences in sequencing depth are not smoothed away. :math:`Q` is any sparse PSD precision (e.g. the ICAR
+precision of a spatial graph); it is applied by matrix-vector products only.
+
+Solvers
+-------
+- :math:`\lambda = 0`: spots are independent. Each is solved by a batched projected Newton method
+  (Bertsekas' :math:`\varepsilon`-active set, exact Poisson Hessian :math:`\sum_g y\, b_g b_g^T / v_g^2`,
+  Armijo search along the projection arc), chunk by chunk, stopping each spot when its projected gradient is
+  below ``tol`` relative to the gradient of its :math:`\sum_g \mu` term. Cost per iteration
+  :math:`O(n\,|\mathcal G|\,K^2)` in BLAS calls on dense row chunks; no ``n x G`` copy of sparse data.
+- :math:`\lambda > 0`: sequential quadratic programming. The likelihood is replaced by its second-order
+  expansion (per-spot ``K x K`` blocks), the resulting quadratic with the exact spatial term and
+  :math:`Z \ge 0` is solved by :func:`smoother._core.deconv.solve_quadratic` (FISTA with KKT stopping), and a
+  backtracking search on :math:`F` accepts the step. Stops on the KKT residual of :math:`F` itself.
+- Platform effect: block-coordinate descent, alternating the :math:`Z` problem above with the exact
+  minimization over :math:`r` for fixed :math:`Z` (closed form up to the Lagrange multiplier of the
+  normalization, found by a 1-D Newton search). Each block step decreases :math:`F`; with more than
+  ``platform_spots`` spots, :math:`r` (and the NB dispersion) are estimated on a random subsample of that many
+  spots and then held fixed for the final fit over all spots.
+- Dispersion ``'auto'``: per-gene method of moments on the Poisson fit,
+  :math:`\hat\phi_g = \sum_n [(y - \mu)^2 - \mu] / \sum_n \mu^2` clipped to ``[1e-4, 100]``,
+  :math:`\theta_g = 1/\hat\phi_g`.
+- ``lambda_spatial='auto'``: count thinning. Each count is split binomially into two halves; for every
+  :math:`\lambda` of the grid the model is fitted on one half (library sizes halved) and scored by the
+  Poisson deviance of the other half (and vice versa; the two scores are added). The grid always contains 0,
+  so the chosen :math:`\lambda` is never worse than :math:`\lambda = 0` by this criterion. The fit on all
+  the counts uses the chosen :math:`\lambda` times the thinning fraction (the prior precision in count
+  units, :math:`\lambda \bar s`, is what carries over between depths).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .deconv import ConvergenceWarning, QuadraticData, SpatialTerm, kkt_residual, solve_quadratic
+
+__all__ = ["CountDeconvResult", "check_counts", "fit_counts", "select_genes"]
+
+LIKELIHOODS = ("poisson", "nb")
+_THETA_MIN, _THETA_MAX = 1e-2, 1e4
+DEFAULT_AUTO_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# checks and gene selection
+# --------------------------------------------------------------------------------------------------------------
+def check_counts(Y, *, name: str = "adata.X") -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``Y`` holds finite, non-negative, integer counts.
+
+    ``Y`` is a dense array or a scipy sparse matrix (only its stored values are read). Values within
+    ``1e-6`` (relative) of an integer count as integers (float32 storage of counts).
+    """
+    vals = Y.data if sp.issparse(Y) else np.asarray(Y)
+    if vals.size == 0:
+        return
+    if not np.issubdtype(vals.dtype, np.number) or np.issubdtype(vals.dtype, np.complexfloating):
+        msg = f"Expected `{name}` to hold numeric counts, found dtype {vals.dtype}."
+        raise ValueError(msg)
+    if np.issubdtype(vals.dtype, np.integer) or vals.dtype == np.bool_:
+        if vals.dtype != np.bool_ and vals.min() < 0:
+            msg = f"`{name}` has negative values (min {vals.min()}); the count model needs raw counts >= 0."
+            raise ValueError(msg)
+        return
+    if not np.isfinite(vals).all():
+        msg = f"`{name}` contains NaN or inf; the count model needs finite raw counts."
+        raise ValueError(msg)
+    vmin = float(vals.min())
+    if vmin < 0:
+        msg = (
+            f"`{name}` has negative values (min {vmin:g}); the count model needs raw counts >= 0 "
+            "(pass the raw counts, e.g. a 'counts' layer, not scaled or centered data)."
+        )
+        raise ValueError(msg)
+    frac = np.abs(vals - np.round(vals))
+    bad = frac > 1e-6 * np.maximum(1.0, np.abs(vals))
+    if bad.any():
+        ex = float(vals.ravel()[np.argmax(bad.ravel())])
+        msg = (
+            f"`{name}` has {int(bad.sum())} non-integer value(s) (e.g. {ex:g}); the count model needs raw counts. "
+            "Pass the raw counts (e.g. a 'counts' layer) or choose a model for normalized data."
+        )
+        raise ValueError(msg)
+
+
+def _normalize_signatures(S: np.ndarray) -> np.ndarray:
+    S = np.asarray(S, dtype=np.float64)
+    if S.ndim != 2:
+        msg = f"Expected signatures of shape (n_genes, n_types), found shape {S.shape}."
+        raise ValueError(msg)
+    if not np.isfinite(S).all() or (S < 0).any():
+        msg = "The reference signatures must be finite and non-negative."
+        raise ValueError(msg)
+    tot = S.sum(axis=0)
+    if (tot <= 0).any():
+        msg = f"Reference type(s) {np.flatnonzero(tot <= 0).tolist()} have no expression on the given genes."
+        raise ValueError(msg)
+    return S / tot
+
+
+def select_genes(
+    S: np.ndarray,
+    gene_names=None,
+    *,
+    n_genes: int | None = None,
+    min_fold: float = 1.5,
+    min_expr: float = 0.1,
+    type_names=None,
+    return_scores: bool = False,
+):
+    r"""Informative genes of a reference: a boolean mask over the genes of ``S``.
+
+    Rule. Each column of ``S`` is rescaled to sum 1. A gene's *marker type* is the type where it is highest;
+    its *fold* is that value over the mean of the other types (``+ 1e-9``); its *score* is the Poisson
+    information it carries about the mixture, :math:`\sum_k (S_{gk} - \bar S_g)^2 / \bar S_g` (large for
+    high, type-specific genes). Genes below ``min_expr`` times the mean gene level (:math:`1/G`) in their
+    marker type are dropped. The kept genes are the markers (``fold >= min_fold``), ranked by score within
+    each marker type and taken in turn from every type (balanced), at most ``n_genes`` (default: all
+    markers). When fewer than ``min(G, 20 K)`` markers pass, the best remaining genes by score fill up to
+    that number. A type without any marker is named in a ``UserWarning`` (it will be hard to tell apart).
+
+    Parameters
+    ----------
+    S
+        ``(n_genes, n_types)`` non-negative signatures.
+    gene_names
+        Gene names (only for the warning and the returned scores' index; may be ``None``).
+    n_genes
+        Maximum number of genes (``None``: every marker).
+    min_fold
+        Minimum fold of a marker over the mean of the other types.
+    min_expr
+        Minimum level in the marker type, relative to the mean gene level :math:`1/G`.
+    type_names
+        Names of the types for the warning.
+    return_scores
+        Also return a dict with ``fold``, ``score`` and ``marker_type`` per gene.
+
+    Returns
+    -------
+    ``(n_genes,)`` boolean mask (and the dict with ``return_scores=True``).
+    """
+    S = _normalize_signatures(S)
+    G, K = S.shape
+    if min_fold < 1.0:
+        msg = f"Expected `min_fold` >= 1, found {min_fold}."
+        raise ValueError(msg)
+    if n_genes is not None and (int(n_genes) != n_genes or n_genes < 1):
+        msg = f"Expected `n_genes` to be a positive integer or None, found {n_genes!r}."
+        raise ValueError(msg)
+    top = np.argmax(S, axis=1)
+    smax = S[np.arange(G), top]
+    others = (S.sum(axis=1) - smax) / max(K - 1, 1)
+    fold = (smax + 1e-9) / (others + 1e-9) if K > 1 else np.ones(G)
+    mean = S.mean(axis=1)
+    score = np.divide(((S - mean[:, None]) ** 2).sum(axis=1), mean, out=np.zeros(G), where=mean > 0)
+    expressed = smax >= min_expr / G
+    marker = expressed & (fold >= min_fold)
+    limit = int(marker.sum()) if n_genes is None else min(int(n_genes), G)
+    per_type = [np.flatnonzero(marker & (top == k)) for k in range(K)]
+    per_type = [idx[np.argsort(-score[idx], kind="stable")] for idx in per_type]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < limit and any(depth < len(p) for p in per_type):
+        for p in per_type:
+            if depth < len(p) and len(chosen) < limit:
+                chosen.append(int(p[depth]))
+        depth += 1
+    floor = min(G, 20 * K) if n_genes is None else min(G, int(n_genes))
+    if len(chosen) < floor:
+        rest = np.setdiff1d(np.flatnonzero(expressed | (smax > 0)), chosen)
+        rest = rest[np.argsort(-score[rest], kind="stable")]
+        chosen.extend(int(g) for g in rest[: floor - len(chosen)])
+    mask = np.zeros(G, dtype=bool)
+    mask[chosen] = True
+    missing = [k for k in range(K) if len(per_type[k]) == 0]
+    if missing and K > 1:
+        names = [str(type_names[k]) if type_names is not None else str(k) for k in missing]
+        warnings.warn(
+            f"Reference type(s) {names} have no marker gene (fold >= {min_fold} over the other types); "
+            "they will be hard to tell apart from the others.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if return_scores:
+        return mask, {"fold": fold, "score": score, "marker_type": top, "gene_names": gene_names}
+    return mask
+
+
+# --------------------------------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class CountDeconvResult:
+    """Solution of :func:`fit_counts` (spots x types arrays)."""
+
+    abundance: np.ndarray  # (n, K) expected counts per type: library_size * shares
+    proportions: np.ndarray  # (n, K) rows sum to 1
+    library_size: np.ndarray  # (n,)
+    gene_effect: np.ndarray  # (G_sel,) platform effect r of the genes used (1 without platform effect)
+    dispersion: np.ndarray | None  # (G_sel,) NB phi = 1/theta (variance mu + phi mu^2), None for Poisson
+    lambda_spatial: float
+    objective: dict
+    converged: bool
+    n_iter: int
+    kkt_residual: float
+    seconds: float
+    auto: dict | None = None
+    genes: np.ndarray | None = None  # (G,) boolean mask of the genes used
+    shares: np.ndarray | None = None  # (n, K) z itself
+    likelihood: str = "poisson"
+    n_empty: int = 0  # spots without counts on the genes used (uniform proportions)
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the problem on the chosen genes
+# --------------------------------------------------------------------------------------------------------------
+class _Counts:
+    """Counts on the genes used (CSR or dense), library sizes and the current gene effect / NB dispersion."""
+
+    def __init__(self, Y, S: np.ndarray, s: np.ndarray, likelihood: str, chunk: int) -> None:
+        self.Y = Y  # (n, G) CSR float32/float64 or dense
+        self.S = S  # (G, K) normalized over all genes, restricted to the genes used
+        self.s = s
+        self.N, self.G = Y.shape
+        self.K = S.shape[1]
+        self.sbar = float(np.mean(s)) if len(s) and np.mean(s) > 0 else 1.0
+        self.likelihood = likelihood
+        self.theta: np.ndarray | None = None
+        self.chunk = max(1, int(chunk))
+        self.set_r(np.ones(self.G))
+
+    def set_r(self, r: np.ndarray) -> None:
+        self.r = r
+        self.B = S_r = self.S * r[:, None]
+        self.colsum = S_r.sum(axis=0)  # (K,) sum_g b_gk
+        K = self.K
+        self.P = (S_r[:, :, None] * S_r[:, None, :]).reshape(self.G, K * K)
+
+    def rows(self, start: int, stop: int, idx: np.ndarray | None = None) -> np.ndarray:
+        blk = self.Y[start:stop] if idx is None else self.Y[idx]
+        if sp.issparse(blk):
+            blk = blk.toarray()
+        return np.asarray(blk, dtype=np.float64)
+
+    def weights(self, Yc: np.ndarray, sc: np.ndarray, Va: np.ndarray) -> np.ndarray | None:
+        """MM weights c of the NB surrogate at the anchor rates ``Va`` (None for Poisson: c = 1)."""
+        if self.likelihood == "poisson":
+            return None
+        th = self.theta
+        return (Yc + th) / (th + sc[:, None] * Va)
+
+    def local(self, Yc, sc, Zc, *, hess: bool):
+        r"""Objective (per spot, without terms free of mu), gradient and curvature blocks for a chunk of spots.
+
+        Curvature: the exact Hessian for Poisson, the Fisher information
+        :math:`\sum_g s^2 b_g b_g^T / (\mu + \mu^2/\theta)` for NB (positive definite; the NB Hessian is not).
+        """
+        V = Zc @ self.B.T
+        pos = Yc > 0
+        glin = sc[:, None] * self.colsum[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            R = np.where(pos, Yc / V, 0.0)
+            logv = np.where(pos, np.log(V), 0.0)
+            if self.likelihood == "poisson":
+                f = sc * (Zc @ self.colsum) - np.einsum("ng,ng->n", Yc, logv)
+                g = glin - R @ self.B
+                Wt = np.where(pos, R / V, 0.0) if hess else None
+            else:
+                th = self.theta
+                mu = sc[:, None] * V
+                f = np.einsum("ng,ng->n", Yc + th, np.log(th + mu)) - np.einsum("ng,ng->n", Yc, logv)
+                g = sc[:, None] * (((Yc + th) / (th + mu)) @ self.B) - R @ self.B
+                if hess:
+                    mu_f = np.maximum(mu, 1e-8 * sc[:, None] / self.G)
+                    s2 = (sc * sc)[:, None]
+                    Wf = s2 * th / (mu_f * (th + mu_f))
+                    Wo = s2 * (np.where(pos, R / V, 0.0) / s2 - (Yc + th) / (th + mu) ** 2)
+        bad = (pos & ~(V > 0)).any(axis=1)
+        f[bad] = np.inf
+        H = None
+        if hess and self.likelihood == "poisson":
+            H = (Wt @ self.P).reshape(-1, self.K, self.K)
+        elif hess:
+            # NB: the exact Hessian and the Fisher information (positive definite); callers use the exact one
+            # where it is positive definite on the free variables (Newton) and the Fisher one elsewhere
+            H = (Wf @ self.P).reshape(-1, self.K, self.K)
+            self.H_exact = (np.nan_to_num(Wo, nan=0.0, posinf=0.0, neginf=0.0) @ self.P).reshape(-1, self.K, self.K)
+        return f, g, H, glin
+
+    def value(self, Yc, sc, Zc) -> np.ndarray:
+        V = Zc @ self.B.T
+        pos = Yc > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logv = np.where(pos, np.log(V), 0.0)
+        if self.likelihood == "poisson":
+            f = sc * (Zc @ self.colsum) - np.einsum("ng,ng->n", Yc, logv)
+        else:
+            th = self.theta
+            f = np.einsum("ng,ng->n", Yc + th, np.log(th + sc[:, None] * V)) - np.einsum("ng,ng->n", Yc, logv)
+        f[(pos & ~(V > 0)).any(axis=1)] = np.inf
+        return f
+
+    def nll(self, Z: np.ndarray) -> float:
+        """The negative log-likelihood without terms free of mu, summed over spots."""
+        tot = 0.0
+        for a in range(0, self.N, self.chunk):
+            b = min(self.N, a + self.chunk)
+            Yc, sc = self.rows(a, b), self.s[a:b]
+            tot += float(np.sum(self.value(Yc, sc, Z[a:b])))
+            tot -= float(np.sum(Yc.sum(axis=1) * np.log(np.maximum(sc, 1e-300))))
+        return tot
+
+
+def _proj_grad(Z: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return np.where(Z > 0, g, np.minimum(g, 0.0))
+
+
+def _newton_chunk(prob: _Counts, Yc, sc, Z, tol, max_iter):
+    """Projected Newton for independent spots (lambda = 0). Returns (Z, n_iter, converged mask)."""
+    n, K = Z.shape
+    active = np.ones(n, dtype=bool)
+    it = 0
+    eye = np.eye(K)
+    done = np.zeros(n, dtype=bool)
+    stalled = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 (returned)
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        Ya, sa, Za = Yc[idx], sc[idx], Z[idx]
+        f, g, H, glin = prob.local(Ya, sa, Za, hess=True)
+        pg = _proj_grad(Za, g)
+        ref = np.maximum(np.linalg.norm(glin, axis=1), 1e-300)
+        ok = np.linalg.norm(pg, axis=1) <= tol * ref
+        done[idx[ok]] = True
+        active[idx[ok]] = False
+        keep = ~ok
+        if not keep.any():
+            active[idx] = False
+            break
+        idx, Ya, sa, Za, f, g, H = idx[keep], Ya[keep], sa[keep], Za[keep], f[keep], g[keep], H[keep]
+        dH = np.einsum("nii->ni", H)
+        tr = np.maximum(dH.sum(axis=1), 1e-300)
+        dH = np.maximum(dH, 1e-12 * tr[:, None])
+        # epsilon-active set (Bertsekas): variables at/near 0 whose gradient pushes them out
+        wproj = np.linalg.norm(Za - np.maximum(Za - g / dH, 0.0), axis=1)
+        eps = np.minimum(1e-3 * np.maximum(Za.sum(axis=1), 1e-300), wproj)
+        bound = (Za <= eps[:, None]) & (g > 0)
+        free = ~bound
+        ff = free[:, :, None] & free[:, None, :]
+        Hm = H * ff + eye * np.where(free, 1e-10 * tr[:, None], dH)[:, None, :]
+        if prob.likelihood != "poisson":
+            Ho = prob.H_exact[np.flatnonzero(keep)] * ff + eye * np.where(free, 1e-10 * tr[:, None], dH)[:, None, :]
+            lmin = np.linalg.eigvalsh(Ho)[:, 0]
+            use = np.isfinite(lmin) & (lmin > 1e-8 * tr)
+            Hm[use] = Ho[use]
+        d = -np.linalg.solve(Hm, g[:, :, None])[:, :, 0]
+        # a Newton decrement below the rounding of f: nothing left to gain at this precision
+        tiny = -np.einsum("nk,nk->n", g, d) <= 1e-20 * np.maximum(np.abs(f), 1.0)
+        if tiny.any():
+            done[idx[tiny]] = True
+            active[idx[tiny]] = False
+            nt = ~tiny
+            if not nt.any():
+                break
+            idx, Ya, sa, Za, f, g, d = idx[nt], Ya[nt], sa[nt], Za[nt], f[nt], g[nt], d[nt]
+        # Armijo search along the projection arc
+        alpha = np.ones(len(idx))
+        pend = np.ones(len(idx), dtype=bool)
+        Znew = Za.copy()
+        for _ in range(40):
+            p = np.flatnonzero(pend)
+            if p.size == 0:
+                break
+            Zt = np.maximum(Za[p] + alpha[p, None] * d[p], 0.0)
+            ft = prob.value(Ya[p], sa[p], Zt)
+            # Armijo, with a slack at the rounding level of f (near the optimum f cannot resolve the decrease)
+            slack = 1e-12 * np.maximum(np.abs(f[p]), 1.0)
+            acc = ft <= f[p] + 1e-4 * np.einsum("nk,nk->n", g[p], Zt - Za[p]) + slack
+            Znew[p[acc]] = Zt[acc]
+            pend[p[acc]] = False
+            alpha[p[~acc]] *= 0.5
+        # spots where no step decreased the objective are at the limit of floating point
+        if pend.any():
+            stalled += int(pend.sum())
+            active[idx[pend]] = False
+            done[idx[pend]] = True
+        Z[idx] = Znew
+    return Z, it, done
+
+
+def _init_shares(prob: _Counts, Yc: np.ndarray, sc: np.ndarray) -> np.ndarray:
+    tot = prob.colsum.mean()
+    share = np.divide(Yc.sum(axis=1), sc * tot, out=np.zeros(len(sc)), where=sc > 0)
+    return np.repeat(np.maximum(share, 0.0)[:, None] / prob.K, prob.K, axis=1)
+
+
+def _fit_independent(prob: _Counts, Z: np.ndarray, tol: float, max_iter: int, spots=None, show=False):
+    """lambda = 0: projected Newton chunk by chunk (spots = an index subset, default all)."""
+    idx_all = np.arange(prob.N) if spots is None else spots
+    n_it = 0
+    n_done = 0
+    for a in range(0, len(idx_all), prob.chunk):
+        ids = idx_all[a : a + prob.chunk]
+        contiguous = spots is None
+        Yc = prob.rows(ids[0], ids[-1] + 1) if contiguous else prob.rows(0, 0, idx=ids)
+        sc = prob.s[ids]
+        Zc = Z[ids].copy()
+        Zc, it, done = _newton_chunk(prob, Yc, sc, Zc, tol, max_iter)
+        Z[ids] = Zc
+        n_it = max(n_it, it)
+        n_done += int(done.sum())
+    return Z, n_it, n_done == len(idx_all)
+
+
+def _global_grad(prob: _Counts, Z: np.ndarray, *, hess: bool):
+    """Data-term value (per spot), gradient, Hessian blocks and the mu-part of the gradient, all spots."""
+    N, K = Z.shape
+    f = np.empty(N)
+    g = np.empty((N, K))
+    glin = np.empty((N, K))
+    H = np.empty((N, K, K)) if hess else None
+    for a in range(0, N, prob.chunk):
+        b = min(N, a + prob.chunk)
+        Yc, sc = prob.rows(a, b), prob.s[a:b]
+        fa, ga, Ha, gl = prob.local(Yc, sc, Z[a:b], hess=hess)
+        f[a:b], g[a:b], glin[a:b] = fa, ga, gl
+        if hess:
+            if prob.likelihood != "poisson":  # the exact NB Hessian where positive definite
+                tr = np.maximum(np.einsum("nii->n", Ha), 1e-300)
+                lmin = np.linalg.eigvalsh(prob.H_exact)[:, 0]
+                use = np.isfinite(lmin) & (lmin > 1e-8 * tr)
+                Ha[use] = prob.H_exact[use]
+            H[a:b] = Ha
+    return f, g, H, glin
+
+
+def _data_value(prob: _Counts, Z: np.ndarray) -> float:
+    tot = 0.0
+    for a in range(0, prob.N, prob.chunk):
+        b = min(prob.N, a + prob.chunk)
+        tot += float(np.sum(prob.value(prob.rows(a, b), prob.s[a:b], Z[a:b])))
+    return tot
+
+
+class _QP(QuadraticData):
+    """A quadratic model whose value may be negative (no clipping at 0)."""
+
+    def model_loss(self, Z, HZ=None):
+        HZ = self.hess_mul(Z) if HZ is None else HZ
+        return float(np.sum(Z * HZ) - 2.0 * np.sum(self.C * Z) + self.const) * self.scale
+
+
+def _fit_spatial(prob: _Counts, Z: np.ndarray, spatial: SpatialTerm, tol: float, max_iter: int):
+    """lambda > 0: SQP with the exact spatial quadratic; returns (Z, n_iter, converged, relative KKT)."""
+    w = 1.0 / (prob.N * prob.sbar)
+    c = 2.0 * spatial.coef
+    res = np.inf
+    it = 0
+    for it in range(1, max_iter + 1):
+        f, g, H, glin = _global_grad(prob, Z, hess=True)
+        QZ = spatial.mul(Z)
+        F = w * float(f.sum()) + spatial.coef * float(np.sum(Z * QZ))
+        gfull = w * g + c * QZ
+        scale = max(float(np.linalg.norm(w * glin)), 1e-300)
+        res = kkt_residual(Z, gfull, True) / scale
+        if res <= tol:
+            return Z, it - 1, True, res
+        tr = np.maximum(np.einsum("nii->n", H), 1e-300)
+        Hr = H + (1e-10 * tr)[:, None, None] * np.eye(prob.K)
+        Cq = 0.5 * (np.einsum("nij,nj->ni", Hr, Z) - g)
+        qp = _QP(H=0.5 * Hr, C=Cq, const=0.0, scale=w, bias=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            sol = solve_quadratic(
+                qp,
+                spatial,
+                nonneg=True,
+                tol=max(0.1 * tol, min(1e-2, 0.1 * res)),
+                max_iter=5000,
+                z0=Z,
+                show_progress=False,
+            )
+        D = sol.coef - Z
+        slope = float(np.sum(gfull * D))
+        if slope >= 0:
+            return Z, it, res <= tol, res
+        alpha = 1.0
+        for _ in range(40):
+            Zt = Z + alpha * D
+            Ft = w * _data_value(prob, Zt) + spatial.value(Zt)
+            if Ft <= F + 1e-4 * alpha * slope:
+                break
+            alpha *= 0.5
+        else:
+            return Z, it, False, res
+        Z = np.maximum(Zt, 0.0)
+    f, g, H, glin = _global_grad(prob, Z, hess=False)
+    gfull = w * g + c * spatial.mul(Z)
+    res = kkt_residual(Z, gfull, True) / max(float(np.linalg.norm(w * glin)), 1e-300)
+    return Z, it, res <= tol, res
+
+
+def _platform_step(prob: _Counts, Z: np.ndarray, spots=None) -> np.ndarray:
+    """Exact minimization over r for fixed Z under sum_g Sbar_g r_g = sum_g Sbar_g."""
+    ids = np.arange(prob.N) if spots is None else spots
+    Ysum = np.zeros(prob.G)
+    T = np.zeros(prob.G)
+    for a in range(0, len(ids), prob.chunk):
+        sub = ids[a : a + prob.chunk]
+        Yc = prob.rows(0, 0, idx=sub) if spots is not None else prob.rows(sub[0], sub[-1] + 1)
+        sc = prob.s[sub]
+        Ysum += Yc.sum(axis=0)
+        U = Z[sub] @ prob.S.T  # (n, G) mixture without r
+        if prob.likelihood == "poisson":
+            T += sc @ U
+        else:
+            Cw = prob.weights(Yc, sc, Z[sub] @ prob.B.T)
+            T += np.einsum("n,ng,ng->g", sc, Cw, U)
+    sbar_g = prob.S.mean(axis=1)
+    target = float(sbar_g.sum())
+    T = np.maximum(T, 1e-300)
+    # h(nu) = sum_g sbar_g Ysum_g / (T_g + nu sbar_g) - target, decreasing in nu
+    nu = 0.0
+    lo = -float(np.min(T / np.maximum(sbar_g, 1e-300))) * (1 - 1e-12)
+    for _ in range(100):
+        den = T + nu * sbar_g
+        h = float(np.sum(sbar_g * Ysum / den)) - target
+        dh = -float(np.sum(sbar_g**2 * Ysum / den**2))
+        if abs(h) <= 1e-12 * target or dh == 0:
+            break
+        nn = nu - h / dh
+        if nn <= lo:
+            nn = 0.5 * (nu + lo)
+        nu = nn
+    r = Ysum / (T + nu * sbar_g)
+    # genes without counts keep a tiny positive effect (r = 0 would make them uninformative, not infeasible)
+    r = np.maximum(r, 1e-8 * max(float(r.max()), 1e-300))
+    return r * (target / float(np.sum(sbar_g * r)))
+
+
+def _estimate_dispersion(prob: _Counts, Z: np.ndarray, spots=None) -> np.ndarray:
+    ids = np.arange(prob.N) if spots is None else spots
+    num = np.zeros(prob.G)
+    den = np.zeros(prob.G)
+    for a in range(0, len(ids), prob.chunk):
+        sub = ids[a : a + prob.chunk]
+        Yc = prob.rows(0, 0, idx=sub) if spots is not None else prob.rows(sub[0], sub[-1] + 1)
+        mu = prob.s[sub, None] * (Z[sub] @ prob.B.T)
+        num += np.sum((Yc - mu) ** 2 - mu, axis=0)
+        den += np.sum(mu**2, axis=0)
+    phi = np.divide(num, den, out=np.full(prob.G, 1e-4), where=den > 0)
+    return np.clip(phi, 1.0 / _THETA_MAX, 1.0 / _THETA_MIN)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# main entry
+# --------------------------------------------------------------------------------------------------------------
+def _as_counts_matrix(Y):
+    if sp.issparse(Y):
+        Y = sp.csr_matrix(Y)
+        if Y.dtype not in (np.float32, np.float64):
+            Y = Y.astype(np.float64)
+        return Y
+    Y = np.asarray(Y)
+    if Y.dtype not in (np.float32, np.float64):
+        Y = Y.astype(np.float64)
+    return Y
+
+
+def fit_counts(
+    Y,
+    S: np.ndarray,
+    *,
+    Q=None,
+    lambda_spatial: float | str = 0.0,
+    likelihood: str = "poisson",
+    dispersion="auto",
+    platform_effect: bool = True,
+    library_size=None,
+    genes=None,
+    tol: float = 1e-6,
+    max_iter: int = 200,
+    platform_iter: int = 30,
+    platform_spots: int = 20_000,
+    random_state: int = 0,
+    auto_grid=None,
+    auto_fraction: float = 0.5,
+    chunk_size: int = 4096,
+    progress: bool = False,
+    check: bool = True,
+) -> CountDeconvResult:
+    r"""Fit the count model of this module (see the module docstring for the model and the solvers).
+
+    Parameters
+    ----------
+    Y
+        ``(n_spots, n_genes)`` raw counts, dense or scipy sparse (read in row chunks of ``chunk_size``).
+    S
+        ``(n_genes, n_types)`` reference signatures on the same genes (columns are rescaled to sum 1).
+    Q
+        ``(n_spots, n_spots)`` sparse precision of the spatial prior (needed when ``lambda_spatial != 0``).
+    lambda_spatial
+        Strength :math:`\lambda \ge 0` of the penalty on the shares, or ``'auto'`` (count thinning).
+    likelihood
+        ``'poisson'`` (convex, exact) or ``'nb'`` (MM to a stationary point).
+    dispersion
+        NB only: ``'auto'`` (per-gene moments), a scalar :math:`\phi` or a ``(n_genes,)`` array of :math:`\phi`
+        (variance :math:`\mu + \phi \mu^2`) on all given genes.
+    platform_effect
+        Estimate the per-gene platform effect :math:`r` (otherwise :math:`r = 1`).
+    library_size
+        ``(n_spots,)`` library sizes (default: the total count of each spot over all given genes).
+    genes
+        Boolean mask or indices of the genes used in the likelihood (default :func:`select_genes` on ``S``).
+    tol
+        Relative KKT tolerance (projected gradient over the gradient of the :math:`\sum \mu` term).
+    max_iter
+        Maximum Newton / SQP iterations per fit.
+    platform_iter
+        Maximum alternations between :math:`Z` and :math:`r`.
+    platform_spots
+        Spots used to estimate :math:`r` and the dispersion (a random subset when there are more).
+    random_state
+        Seed of the subsample and of the count thinning.
+    auto_grid
+        Candidate :math:`\lambda` for ``'auto'`` (0 is always added), default :data:`DEFAULT_AUTO_GRID`.
+    auto_fraction
+        Thinning fraction for ``'auto'``.
+    chunk_size
+        Spots per dense chunk.
+    progress
+        Print a line per stage.
+    check
+        Run :func:`check_counts` on ``Y``.
+    """
+    t0 = time.perf_counter()
+    if likelihood not in LIKELIHOODS:
+        msg = f"Unknown likelihood {likelihood!r}: expected one of {list(LIKELIHOODS)}."
+        raise ValueError(msg)
+    Y = _as_counts_matrix(Y)
+    if check:
+        check_counts(Y, name="Y")
+    N, Gall = Y.shape
+    Sn = _normalize_signatures(S)
+    if Sn.shape[0] != Gall:
+        msg = f"Y has {Gall} genes but the signatures have {Sn.shape[0]}."
+        raise ValueError(msg)
+    K = Sn.shape[1]
+    if genes is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            mask = select_genes(Sn)
+    else:
+        genes = np.asarray(genes)
+        if genes.dtype == bool:
+            if genes.shape != (Gall,):
+                msg = f"Expected a boolean `genes` mask of length {Gall}, found shape {genes.shape}."
+                raise ValueError(msg)
+            mask = genes.copy()
+        else:
+            mask = np.zeros(Gall, dtype=bool)
+            mask[genes.astype(np.int64)] = True
+    Ssel = Sn[mask]
+    if (Ssel.sum(axis=1) <= 0).any():
+        keep = Ssel.sum(axis=1) > 0
+        mask[np.flatnonzero(mask)[~keep]] = False
+        Ssel = Sn[mask]
+    if library_size is None:
+        s = np.asarray(Y.sum(axis=1), dtype=np.float64).ravel()
+    else:
+        s = np.asarray(library_size, dtype=np.float64).ravel()
+        if s.shape != (N,) or not np.isfinite(s).all() or (s < 0).any():
+            msg = f"Expected `library_size` of shape ({N},) with finite values >= 0."
+            raise ValueError(msg)
+    Ysel = Y[:, np.flatnonzero(mask)]
+    if sp.issparse(Ysel):
+        Ysel = sp.csr_matrix(Ysel)
+    if lambda_spatial != "auto" and float(lambda_spatial) > 0 and Q is None:
+        msg = "`lambda_spatial` > 0 needs a precision `Q`."
+        raise ValueError(msg)
+
+    prob = _Counts(Ysel, Ssel, s, likelihood, chunk_size)
+    rng = np.random.default_rng(random_state)
+    fixed_phi = None
+    if likelihood == "nb" and not (isinstance(dispersion, str) and dispersion == "auto"):
+        phi = (
+            np.broadcast_to(np.asarray(dispersion, dtype=np.float64).ravel(), (Gall,))
+            if np.ndim(dispersion)
+            else np.full(Gall, float(dispersion))
+        )
+        if np.ndim(dispersion) and np.size(dispersion) not in (1, Gall):
+            msg = f"Expected `dispersion` of length {Gall} (all given genes), found {np.size(dispersion)}."
+            raise ValueError(msg)
+        if not np.isfinite(phi).all() or (phi < 0).any():
+            msg = "Expected a finite `dispersion` >= 0."
+            raise ValueError(msg)
+        fixed_phi = np.clip(phi[mask], 1.0 / _THETA_MAX, None)
+        prob.theta = 1.0 / fixed_phi
+
+    # ---- stage 1: gene effect r and dispersion on (a subsample of) the spots, with lambda = 0
+    sub = None if N <= platform_spots else np.sort(rng.choice(N, platform_spots, replace=False))
+    Z = np.empty((N, K))
+    for a in range(0, N, prob.chunk):
+        b = min(N, a + prob.chunk)
+        Z[a:b] = _init_shares(prob, prob.rows(a, b), s[a:b])
+    n_iter = 0
+    hist = []
+    need_phi = likelihood == "nb" and fixed_phi is None
+    if platform_effect or need_phi:
+        lik = prob.likelihood
+        if need_phi:
+            prob.likelihood = "poisson"
+        Zs = Z.copy()
+        for outer in range(max(1, platform_iter) if platform_effect else 1):
+            Zs, it, _ = _fit_independent(prob, Zs, max(tol, 1e-8), max_iter, spots=sub)
+            n_iter += it
+            if not platform_effect:
+                break
+            obj = prob.nll(Zs) if sub is None else np.nan
+            r_new = _platform_step(prob, Zs, spots=sub)
+            change = float(np.max(np.abs(np.log(r_new) - np.log(prob.r))))
+            prob.set_r(r_new)
+            hist.append({"iter": outer, "nll": obj, "max_log_change_r": change, "newton_iter": it})
+            if progress:
+                print(f"[fit_counts] platform step {outer}: max |log r change| = {change:.2e}")
+            if change < 1e-4:
+                break
+        if need_phi:
+            prob.likelihood = lik
+            prob.theta = 1.0 / _estimate_dispersion(prob, Zs, spots=sub)
+            if platform_effect:
+                # a few more alternations under the NB weights
+                for _outer in range(max(1, platform_iter // 3)):
+                    Zs, it, _ = _fit_independent(prob, Zs, max(tol, 1e-8), max_iter, spots=sub)
+                    n_iter += it
+                    r_new = _platform_step(prob, Zs, spots=sub)
+                    change = float(np.max(np.abs(np.log(r_new) - np.log(prob.r))))
+                    prob.set_r(r_new)
+                    if change < 1e-4:
+                        break
+        if sub is None:
+            Z = Zs
+    # ---- stage 2: lambda
+    auto = None
+    lam = lambda_spatial
+    if isinstance(lambda_spatial, str):
+        if lambda_spatial != "auto":
+            msg = f"Expected `lambda_spatial` to be a number >= 0 or 'auto', found {lambda_spatial!r}."
+            raise ValueError(msg)
+        if Q is None:
+            msg = "`lambda_spatial='auto'` needs a precision `Q`."
+            raise ValueError(msg)
+        lam, auto = _choose_lambda(prob, Z, Q, auto_grid, auto_fraction, rng, tol, max_iter, progress)
+    lam = float(lam)
+    if lam < 0 or not np.isfinite(lam):
+        msg = f"Expected `lambda_spatial` >= 0, found {lam}."
+        raise ValueError(msg)
+    # ---- stage 3: the final fit over all spots
+    spatial = SpatialTerm(Q if lam > 0 else None, lam * K, 1.0, K, N)
+    if spatial.active:
+        Z = _fit_independent(prob, Z, max(tol, 1e-8), max_iter)[0]  # warm start
+        Z, it2, conv_z, res = _fit_spatial(prob, Z, spatial, tol, max_iter)
+    else:
+        Z, it2, conv_z = _fit_independent(prob, Z, tol, max_iter)
+        res = None
+    n_iter += it2
+    # ---- report
+    w = 1.0 / (N * prob.sbar)
+    f, g, _, glin = _global_grad(prob, Z, hess=False)
+    gfull = w * g + (2.0 * spatial.coef * spatial.mul(Z) if spatial.active else 0.0)
+    res = kkt_residual(Z, gfull, True) / max(float(np.linalg.norm(w * glin)), 1e-300)
+    nll = prob.nll(Z)
+    pen = spatial.value(Z) if spatial.active else 0.0
+    converged = bool(res <= tol)
+    if not converged:
+        warnings.warn(
+            f"fit_counts stopped after {n_iter} iterations before converging (relative KKT residual {res:.2e}); "
+            "increase `max_iter` or `tol`.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    tot = Z.sum(axis=1, keepdims=True)
+    empty = tot[:, 0] <= 0
+    props = np.divide(Z, tot, out=np.full_like(Z, 1.0 / K), where=tot > 0)
+    return CountDeconvResult(
+        abundance=s[:, None] * Z,
+        proportions=props,
+        library_size=s,
+        gene_effect=prob.r.copy(),
+        dispersion=None if likelihood == "poisson" else 1.0 / prob.theta,
+        lambda_spatial=lam,
+        objective={
+            "total": w * nll + pen,
+            "nll": nll,
+            "data_term": w * nll,
+            "spatial_term": pen,
+            "scale": w,
+            "deviance": _deviance(prob, Z),
+        },
+        converged=converged,
+        n_iter=n_iter,
+        kkt_residual=float(res),
+        seconds=time.perf_counter() - t0,
+        auto=auto,
+        genes=mask,
+        shares=Z,
+        likelihood=likelihood,
+        n_empty=int(empty.sum()),
+        extra={"platform_history": hist, "platform_spots": None if sub is None else len(sub)},
+    )
+
+
+def _deviance(prob: _Counts, Z: np.ndarray, Ytest=None, s_test=None) -> float:
+    """Poisson deviance of counts (default: the fitted ones) under the model's means."""
+    Ysrc = prob.Y if Ytest is None else Ytest
+    s = prob.s if s_test is None else s_test
+    tot = 0.0
+    for a in range(0, prob.N, prob.chunk):
+        b = min(prob.N, a + prob.chunk)
+        Yc = Ysrc[a:b]
+        Yc = np.asarray(Yc.toarray() if sp.issparse(Yc) else Yc, dtype=np.float64)
+        mu = s[a:b, None] * (Z[a:b] @ prob.B.T)
+        pos = Yc > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(pos, Yc * np.log(Yc / mu), 0.0)
+        tot += 2.0 * float(np.sum(t - (Yc - mu)))
+    return tot
+
+
+def _thin(Y, frac: float, rng: np.random.Generator):
+    if sp.issparse(Y):
+        A = Y.copy()
+        A.data = rng.binomial(np.round(Y.data).astype(np.int64), frac).astype(Y.dtype)
+        B = Y.copy()
+        B.data = (Y.data - A.data).astype(Y.dtype)
+        return A, B
+    A = rng.binomial(np.round(Y).astype(np.int64), frac).astype(np.float64)
+    return A, np.asarray(Y, dtype=np.float64) - A
+
+
+def _choose_lambda(prob: _Counts, Z0, Q, grid, frac, rng, tol, max_iter, progress):
+    grid = sorted(set([0.0] + [float(g) for g in (DEFAULT_AUTO_GRID if grid is None else grid)]))
+    if any(g < 0 or not np.isfinite(g) for g in grid):
+        msg = "Expected every `auto_grid` value to be finite and >= 0."
+        raise ValueError(msg)
+    A, B = _thin(prob.Y, frac, rng)
+    K, N = prob.K, prob.N
+    scores = np.zeros(len(grid))
+    for train, test, f_tr in ((A, B, frac), (B, A, 1.0 - frac)):
+        sub = _Counts(train, prob.S, prob.s * f_tr, prob.likelihood, prob.chunk)
+        sub.set_r(prob.r)
+        sub.theta = prob.theta
+        Z = Z0.copy()
+        for i, lam in enumerate(grid):
+            spatial = SpatialTerm(Q if lam > 0 else None, lam * K, 1.0, K, N)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                if spatial.active:
+                    Z, *_ = _fit_spatial(sub, Z, spatial, max(tol, 1e-6), max_iter)
+                else:
+                    Z, *_ = _fit_independent(sub, Z, max(tol, 1e-6), max_iter)
+            dev = _deviance(sub, Z, Ytest=test, s_test=prob.s * (1.0 - f_tr))
+            scores[i] += dev
+            if progress:
+                print(f"[fit_counts] auto: lambda={lam:g} held-out deviance {dev:.6g}")
+    best = int(np.argmin(scores))
+    lam_thin = grid[best]
+    lam = lam_thin * frac if frac == 0.5 else lam_thin * min(frac, 1 - frac)
+    return lam, {
+        "grid": np.array(grid),
+        "scores": scores,
+        "criterion": "held-out Poisson deviance (binomial count thinning, two folds)",
+        "lambda_thinned": lam_thin,
+        "fraction": frac,
+    }

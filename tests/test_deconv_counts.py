@@ -1,0 +1,233 @@
+"""Count-aware deconvolution (smoother._core.deconv_counts) against independent references."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.optimize import minimize
+
+from smoother._core.deconv_counts import _normalize_signatures, check_counts, fit_counts, select_genes
+
+
+def _tiny(n=3, G=6, K=2, seed=0, depth=200.0):
+    rng = np.random.default_rng(seed)
+    S = rng.gamma(2.0, 1.0, size=(G, K))
+    Z = rng.dirichlet(np.ones(K), size=n)
+    mu = depth * Z @ _normalize_signatures(S).T
+    Y = rng.poisson(mu).astype(np.float64)
+    return Y, S
+
+
+def _poisson_obj(Zflat, Y, B, s, w, lam, Q):
+    n, K = Y.shape[0], B.shape[1]
+    Z = Zflat.reshape(n, K)
+    mu = s[:, None] * (Z @ B.T)
+    f = w * float(np.sum(mu - Y * np.log(np.maximum(mu, 1e-300))))
+    if lam:
+        f += lam / n * float(np.sum(Z * (Q @ Z)))
+    return f
+
+
+def _poisson_grad(Zflat, Y, B, s, w, lam, Q):
+    n, K = Y.shape[0], B.shape[1]
+    Z = Zflat.reshape(n, K)
+    mu = s[:, None] * (Z @ B.T)
+    g = w * (s[:, None] * ((1.0 - Y / np.maximum(mu, 1e-300)) @ B))
+    if lam:
+        g += 2 * lam / n * (Q @ Z)
+    return g.ravel()
+
+
+def _brute(Y, S, lam=0.0, Q=None):
+    """The optimum by scipy's L-BFGS-B with bounds, from several starts (an independent solver)."""
+    B = _normalize_signatures(S)
+    s = Y.sum(axis=1)
+    w = 1.0 / (Y.shape[0] * s.mean())
+    best = None
+    for seed in range(3):
+        z0 = np.random.default_rng(seed).uniform(0.2, 1.0, size=(Y.shape[0], S.shape[1])).ravel()
+        r = minimize(
+            _poisson_obj,
+            z0,
+            args=(Y, B, s, w, lam, Q),
+            jac=_poisson_grad,
+            method="L-BFGS-B",
+            bounds=[(0, None)] * z0.size,
+            options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000, "maxcor": 30},
+        )
+        if best is None or r.fun < best.fun:
+            best = r
+    return best.x.reshape(Y.shape[0], S.shape[1]), best.fun
+
+
+def test_poisson_matches_brute_force():
+    Y, S = _tiny()
+    res = fit_counts(Y, S, platform_effect=False, genes=np.arange(6), tol=1e-10)
+    Zb, fb = _brute(Y, S)
+    np.testing.assert_allclose(res.shares, Zb, atol=1e-6, rtol=1e-6)
+    assert res.objective["total"] == pytest.approx(fb, rel=1e-9)
+    assert res.converged and res.kkt_residual <= 1e-10
+
+
+def test_poisson_with_spatial_matches_brute_force():
+    Y, S = _tiny(n=4, G=6, K=2, seed=1)
+    W = sp.diags([np.ones(3), np.ones(3)], [-1, 1]).tocsr()
+    Q = (sp.diags(np.asarray(W.sum(1)).ravel()) - W + 0.01 * sp.eye(4)).tocsr()
+    lam = 0.5
+    res = fit_counts(Y, S, Q=Q, lambda_spatial=lam, platform_effect=False, genes=np.arange(6), tol=1e-10)
+    Zb, fb = _brute(Y, S, lam=lam, Q=Q.toarray())
+    np.testing.assert_allclose(res.shares, Zb, atol=1e-6, rtol=1e-6)
+    assert res.objective["total"] == pytest.approx(fb, rel=1e-8)
+    # the spatial term is lambda / N * sum_k z_k^T Q z_k with the dense Q
+    Z = res.shares
+    dense = lam / 4 * sum(Z[:, k] @ Q.toarray() @ Z[:, k] for k in range(2))
+    assert res.objective["spatial_term"] == pytest.approx(dense, rel=1e-12)
+
+
+def test_kkt_conditions_at_solution_with_zero_coefficients():
+    rng = np.random.default_rng(3)
+    G, K, n = 30, 4, 20
+    S = rng.gamma(1.0, 1.0, size=(G, K))
+    Sn = _normalize_signatures(S)
+    Z = rng.dirichlet(np.ones(2), size=n)
+    Zt = np.zeros((n, K))
+    Zt[:, :2] = Z  # types 2 and 3 absent: their optimum is at the bound
+    Y = rng.poisson(1000 * Zt @ Sn.T).astype(float)
+    res = fit_counts(Y, S, platform_effect=False, genes=np.arange(G), tol=1e-9)
+    s = Y.sum(1)
+    w = 1.0 / (n * s.mean())
+    g = _poisson_grad(res.shares.ravel(), Y, Sn, s, w, 0.0, None).reshape(n, K)
+    scale = np.linalg.norm(w * s[:, None] * Sn.sum(0))
+    zero = res.shares == 0
+    assert zero.sum() > 0
+    assert np.all(g[zero] >= -1e-9 * scale)
+    assert np.max(np.abs(g[~zero])) <= 1e-8 * scale
+
+
+def test_nb_stationary_point_and_brute_force():
+    Y, S = _tiny(n=3, G=8, K=2, seed=4, depth=300)
+    phi = 0.3
+    res = fit_counts(Y, S, likelihood="nb", dispersion=phi, platform_effect=False, genes=np.arange(8), tol=1e-10)
+    B = _normalize_signatures(S)
+    s = Y.sum(1)
+    th = 1 / phi
+
+    def nb(zf, i):
+        mu = s[i] * (B @ zf)
+        return float(np.sum((Y[i] + th) * np.log(th + mu) - Y[i] * np.log(np.maximum(mu, 1e-300))))
+
+    for i in range(3):
+        r = minimize(
+            nb,
+            res.shares[i] * 0 + 0.5,
+            args=(i,),
+            method="L-BFGS-B",
+            bounds=[(0, None)] * 2,
+            options={"ftol": 1e-15, "gtol": 1e-12},
+        )
+        np.testing.assert_allclose(res.shares[i], r.x, rtol=1e-5, atol=1e-6)
+        assert nb(res.shares[i], i) <= r.fun + 1e-9 * abs(r.fun)
+    assert res.dispersion == pytest.approx(np.full(8, phi))
+
+
+def test_proportions_and_abundance_scale():
+    Y, S = _tiny(n=6, G=10, K=3, seed=5, depth=500)
+    r1 = fit_counts(Y, S, platform_effect=False, genes=np.arange(10), tol=1e-10)
+    np.testing.assert_allclose(r1.proportions.sum(1), 1.0, atol=1e-12)
+    Y2 = Y.copy()
+    Y2[0] *= 3  # one spot sequenced three times deeper, same composition
+    r2 = fit_counts(Y2, S, platform_effect=False, genes=np.arange(10), tol=1e-10)
+    np.testing.assert_allclose(r2.proportions, r1.proportions, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(r2.abundance[0], 3 * r1.abundance[0], rtol=1e-6)
+    np.testing.assert_allclose(r2.abundance[1:], r1.abundance[1:], rtol=1e-6)
+    np.testing.assert_allclose(r1.abundance.sum(1), r1.library_size * r1.shares.sum(1))
+
+
+def test_platform_effect_recovered():
+    rng = np.random.default_rng(6)
+    G, K, n = 60, 3, 400
+    S = rng.gamma(1.0, 1.0, size=(G, K))
+    Sn = _normalize_signatures(S)
+    Z = rng.dirichlet(np.ones(K) * 0.5, size=n)
+    r = rng.lognormal(0, 0.5, size=G)
+    Y = rng.poisson(3000 * (Z @ (Sn * r[:, None]).T)).astype(float)
+    Y = sp.csr_matrix(Y)
+    res = fit_counts(Y, S, platform_effect=True, genes=np.arange(G), tol=1e-8)
+    assert np.corrcoef(np.log(res.gene_effect), np.log(r))[0, 1] > 0.95
+    off = fit_counts(Y, S, platform_effect=False, genes=np.arange(G), tol=1e-8)
+    err_on = np.sqrt(np.mean((res.proportions - Z) ** 2))
+    err_off = np.sqrt(np.mean((off.proportions - Z) ** 2))
+    assert err_on < 0.5 * err_off
+    # normalization of r: sum_g mean_k(S_gk) r_g = sum_g mean_k(S_gk)
+    assert np.sum(Sn.mean(1) * res.gene_effect) == pytest.approx(np.sum(Sn.mean(1)), rel=1e-8)
+
+
+def test_check_counts():
+    check_counts(np.array([[0, 1], [2, 3]]))
+    check_counts(np.array([[0, 1], [2, 3]], dtype=np.float32))
+    check_counts(sp.csr_matrix(np.array([[0.0, 5.0]])))
+    with pytest.raises(ValueError, match=r"adata\.X.*negative"):
+        check_counts(np.array([[0.0, -1.0]]))
+    with pytest.raises(ValueError, match=r"counts_layer.*non-integer"):
+        check_counts(sp.csr_matrix(np.array([[0.0, 0.5]])), name="counts_layer")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        check_counts(np.array([[np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="negative"):
+        check_counts(np.array([[-2, 1]]))
+    with pytest.raises(ValueError, match="non-integer"):
+        fit_counts(np.array([[0.3, 1.0]]), np.ones((2, 1)))
+
+
+def test_auto_never_worse_than_zero_by_its_criterion():
+    rng = np.random.default_rng(7)
+    side = 12
+    n = side * side
+    G, K = 40, 3
+    S = rng.gamma(1.0, 1.0, size=(G, K))
+    xx, yy = np.meshgrid(np.arange(side), np.arange(side))
+    logits = np.stack([np.sin(xx / 3.0), np.cos(yy / 3.0), 0.3 * np.ones_like(xx)], -1).reshape(n, K)
+    Z = np.exp(2 * logits)
+    Z /= Z.sum(1, keepdims=True)
+    Y = rng.poisson(200 * Z @ _normalize_signatures(S).T).astype(float)
+    idx = np.arange(n).reshape(side, side)
+    rows = np.concatenate([idx[:, :-1].ravel(), idx[:-1, :].ravel()])
+    cols = np.concatenate([idx[:, 1:].ravel(), idx[1:, :].ravel()])
+    W = sp.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    W = (W + W.T).tocsr()
+    Q = (sp.diags(np.asarray(W.sum(1)).ravel()) - 0.99 * W).tocsr()
+    res = fit_counts(
+        Y,
+        S,
+        Q=Q,
+        lambda_spatial="auto",
+        platform_effect=False,
+        genes=np.arange(G),
+        tol=1e-6,
+        auto_grid=[1e-3, 1e-2, 1e-1],
+    )
+    a = res.auto
+    assert a["grid"][0] == 0.0
+    best = int(np.argmin(a["scores"]))
+    assert a["scores"][best] <= a["scores"][0]
+    assert res.lambda_spatial == pytest.approx(a["grid"][best] * a["fraction"])
+    # on smooth proportions the spatial prior is chosen and helps
+    assert res.lambda_spatial > 0
+    r0 = fit_counts(Y, S, platform_effect=False, genes=np.arange(G))
+    err = lambda P: np.sqrt(np.mean((P - Z) ** 2))  # noqa: E731
+    assert err(res.proportions) < err(r0.proportions)
+
+
+def test_select_genes_balanced_markers_and_warning():
+    G, K = 50, 3
+    S = np.ones((G, K))
+    S[0:10, 0] = 5.0  # 10 markers of type 0
+    S[10:30, 1] = 3.0  # 20 markers of type 1
+    S[:, 2] = (S[:, 0] + S[:, 1]) / 2  # type 2 is a mixture: no marker
+    with pytest.warns(UserWarning, match=r"\['C'\]"):
+        mask, info = select_genes(S, n_genes=8, type_names=["A", "B", "C"], return_scores=True)
+    assert mask.sum() == 8
+    chosen = np.flatnonzero(mask)
+    assert np.sum(chosen < 10) == 4 and np.sum((chosen >= 10) & (chosen < 30)) == 4
+    # every marker (fold >= min_fold) when n_genes is None, filled up to 20 K genes by score
+    with pytest.warns(UserWarning):
+        full = select_genes(S, min_fold=2.5)
+    assert full[:10].all() and full.sum() == min(G, 20 * K)
