@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from typing import Any, Literal
 
@@ -19,7 +21,7 @@ from .._anndata import (
     get_prior_operator,
     save_result,
 )
-from .._settings import log_finish, log_start
+from .._settings import log_finish, log_start, progress_enabled
 from .._validation import (
     check_bool,
     check_choice,
@@ -342,6 +344,24 @@ def spatial_pca(
     return out
 
 
+@contextlib.contextmanager
+def _quiet_trainer():
+    """Silence lightning's and scvi-tools' info lines ("GPU available: ...") unless ``sm.settings.verbosity >= 2``."""
+    from .._settings import settings
+
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi")
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    if settings.verbosity < 2:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, old, strict=True):
+            lg.setLevel(level)
+
+
 def _accelerator(device: str) -> tuple[str, Any]:
     """Lightning's ``(accelerator, devices)`` for a checked torch device name."""
     if device == "cpu":
@@ -432,6 +452,15 @@ def spatial_vae(
     ``adata.obsp[connectivity_key]``. ``batch_size=None`` trains full batch (as the published package);
     an integer trains on spatial tiles of about that many contiguous spots, each with the spatial loss on its
     own sub-graph.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=100, n_genes=20, noise="poisson", seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.spatial_vae(adata, n_latent=3, max_epochs=2, n_hidden=16)
+    >>> adata.obsm["X_spatial_vae"].shape
+    (100, 3)
     """
     check_adata(adata, copy=copy)
     n_latent = check_int(n_latent, "n_latent", low=1, example="10")
@@ -484,7 +513,7 @@ def spatial_vae(
     if coords is not None:
         work.obsm[coords_key] = coords
     accelerator, devices = _accelerator(device)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_trainer():
         if random_state is not None:
             torch.manual_seed(random_state)
         SpatialVAE.setup_anndata(work)
@@ -504,7 +533,7 @@ def spatial_vae(
             batch_size=batch_size,
             coords_key=coords_key,
             random_state=random_state,
-            enable_progress_bar=False,
+            enable_progress_bar=progress_enabled(),
         )
         Z = model.get_latent_representation()
     params = {
