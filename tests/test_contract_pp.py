@@ -363,7 +363,7 @@ def test_hypothesis_constant_or_zero_expression_never_destroys_the_graph(value, 
     assert np.isfinite(Ws).all() and (Ws >= 0).all()
     group = np.zeros(a.n_obs, dtype=bool)
     group[zero_rows] = True
-    two_groups = n_pcs is not None and value != 0 and 0 < group.sum() < a.n_obs
+    two_groups = n_pcs is not None and np.float32(value) != 0 and 0 < group.sum() < a.n_obs
     expected = W0 * (group[:, None] == group[None, :]) if two_groups else W0.copy()
     lost = (expected.sum(1) == 0) & (W0.sum(1) > 0)
     expected[lost, lost] = 1.0  # a spot cut from all its neighbours keeps a self edge
