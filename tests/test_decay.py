@@ -401,3 +401,32 @@ def test_similarity_decay_nan_representation_is_an_error(adata):
     adata.obsm["X_rep"] = rep
     sm.tl.similarity_decay(adata, use_rep="X_rep", n_pcs=3, max_k=5, n_null=2)
     assert np.isfinite(adata.uns["corr_decay"]["data"]["similarity_cdf"][["observed", "shuffled"]].to_numpy()).all()
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_similarity_decay_sparse_x_stays_sparse_and_equals_dense(adata, fmt, monkeypatch):
+    dense = adata.copy()
+    X = np.asarray(adata.X, dtype=np.float64)
+    X[np.abs(X) < 0.5] = 0.0  # a real sparsity pattern, with some all-zero spots
+    X[:3] = 0.0
+    dense.X = X
+    adata.X = sp.csr_matrix(X) if fmt == "csr" else sp.csc_matrix(X)
+    sm.tl.similarity_decay(dense, use_rep="X", max_k=6, cdf_k=3, n_null=3)
+
+    def no_densify(*_a, **_k):
+        raise AssertionError("a sparse X was densified")
+
+    monkeypatch.setattr(sp.csr_matrix, "toarray", no_densify)
+    monkeypatch.setattr(sp.csr_matrix, "todense", no_densify)
+    sm.tl.similarity_decay(adata, use_rep="X", max_k=6, cdf_k=3, n_null=3)
+    for key in ("quantiles", "similarity_cdf"):
+        pd.testing.assert_frame_equal(adata.uns["corr_decay"]["data"][key], dense.uns["corr_decay"]["data"][key])
+    # brute force: cosine similarity with the k-th neighbour, 0 for the all-zero spots
+    norm = np.linalg.norm(X, axis=1)
+    Xn = X / np.where(norm > 0, norm, 1.0)[:, None]
+    coords = adata.obsm["spatial"]
+    nbrs = NearestNeighbors(n_neighbors=7).fit(coords).kneighbors(coords, return_distance=False)
+    sims = np.einsum("id,ikd->ik", Xn, Xn[nbrs])
+    assert (sims[:3] == 0).all()
+    got = adata.uns["corr_decay"]["data"]["quantiles"][COLS].to_numpy()
+    np.testing.assert_allclose(got, np.quantile(sims, QS, axis=0).T, atol=1e-12)

@@ -248,27 +248,42 @@ def corr_decay_quantiles_from_cov(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def unit_rows(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit Euclidean norm (zero rows stay zero, so their cosine similarity is 0)."""
+def unit_rows(X):
+    """Rows scaled to unit Euclidean norm (zero rows stay zero, so their cosine similarity is 0).
+
+    A scipy sparse ``X`` stays sparse (CSR float64): nothing of size ``n_spots x n_features`` is densified.
+    """
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float64)
+        norm = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+        return sp.csr_matrix(sp.diags(1.0 / np.where(norm > 0, norm, 1.0)) @ X)
     X = np.asarray(X, dtype=np.float64)
     norm = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.where(norm > 0, norm, 1.0)
 
 
-def pair_cosine(Xn: np.ndarray, a: np.ndarray, b: np.ndarray, *, chunk: int = 1_000_000) -> np.ndarray:
-    """Cosine similarity of rows ``a[p]`` and ``b[p]`` of the unit-row matrix ``Xn`` (any matching shapes)."""
+def pair_cosine(Xn, a: np.ndarray, b: np.ndarray, *, chunk: int = 1_000_000) -> np.ndarray:
+    """Cosine similarity of rows ``a[p]`` and ``b[p]`` of the unit-row matrix ``Xn`` (any matching shapes).
+
+    ``Xn`` dense or scipy CSR (then the pairs are processed in chunks of ``chunk // 10`` sparse rows).
+    """
     a = np.asarray(a)
     b = np.asarray(b)
     af, bf = a.ravel(), b.ravel()
     out = np.empty(af.shape[0])
-    for start in range(0, af.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        out[sl] = np.einsum("ij,ij->i", Xn[af[sl]], Xn[bf[sl]])
+    sparse = sp.issparse(Xn)
+    step = max(1, chunk // 10) if sparse else chunk
+    for start in range(0, af.shape[0], step):
+        sl = slice(start, start + step)
+        if sparse:
+            out[sl] = np.asarray(Xn[af[sl]].multiply(Xn[bf[sl]]).sum(axis=1)).ravel()
+        else:
+            out[sl] = np.einsum("ij,ij->i", Xn[af[sl]], Xn[bf[sl]])
     return out.reshape(a.shape)
 
 
 def similarity_decay_quantiles(
-    X: np.ndarray, nbrs: np.ndarray, *, min_k: int = 0, max_k: int = 50, topk: bool = False
+    X, nbrs: np.ndarray, *, min_k: int = 0, max_k: int = 50, topk: bool = False
 ) -> pd.DataFrame:
     """Quantiles of the cosine similarity of ``X`` rows between each spot and its ``k``-th nearest neighbour.
 
@@ -290,7 +305,7 @@ def similarity_decay_quantiles(
 
 
 def similarity_cdf_table(
-    X: np.ndarray,
+    X,
     nbrs: np.ndarray,
     *,
     k: int = 6,

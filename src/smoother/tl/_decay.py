@@ -342,10 +342,9 @@ def _representation(adata, use_rep: str, n_pcs: int | None, seed: int | None) ->
     """``adata.obsm[use_rep][:, :n_pcs]``, ``adata.X`` for ``'X'``, or PCA of ``adata.X`` computed here."""
     import scipy.sparse as sp
 
-    if use_rep == "X":
+    if use_rep == "X":  # a sparse X stays sparse (CSR)
         X = adata.X
-        X = X.toarray() if sp.issparse(X) else np.asarray(X)
-        return np.asarray(X, dtype=np.float64)
+        return sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
     if use_rep in adata.obsm:
         X = adata.obsm[use_rep]
         X = X.to_numpy() if hasattr(X, "to_numpy") else X
@@ -390,7 +389,8 @@ def similarity_decay(
     adata
         AnnData with coordinates in ``adata.obsm[spatial_key]``.
     use_rep
-        Key in ``adata.obsm`` (its first ``n_pcs`` columns are used), or ``'X'`` for ``adata.X``. When
+        Key in ``adata.obsm`` (its first ``n_pcs`` columns are used), or ``'X'`` for ``adata.X`` (kept sparse
+        when it is sparse; ``n_pcs`` does not apply). When
         ``'X_pca'`` is missing, ``n_pcs`` principal components of ``adata.X`` are computed with
         :func:`scanpy.pp.pca` for this call only and **not** written to ``adata`` (run ``sc.pp.pca(adata)`` first
         to keep them), as scanpy's neighbour functions do.
