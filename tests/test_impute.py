@@ -231,3 +231,19 @@ def test_enhance_equals_dense_solve(center):
     ref = m + np.linalg.solve(A.T @ A + lam * Q, A.T @ (Y - m))
     np.testing.assert_allclose(out.X, ref, atol=1e-9)
     assert out.uns["enhance"]["params"]["center"] is center
+
+
+def test_joint_auto_equals_the_fit_at_the_chosen_lambda():
+    a, c_new = _split(seed=4, n_side=12, n_genes=4)
+    out = sm.tl.impute(a, c_new, fixed_obs=False, lambda_spatial="auto", n_neighs=4, dtype="float64")
+    lam = out.uns["impute"]["params"]["lambda"]
+    rec = out.uns["impute"]["gcv"]
+    lams, score = np.asarray(rec["lambda"]), np.asarray(rec["score"])
+    assert lams[0] == 0.0 and score[np.argmin(np.abs(lams - lam))] <= score[0] + 1e-12
+    if lam > 0:
+        ref = sm.tl.impute(a, c_new, fixed_obs=False, lambda_spatial=lam, n_neighs=4, dtype="float64")
+    else:  # lambda -> 0 of the joint fit: the observations are kept and the rest is the conditional mean
+        ref = sm.tl.impute(a, c_new, fixed_obs=True, n_neighs=4, dtype="float64")
+    np.testing.assert_allclose(out.X, ref.X, atol=1e-12)
+    with pytest.raises(ValueError, match="fixed_obs=False"):
+        sm.tl.impute(a, c_new, lambda_spatial="auto")

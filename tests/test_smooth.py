@@ -201,7 +201,7 @@ def _state(a):
         ({"prior": "icar", "rho": 1.0, "standardize": True}, ValueError, "rho < 1"),
         ({"dtype": "int32"}, ValueError, "float32"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
-        ({"per_gene": True}, ValueError, "auto"),
+        ({"per_gene": True, "lambda_spatial": 1.0}, ValueError, "auto"),
     ],
 )
 def test_bad_inputs_raise_and_leave_adata_unchanged(kwargs, exc, match):
@@ -233,3 +233,37 @@ def test_bad_data_raise():
     del c.obsm["spatial"]
     with pytest.raises(KeyError, match="obsm"):
         sm.pp.spatial_graph(c)
+
+
+def test_auto_is_never_worse_than_no_smoothing_by_its_criterion():
+    a = _adata(n_side=14, n_genes=4)
+    sm.tl.smooth(a, dtype="float64")  # the default is 'auto'
+    rec = a.uns["smoothed"]["gcv"]
+    lams, score = np.asarray(rec["lambda"]), np.asarray(rec["score"])
+    assert lams[0] == 0.0 and np.isinf(rec["gcv"][0])  # no smoothing is a candidate; GCV is 0/0 there
+    # closed form at lambda = 0: X = Y, RSS = 0, tr S = n, so the risk estimate is the noise variance itself
+    np.testing.assert_allclose(score[0], rec["sigma2_mean"], rtol=1e-12)
+    lam = a.uns["smoothed"]["lambda"]
+    assert lam > 0 and score[np.argmin(np.abs(lams - lam))] <= score[0]
+    # constant genes: every lambda fits them exactly; the tie goes to no smoothing and the data come back
+    c = _adata(n_side=6, n_genes=2)
+    c.X = np.full(c.shape, 2.5)
+    sm.tl.smooth(c, dtype="float64")
+    assert c.uns["smoothed"]["lambda"] == 0.0
+    np.testing.assert_array_equal(c.layers["smoothed"], c.X)
+
+
+def test_auto_at_the_grid_edge_warns_with_the_fix_for_sar():
+    # SAR on an unnormalized kNN graph (row sums 4) penalizes the constant heavily: the search runs to the edge
+    a = sm.datasets.simulate_field(n_spots=400, n_genes=6, noise_level=0.5, seed=1)
+    a.X = a.X + 5.0
+    sm.pp.spatial_graph(a, n_neighs=4)
+    with pytest.warns(UserWarning, match=r"largest value of the grid.*prior='isar'.*row-normalize"):
+        sm.tl.smooth(a, prior="sar", rho=0.99, lambda_spatial="auto", center=False)
+    # the advice works: 'isar' (SAR on the row-normalized graph) chooses inside the grid and beats the raw data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        b = sm.tl.smooth(a, prior="isar", rho=0.99, lambda_spatial="auto", copy=True)
+    truth = a.layers["truth"] + 5.0
+    assert np.mean((b.layers["smoothed"] - truth) ** 2) < np.mean((np.asarray(a.X) - truth) ** 2)
+    assert 0 < b.uns["smoothed"]["lambda"] < 1e3
