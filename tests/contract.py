@@ -70,8 +70,11 @@ def _equal(a, b, where: str) -> None:
         for i, (x, y) in enumerate(zip(a[1], b[1], strict=True)):
             _equal(x, y, f"{where}[{i}]")
     else:
-        same = a[1] == b[1]
-        assert bool(np.all(same)), f"{where}: {a[1]!r} -> {b[1]!r}"
+        x, y = a[1], b[1]
+        both_nan = (
+            isinstance(x, float | np.floating) and isinstance(y, float | np.floating) and np.isnan(x) and np.isnan(y)
+        )
+        assert both_nan or bool(np.all(x == y)), f"{where}: {x!r} -> {y!r}"
 
 
 def snapshot(adata) -> dict:

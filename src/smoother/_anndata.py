@@ -350,6 +350,10 @@ def to_writable(value: Any) -> Any:
     """
     if value is None:
         return None
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):  # anndata writes data frames in uns
+        return value
     if isinstance(value, Mapping):
         return {str(k): to_writable(v) for k, v in value.items()}
     if isinstance(value, (bool, np.bool_)):

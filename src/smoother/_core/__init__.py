@@ -1,6 +1,7 @@
 """Core math of smoother: arrays in, arrays out (numpy, scipy.sparse, torch). No AnnData here.
 
-The names below load on first use, so code that needs only the graph builders does not import torch or numba.
+The torch-based names load on first use, so code that needs only graphs, precisions and factorizations does not
+import torch.
 """
 
 from __future__ import annotations
@@ -10,18 +11,14 @@ from typing import Any
 
 from .._constants import PRIORS
 
+# numpy/scipy only: loaded eagerly (a lazy name equal to its submodule's, `precision`, would be shadowed by the
+# submodule once that is imported)
+from .graph import fill_isolated, knn_graph, radius_graph, row_normalize
+from .linalg import NotPositiveDefiniteError, SPDFactor, inv_diag, is_positive_definite
+from .precision import precision, rho_upper_bound, standardize_precision
+
+# torch: on first use
 _LAZY = {
-    "fill_isolated": "graph",
-    "knn_graph": "graph",
-    "radius_graph": "graph",
-    "row_normalize": "graph",
-    "NotPositiveDefiniteError": "linalg",
-    "SPDFactor": "linalg",
-    "inv_diag": "linalg",
-    "is_positive_definite": "linalg",
-    "precision": "precision",
-    "rho_upper_bound": "precision",
-    "standardize_precision": "precision",
     "block_diag_sparse": "quadratic",
     "quadratic_form": "quadratic",
     "to_torch_sparse": "quadratic",
@@ -36,4 +33,18 @@ def __getattr__(name: str) -> Any:
     return obj
 
 
-__all__ = ["PRIORS", *sorted(_LAZY)]
+__all__ = [
+    "PRIORS",
+    "NotPositiveDefiniteError",
+    "SPDFactor",
+    "fill_isolated",
+    "inv_diag",
+    "is_positive_definite",
+    "knn_graph",
+    "precision",
+    "radius_graph",
+    "rho_upper_bound",
+    "row_normalize",
+    "standardize_precision",
+    *sorted(_LAZY),
+]
