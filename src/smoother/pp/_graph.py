@@ -35,8 +35,11 @@ def _check_positions(coords: np.ndarray, obs_names, spatial_key: str) -> None:
             "graph needs the spot positions. Check `spatial_key` (it should hold the (n_obs, 2) spot coordinates)."
         )
         raise ValueError(msg)
-    _, inverse, counts = np.unique(coords, axis=0, return_inverse=True, return_counts=True)
-    shared = counts[inverse.ravel()] > 1
+    order = np.lexsort(coords.T[::-1])  # rows sorted lexicographically: equal rows are adjacent
+    same = (np.diff(coords[order], axis=0) == 0).all(axis=1)
+    shared = np.zeros(n, dtype=bool)
+    shared[order[1:][same]] = True
+    shared[order[:-1][same]] = True
     n_shared = int(shared.sum())
     if n_shared:
         example = [str(x) for x in np.asarray(obs_names)[shared][:3]]
@@ -166,8 +169,13 @@ def spatial_graph(
 # Rescaling edges by a similarity
 # ----------------------------------------------------------------------------------------------------------------
 _EDGE_CHUNK = 1 << 17  # edges per block: bounds the (edges x features) temporaries, never a loop over spots
-#: A feature vector whose norm is below this fraction of the largest absolute input value counts as zero.
-_ZERO_RTOL = 1e-9
+#: A feature vector counts as zero when its norm is at most this times (largest |input value|) * sqrt(n_features):
+#: far above the round-off of centring and projecting, far below any real difference between spots.
+_ZERO_RTOL = 1e-12
+
+
+def _zero_tol(max_abs: float, n_features: int) -> float:
+    return _ZERO_RTOL * max_abs * np.sqrt(max(n_features, 1))
 
 
 def _edge_dots(Z, r: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -190,20 +198,20 @@ def _row_sqnorms(Z) -> np.ndarray:
 
 
 def _edge_similarity(
-    Z, rows: np.ndarray, cols: np.ndarray, metric: str, bandwidth: float | None, ref_scale: float
+    Z, rows: np.ndarray, cols: np.ndarray, metric: str, bandwidth: float | None, zero_tol: float
 ) -> tuple[np.ndarray, float | None, np.ndarray]:
     """Similarity of the feature rows ``Z[rows]`` and ``Z[cols]`` for every edge (no n x n matrix).
 
     ``Z`` is a dense array or a CSR matrix (spots x features). Returns the similarities, the bandwidth used
     (``'euclidean'``) and the boolean mask of spots whose feature vector is zero (norm at most
-    ``_ZERO_RTOL * ref_scale``): cosine similarity is undefined for them and is set to 1 on their edges.
+    ``zero_tol``): cosine similarity is undefined for them and is set to 1 on their edges.
     """
     m = rows.shape[0]
     out = np.empty(m, dtype=np.float64)
     n = Z.shape[0]
     if metric == "cosine":
         norms = np.sqrt(_row_sqnorms(Z))
-        zero = norms <= _ZERO_RTOL * ref_scale
+        zero = norms <= zero_tol
         safe = np.where(zero, 1.0, norms)
         for s0 in range(0, m, _EDGE_CHUNK):
             r, c = rows[s0 : s0 + _EDGE_CHUNK], cols[s0 : s0 + _EDGE_CHUNK]
@@ -215,7 +223,7 @@ def _edge_similarity(
         mean_sq = float(_row_sqnorms(Z).mean()) if n else 0.0
         centre = np.asarray(Z.mean(axis=0)).ravel()
         spread = float(np.sqrt(max(mean_sq - float(centre @ centre), 0.0)))
-        bandwidth = 0.5 * spread if spread > _ZERO_RTOL * ref_scale else 1.0
+        bandwidth = 0.5 * spread if spread > zero_tol else 1.0
     for s0 in range(0, m, _EDGE_CHUNK):
         r, c = rows[s0 : s0 + _EDGE_CHUNK], cols[s0 : s0 + _EDGE_CHUNK]
         out[s0 : s0 + r.size] = np.exp(-np.maximum(_edge_sqdist(Z, r, c), 0.0) / (2.0 * bandwidth**2))
@@ -231,7 +239,7 @@ def _reduce(F: np.ndarray, n_pcs: int | None, seed: int = 0) -> np.ndarray:
     centred = F - F.mean(axis=0)
     if n_pcs >= min(F.shape):
         return centred
-    if not F.size or np.abs(centred).max() <= _ZERO_RTOL * np.abs(F).max():  # constant features: no direction
+    if not F.size or np.abs(centred).max() <= _zero_tol(np.abs(F).max(), F.shape[1]):  # constant: no direction
         return np.zeros((F.shape[0], int(n_pcs)))
     from sklearn.decomposition import PCA
 
@@ -307,7 +315,7 @@ _DENSE_PCA_MAX_ENTRIES = 50_000_000
 
 
 def _expression_features(X, n_pcs: int | None):
-    """Features of each spot for :func:`scale_by_expr` and the scale of the input (for the zero test).
+    """Features of each spot for :func:`scale_by_expr` and the norm below which a feature vector counts as zero.
 
     ``n_pcs=None`` keeps the expression as it is (a sparse X stays sparse); otherwise the top ``n_pcs`` PCs of the
     centred expression (a sparse X above ``_DENSE_PCA_MAX_ENTRIES`` entries goes through TruncatedSVD, uncentred,
@@ -315,19 +323,19 @@ def _expression_features(X, n_pcs: int | None):
     """
     if sp.issparse(X):
         X = sp.csr_matrix(X, dtype=np.float64)
-        ref = float(np.abs(X.data).max()) if X.nnz else 0.0
+        tol = _zero_tol(float(np.abs(X.data).max()) if X.nnz else 0.0, X.shape[1])
         if n_pcs is None:
-            return X, ref
+            return X, tol
         small = X.shape[0] * X.shape[1] <= _DENSE_PCA_MAX_ENTRIES
         if small or X.shape[1] < 3:
-            return _reduce(X.toarray(), n_pcs), ref
+            return _reduce(X.toarray(), n_pcs), tol
         from sklearn.decomposition import TruncatedSVD
 
         n_comp = min(int(n_pcs), X.shape[1] - 1)
-        return TruncatedSVD(n_components=n_comp, random_state=0).fit_transform(X), ref
+        return TruncatedSVD(n_components=n_comp, random_state=0).fit_transform(X), tol
     F = np.asarray(X, dtype=np.float64)
-    ref = float(np.abs(F).max()) if F.size else 0.0
-    return _reduce(F, n_pcs), ref
+    tol = _zero_tol(float(np.abs(F).max()) if F.size else 0.0, F.shape[1])
+    return _reduce(F, n_pcs), tol
 
 
 def scale_by_expr(
@@ -400,9 +408,9 @@ def scale_by_expr(
         raise ValueError(msg)
 
     start = log_start("scaling the spatial graph by expression similarity")
-    Z, ref = _expression_features(X, n_pcs)
+    Z, zero_tol = _expression_features(X, n_pcs)
     C = W.tocoo()
-    sim, bw, zero = _edge_similarity(Z, C.row, C.col, metric, bandwidth, ref)
+    sim, bw, zero = _edge_similarity(Z, C.row, C.col, metric, bandwidth, zero_tol)
     n_zero = _warn_zero_vectors(zero, C.row, C.col, "expression") if metric == "cosine" else 0
     hint = "Use fewer `n_pcs`, metric='euclidean', or check the spot's expression."
     Ws, n_lost = _rescale(W, sim, row_scale=row_scale, hint=hint)
@@ -641,7 +649,7 @@ def scale_by_histology(
     F = (F - F.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     Z = _reduce(F, n_pcs)
     C = W.tocoo()
-    sim, bw, zero = _edge_similarity(Z, C.row, C.col, metric, bandwidth, 1.0)
+    sim, bw, zero = _edge_similarity(Z, C.row, C.col, metric, bandwidth, _zero_tol(1.0, F.shape[1]))
     n_zero = _warn_zero_vectors(zero, C.row, C.col, "histology feature") if metric == "cosine" else 0
     hint = "Use metric='euclidean' or a larger `bandwidth`."
     Ws, n_lost = _rescale(W, sim, row_scale=row_scale, hint=hint)
