@@ -113,6 +113,14 @@ def spatial_graph(
     neighbours of each other at distance 0 (an explicit zero in the distances) with weight 1 (``'knn'``: when
     among the ``n_neighs`` nearest). Observation names play no role: the graph follows the order of the rows, so
     non-unique ``obs_names`` give the same graph.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(100, layout="square", n_genes=5, seed=0)
+    >>> sm.pp.spatial_graph(adata, n_neighs=4)
+    >>> adata.obsp["spatial_connectivities"].shape, adata.uns["spatial_neighbors"]["params"]["n_neighs"]
+    ((100, 100), 4)
     """
     check_adata(adata, copy=copy)
     method = check_choice(method, "method", ("knn", "radius"))
@@ -393,6 +401,17 @@ def scale_by_expr(
     ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` (CSR ``(n_obs, n_obs)``) and
     ``adata.uns['{key_added}_neighbors']`` (replaced as a whole): ``connectivities_key``, ``params``,
     ``n_zero_spots`` (spots with a zero feature vector, cosine only) and ``n_isolated`` (spots left without edges).
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(400, pattern="zones", n_genes=20, noise_level=0.3, seed=0)
+    >>> sm.pp.spatial_graph(adata, n_neighs=6)
+    >>> sm.pp.scale_by_expr(adata, n_pcs=5)  # -> adata.obsp["smoother_connectivities"]
+    >>> W = adata.obsp["smoother_connectivities"].tocoo()
+    >>> zone = adata.obs["zone"].to_numpy()
+    >>> bool(W.data[zone[W.row] != zone[W.col]].mean() < W.data[zone[W.row] == zone[W.col]].mean())
+    True
     """
     _check_scale_common(adata, connectivity_key, key_added, row_scale, copy)
     metric = check_choice(metric, "metric", _METRICS)
@@ -456,6 +475,16 @@ def scale_by_identity(
     ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` and
     ``adata.uns['{key_added}_neighbors']`` (``connectivities_key``, ``params``, ``n_isolated``: spots left without
     edges, which keep a self edge of weight 1, with a warning).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(400, pattern="zones", n_genes=5, seed=0)
+    >>> sm.pp.spatial_graph(adata, n_neighs=6)
+    >>> sm.pp.scale_by_identity(adata, "zone", boundary_connectivity=0.1)
+    >>> np.unique(adata.obsp["smoother_connectivities"].data).tolist()
+    [0.1, 1.0]
     """
     _check_scale_common(adata, connectivity_key, key_added, row_scale, copy)
     check_key(groupby, "groupby")
