@@ -223,7 +223,7 @@ def test_pl_corr_decay_band(adata_decay):
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
-    ax = sm.pl.corr_decay(adata_decay)
+    ax = sm.pl.corr_decay(adata_decay, show=False)
     store = adata_decay.uns["corr_decay"]
     lines = [ln for ln in ax.get_lines() if ln.get_label() in store]
     assert [ln.get_label() for ln in lines] == ["data", "icar_rho0.9"]
@@ -248,19 +248,19 @@ def test_pl_corr_decay_line_box_panels(adata_decay):
 
     q = adata_decay.uns["corr_decay"]["icar_rho0.9"]["quantiles"]
     fig, ax0 = plt.subplots()
-    ax = sm.pl.corr_decay(adata_decay, "icar_rho0.9", kind="line", ax=ax0)
+    ax = sm.pl.corr_decay(adata_decay, "icar_rho0.9", kind="line", ax=ax0, show=False)
     assert ax is ax0
     ys = {ln.get_gid(): ln.get_ydata() for ln in ax.get_lines() if ln.get_gid()}
     for c in COLS:
         np.testing.assert_allclose(ys[c], q[c])
-    ax = sm.pl.corr_decay(adata_decay, "icar_rho0.9", kind="box")
+    ax = sm.pl.corr_decay(adata_decay, "icar_rho0.9", kind="box", show=False)
     rects = [p for p in ax.patches if isinstance(p, Rectangle)]
     assert len(rects) == len(q)
     np.testing.assert_allclose([r.get_y() for r in rects], q["Q25"])
     np.testing.assert_allclose([r.get_y() + r.get_height() for r in rects], q["Q75"])
     med = next(c for c in ax.collections if c.get_gid() == "medians")
     np.testing.assert_allclose([s[0, 1] for s in med.get_segments()], q["Q50"])
-    fig = sm.pl.corr_decay(adata_decay, panels=True)
+    fig = sm.pl.corr_decay(adata_decay, panels=True, show=False)
     assert isinstance(fig, Figure)
     visible = [a for a in fig.axes if a.get_visible()]
     assert [a.get_title() for a in visible] == ["data", "icar_rho0.9"]
@@ -270,7 +270,7 @@ def test_pl_corr_decay_line_box_panels(adata_decay):
 def test_pl_similarity_cdf_and_errors(adata, adata_decay):
     import matplotlib.pyplot as plt
 
-    ax = sm.pl.similarity_cdf(adata_decay)
+    ax = sm.pl.similarity_cdf(adata_decay, show=False)
     cdf = adata_decay.uns["corr_decay"]["data"]["similarity_cdf"]
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
     np.testing.assert_allclose(lines["observed"].get_xdata(), cdf["observed"])

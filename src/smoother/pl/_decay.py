@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import _constants as K
+from ._utils import check_ax_show, finish
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["corr_decay", "similarity_cdf"]
 
@@ -54,16 +60,10 @@ def _select(store, keys, fn: str = "sm.tl.corr_decay", name: str = "keys") -> li
     return items
 
 
-def _check_plot_args(*, ax, figsize, title, legend, palette, n_colors: int) -> None:
-    """Checks shared by the plots: ``ax``, ``figsize``, ``title``, ``legend``, ``palette``."""
+def _check_plot_args(*, figsize, title, legend, palette, n_colors: int) -> None:
+    """Checks shared by the plots: ``figsize``, ``title``, ``legend``, ``palette`` (``ax``, ``show``: elsewhere)."""
     from .._validation import check_bool, check_real
 
-    if ax is not None:
-        from matplotlib.axes import Axes
-
-        if not isinstance(ax, Axes):
-            msg = f"Expected `ax` to be a matplotlib Axes or None, found {type(ax).__name__}."
-            raise TypeError(msg)
     if figsize is not None:
         if isinstance(figsize, str) or not isinstance(figsize, Sequence | np.ndarray) or len(figsize) != 2:
             msg = f"Expected `figsize` to be (width, height) in inches or None, found `{figsize!r}`."
@@ -133,7 +133,8 @@ def corr_decay(
     figsize: tuple[float, float] | None = None,
     title: str | None = None,
     legend: bool = True,
-):
+    show: bool | None = None,
+) -> Axes | Figure | None:
     """Correlation / similarity decay against neighbourhood degree ``k``.
 
     Draws, for each stored curve, the median (Q50) against ``k`` with the Q25–Q75 and Q10–Q90 ranges: shaded
@@ -161,11 +162,27 @@ def corr_decay(
         Axes title.
     legend
         Add a legend naming the keys.
+    show
+        As in scanpy: ``True`` shows the figure (``plt.show()``) and returns ``None``; ``False`` returns it for
+        further drawing; ``None`` (default) follows ``sm.settings.autoshow`` (``True`` unless changed).
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes` (overlay) or :class:`~matplotlib.figure.Figure` (``panels=True``). Never
-    calls ``plt.show()``.
+    With ``show=False``: the :class:`~matplotlib.axes.Axes` (overlay) or the :class:`~matplotlib.figure.Figure`
+    (``panels=True``); otherwise ``None``. To save a plot, as scanpy recommends (it has deprecated ``save=``):
+    ``ax = sm.pl.corr_decay(adata, show=False)`` then ``ax.figure.savefig("decay.pdf")`` (``fig.savefig`` for
+    panels).
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=20, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.similarity_decay(adata, max_k=10)
+    >>> sm.tl.corr_decay(adata, prior="icar", rho=0.9, max_k=10)
+    >>> ax = sm.pl.corr_decay(adata, show=False)
+    >>> [line.get_label() for line in ax.get_lines()[:2]]
+    ['data', 'icar_rho0.9']
     """
     from .._validation import check_bool, check_choice
 
@@ -173,7 +190,8 @@ def corr_decay(
     names = _select(store, keys)
     check_choice(kind, "kind", _KINDS)
     panels = check_bool(panels, "panels")
-    _check_plot_args(ax=ax, figsize=figsize, title=title, legend=legend, palette=palette, n_colors=1)
+    show = check_ax_show(ax, show)
+    _check_plot_args(figsize=figsize, title=title, legend=legend, palette=palette, n_colors=1)
     if panels and ax is not None:
         msg = "`ax` cannot be used with `panels=True`; pass `panels=False` to draw into `ax`."
         raise ValueError(msg)
@@ -203,7 +221,7 @@ def corr_decay(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        return fig
+        return finish(fig, show)
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (5, 3.5))
     n = len(names)
@@ -216,7 +234,7 @@ def corr_decay(
         ax.set_title(title)
     if legend:
         ax.legend(frameon=False)
-    return ax
+    return finish(ax, show)
 
 
 def similarity_cdf(
@@ -228,7 +246,8 @@ def similarity_cdf(
     title: str | None = None,
     palette: Sequence | None = None,
     legend: bool = True,
-):
+    show: bool | None = None,
+) -> Axes | None:
     """Cumulative distribution of neighbour similarity in the data against the shuffled-pairs null.
 
     Two curves from ``adata.uns['corr_decay'][key]['similarity_cdf']`` (:func:`smoother.tl.similarity_decay`):
@@ -252,17 +271,22 @@ def similarity_cdf(
         Two colours (observed, shuffled).
     legend
         Add a legend.
+    show
+        As in scanpy: ``True`` shows the figure and returns ``None``; ``False`` returns the Axes; ``None``
+        (default) follows ``sm.settings.autoshow``.
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes`. Never calls ``plt.show()``.
+    The :class:`~matplotlib.axes.Axes` with ``show=False``, otherwise ``None``. Save it with
+    ``sm.pl.similarity_cdf(adata, show=False).figure.savefig("cdf.pdf")`` (scanpy's ``save=`` is deprecated).
     """
     store = _store(adata, "sm.tl.similarity_decay")
     if not isinstance(key, str):
         msg = f"Expected `key` to be an entry name (a string), found {type(key).__name__} `{key!r}`."
         raise TypeError(msg)
     _select(store, key, "sm.tl.similarity_decay", name="key")
-    _check_plot_args(ax=ax, figsize=figsize, title=title, legend=legend, palette=palette, n_colors=2)
+    show = check_ax_show(ax, show)
+    _check_plot_args(figsize=figsize, title=title, legend=legend, palette=palette, n_colors=2)
     entry = store[key]
     if not hasattr(entry.get("similarity_cdf"), "columns"):
         msg = f"`adata.uns['corr_decay'][{key!r}]` has no similarity CDF. Please run `sm.tl.similarity_decay` first."
@@ -284,4 +308,4 @@ def similarity_cdf(
         ax.set_title(title)
     if legend:
         ax.legend(frameon=False)
-    return ax
+    return finish(ax, show)
