@@ -370,3 +370,13 @@ def test_classic_argument_types(coords):
         swm.calc_weights_knn(coords, symmetric="yes")
     with pytest.raises(ValueError, match="at least 1 spots"):
         swm.calc_weights_knn(np.zeros((0, 2)))
+
+
+def test_all_spots_at_one_point_is_a_clear_error():
+    swm = SpatialWeightMatrix()
+    with pytest.raises(ValueError, match="same point"):
+        swm.calc_weights_knn(np.ones((10, 2)), k=3)
+    with pytest.raises(ValueError, match="same point"):
+        swm.calc_weights_dist(np.ones((10, 2)), scale_coords=False)
+    with pytest.raises(ValueError, match="same coordinates"):
+        swm.calc_weights_dist(np.ones((10, 2)))  # scale_coords=True: the scaling itself says so

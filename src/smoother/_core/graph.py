@@ -41,6 +41,17 @@ def row_normalize(W: sp.spmatrix) -> sp.csr_matrix:
     return sp.diags(inv).dot(W).tocsr()
 
 
+def _check_spread(coords: np.ndarray) -> np.ndarray:
+    """``ValueError`` when two or more spots all sit at one point: no graph can describe their positions."""
+    if coords.shape[0] > 1 and float(np.ptp(coords, axis=0).max()) == 0.0:
+        msg = (
+            f"All {coords.shape[0]} spots sit at the same point {coords[0].tolist()}; a spatial graph needs the "
+            "spot positions (check the coordinates passed)."
+        )
+        raise ValueError(msg)
+    return coords
+
+
 def _knn_indices(coords: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and distances of the ``k`` nearest *other* spots of every spot, shape ``(n, k)``."""
     from sklearn.neighbors import NearestNeighbors
@@ -86,7 +97,7 @@ def knn_graph(
         CSR ``(n_spots, n_spots)`` euclidean lengths of the same edges (no self entries). Spots at identical
         coordinates are neighbours at distance 0, stored as an explicit zero, so both matrices list the same edges.
     """
-    coords = check_coords(coords)
+    coords = _check_spread(check_coords(coords))
     n = coords.shape[0]
     k = check_int(k, "k", low=1, example="6")
     if n < k + 1:
@@ -134,7 +145,7 @@ def radius_graph(
     """
     from sklearn.neighbors import NearestNeighbors
 
-    coords = check_coords(coords)
+    coords = _check_spread(check_coords(coords))
     radius = check_real(radius, "radius", low=0.0, low_open=True, example="1.5")
     bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True, allow_none=True, example="1.0")
     n = coords.shape[0]
