@@ -7,10 +7,12 @@ without loops over spots, from 100 to 10^6 spots.
 
 Real tissue: :func:`dlpfc_151673` gives the human DLPFC Visium section 151673 (real spot positions, cortical
 layers and layer-level expression; spot-level counts generated from them), read from ``SMOOTHER_DATA_DIR`` or
-downloaded once.
+downloaded once. Visium HD-like square bins at 2/8/16 um (:func:`visium_hd`) come as a dask-backed AnnData
+generated chunk by chunk, up to the full capture area.
 """
 
 from ._dlpfc import dlpfc_151673
 from ._simulate import lattice, simulate_field, simulate_mixture
+from ._visium_hd import visium_hd
 
-__all__ = ["dlpfc_151673", "lattice", "simulate_field", "simulate_mixture"]
+__all__ = ["dlpfc_151673", "lattice", "simulate_field", "simulate_mixture", "visium_hd"]
