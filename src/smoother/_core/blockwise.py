@@ -222,3 +222,84 @@ def gram(X, Q: sp.spmatrix, lam: float, *, means: np.ndarray | None = None) -> n
     ]
     total = dask.delayed(_sum_parts, pure=True)(*parts)
     return np.asarray(total.compute())
+
+
+# --- spatial PCA statistics (sparse-aware, one pass) -----------------------------------------------------------
+
+
+def _as_block(b):
+    """A chunk as CSR float64 (scipy sparse in) or a dense float64 array."""
+    if sp.issparse(b):
+        return sp.csr_matrix(b, dtype=np.float64)
+    return _dense(b).astype(np.float64, copy=False)
+
+
+def _gg(M) -> np.ndarray:
+    return M.toarray() if sp.issparse(M) else np.asarray(M)
+
+
+def _stats_part(Xb, q1b, Qbcs, *Xcs):
+    """``(X_b^T 1, X_b^T X_b, X_b^T (Q X)_b, X_b^T (Q 1)_b)`` of one row block; ``(Q X)_b = sum_c Q_bc X_c``."""
+    X = _as_block(Xb)
+    QX = None
+    for Qbc, Xc in zip(Qbcs, Xcs, strict=True):
+        part = Qbc @ _as_block(Xc)
+        QX = part if QX is None else QX + part
+    Xt = X.T.tocsr() if sp.issparse(X) else X.T
+    A = _gg(Xt @ X)
+    B = np.zeros_like(A) if QX is None else _gg(Xt @ QX)
+    colsum = np.asarray(Xt @ np.ones(X.shape[0])).ravel()
+    b = np.asarray(Xt @ q1b).ravel()
+    return colsum, A, B, b
+
+
+def _add_stats(*parts):
+    return tuple(sum(p[i] for p in parts[1:]) + parts[0][i] for i in range(4))
+
+
+def spatial_stats(X, Q: sp.spmatrix, *, fan_in: int = 4) -> dict[str, np.ndarray]:
+    r"""One pass over a row-chunked dask ``X`` (``n x G``, one column chunk): the statistics of spatial PCA.
+
+    Returns (computed, float64) ``colsum`` :math:`X^T 1`, ``xtx`` :math:`X^T X`, ``xtqx`` :math:`X^T Q X`,
+    ``xtq1`` :math:`X^T Q 1` and ``q1sum`` :math:`1^T Q 1` — enough for the centred
+    :math:`X_c^T (I - \lambda Q) X_c` at every :math:`\lambda` and for the variance and spatial loss of any
+    projection. One task per row block; it reads its own block and the blocks its rows are coupled to by ``Q``
+    (neighbours when spots are in spatial order). Sparse chunks stay sparse (products of sparse matrices, only the
+    ``G x G`` results are dense); the partial sums are added in a tree of ``fan_in`` (few ``G x G`` matrices alive).
+    """
+    import dask
+
+    if len(X.chunks[1]) != 1:
+        msg = "spatial_stats needs every gene in one column chunk; rechunk with X.rechunk({1: -1}) first."
+        raise ValueError(msg)
+    Q = sp.csr_matrix(Q, dtype=np.float64)
+    q1 = np.asarray(Q @ np.ones(Q.shape[0])).ravel()
+    rb = _row_bounds(X.chunks[0])
+    nb = len(rb) - 1
+    owner = np.repeat(np.arange(nb), np.diff(rb))
+    parts = []
+    for b in range(nb):
+        Qb = Q[rb[b] : rb[b + 1]]
+        used = np.unique(owner[Qb.indices]) if Qb.nnz else np.zeros(0, dtype=int)
+        Qbcs = [Qb[:, rb[c] : rb[c + 1]].tocsr() for c in used]
+        parts.append(
+            dask.delayed(_stats_part, pure=True)(
+                X.blocks[b, 0], q1[rb[b] : rb[b + 1]], Qbcs, *[X.blocks[c, 0] for c in used]
+            )
+        )
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(_add_stats, pure=True)(*parts[i : i + fan_in]) if len(parts[i : i + fan_in]) > 1 else parts[i]
+            for i in range(0, len(parts), fan_in)
+        ]
+    colsum, A, B, b = dask.compute(parts[0])[0]
+    return {"colsum": colsum, "xtx": A, "xtqx": B, "xtq1": b, "q1sum": float(q1.sum())}
+
+
+def coupled_blocks(Q: sp.spmatrix, chunks) -> float:
+    """Mean number of row blocks (of ``chunks``) that the rows of one block are coupled to by ``Q``."""
+    Q = sp.csr_matrix(Q)
+    rb = _row_bounds(chunks)
+    owner = np.repeat(np.arange(len(rb) - 1), np.diff(rb))
+    counts = [np.unique(owner[Q.indices[Q.indptr[rb[b]] : Q.indptr[rb[b + 1]]]]).size for b in range(len(rb) - 1)]
+    return float(np.mean(counts)) if counts else 0.0

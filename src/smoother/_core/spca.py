@@ -587,3 +587,104 @@ def spatial_pca(
         solver=used,
         info={"eigenvalues": w, "negative": negative},
     )
+
+
+#: Target bytes of one dense row chunk of a dask ``X`` (float64) in :func:`spatial_pca_dask`; larger dense chunks are
+#: split into smaller row blocks (sparse chunks are kept: their memory follows their non-zeros).
+DASK_DENSE_CHUNK_BYTES = 64 * 2**20
+
+
+def prepare_dask_rows(X, *, dense_chunk_bytes: int = DASK_DENSE_CHUNK_BYTES):
+    """``X`` (a dask array) with all columns in one chunk and dense row chunks of at most ``dense_chunk_bytes``.
+
+    Returns the (possibly rechunked) array and a list of what was changed (for the log); nothing is computed.
+    """
+    notes = []
+    n, g = X.shape
+    if len(X.chunks[1]) != 1:
+        notes.append(f"{len(X.chunks[1])} column chunks -> 1 (every gene of a spot block in one task)")
+        X = X.rechunk({1: g})
+    if not sp.issparse(X._meta):
+        rows = max(1, int(dense_chunk_bytes // (8 * max(g, 1))))
+        if max(X.chunks[0], default=0) > rows:
+            notes.append(f"dense row chunks of up to {max(X.chunks[0])} spots -> {rows} (memory per task)")
+            X = X.rechunk({0: rows})
+    return X, notes
+
+
+def _project_block(Xb, U, shift, dtype):
+    H = np.asarray(Xb @ U, dtype=np.float64)
+    if shift is not None:
+        H -= shift[None, :]
+    return H.astype(dtype, copy=False)
+
+
+def spatial_pca_dask(
+    X,
+    Q,
+    n_comps: int = 20,
+    lambda_spatial: float = 1.0,
+    *,
+    zero_center: bool = True,
+    dtype=np.float64,
+) -> SpatialPCAResult:
+    r"""Exact spatial PCA of a dask ``X`` (``n_spots x n_features``, dense or scipy-sparse chunks), out of core.
+
+    The same maximiser as :func:`spatial_pca` (top eigenvectors of :math:`C = X_c^T (I - \lambda Q) X_c`), from
+    one map-reduce pass over the spot blocks (:func:`smoother._core.blockwise.spatial_stats`: :math:`X^T X`,
+    :math:`X^T Q X`, :math:`X^T 1`, :math:`X^T Q 1`; ``Q`` symmetrised, centring applied exactly afterwards); the
+    ``n_features x n_features`` eigenproblem is solved in memory. The variance and spatial loss of each component
+    come from the same statistics (:math:`u^T X_c^T X_c u`, :math:`u^T X_c^T Q X_c u`), so the scores are not
+    computed: ``scores`` is a lazy dask array ``(n_spots, n_comps)`` of ``dtype`` chunked like ``X``'s rows.
+    ``Q`` must be a scipy sparse matrix (an operator such as the SMA precision has no row blocks).
+    ``info['total_ss']`` is the centred total sum of squares.
+    """
+    from .blockwise import spatial_stats
+
+    if not sp.issparse(Q):
+        msg = "On dask input the precision must be a scipy sparse matrix (the SMA prior is an operator)."
+        raise TypeError(msg)
+    n, g = X.shape
+    Qs = sp.csr_matrix(Q, dtype=np.float64)
+    Qs = (0.5 * (Qs + Qs.T)).tocsr()  # the in-memory path's symmetrisation
+    st = spatial_stats(X, Qs)
+    A, B = st["xtx"], st["xtqx"]
+    A = 0.5 * (A + A.T)
+    B = 0.5 * (B + B.T)
+    mean = None
+    if zero_center:
+        mean = st["colsum"] / max(n, 1)
+        b = st["xtq1"]
+        A = A - n * np.outer(mean, mean)
+        B = B - np.outer(b, mean) - np.outer(mean, b) + st["q1sum"] * np.outer(mean, mean)
+    lam = float(lambda_spatial)
+    C = A - lam * B if lam != 0.0 else A
+    if not (np.isfinite(C).all() and np.isfinite(st["colsum"]).all()):
+        msg = "The data contain NaN or inf values"
+        raise FloatingPointError(msg)
+    w, U = _top_eigs_dense(C, int(n_comps))
+    U = _flip_signs(U)
+    variance = np.einsum("ij,ij->j", U, A @ U)
+    spatial = np.einsum("ij,ij->j", U, B @ U)
+    objective = variance - lam * spatial
+    shift = None if mean is None else mean @ U
+    H = X.map_blocks(
+        _project_block,
+        U,
+        shift,
+        np.dtype(dtype),
+        dtype=np.dtype(dtype),
+        chunks=(X.chunks[0], (int(n_comps),)),
+        meta=np.empty((0, 0), dtype=np.dtype(dtype)),
+    )
+    scale = max(float(np.abs(w).max()), 1e-300)
+    return SpatialPCAResult(
+        loadings=U,
+        scores=H,
+        objective=objective,
+        variance=variance,
+        spatial_loss=spatial,
+        mean=mean,
+        solver="dense",
+        info={"eigenvalues": w, "negative": np.flatnonzero(w < -1e-10 * scale), "total_ss": float(np.trace(A))},
+    )

@@ -150,6 +150,69 @@ def _precision(W, prior: str, rho: float, standardize: bool):
     return op.Q if op.Q is not None else sma_precision(op.B)
 
 
+def _dask_matrix(adata, layer, mask, *, prior: str, solver: str):
+    """The dask array behind ``X`` / ``layer`` (gene subset applied lazily), or ``None`` for in-memory data.
+
+    Checks what the dask path cannot do before any work: non-numeric data, the SMA prior (a dense operator) and
+    the implicit eigensolvers (they need many passes over the data).
+    """
+    from .._core.blockwise import is_dask
+
+    if layer is None:
+        raw = adata.X
+    elif isinstance(layer, str) and layer in adata.layers:
+        raw = adata.layers[layer]
+    else:
+        return None  # get_matrix raises the usual error
+    if not is_dask(raw):
+        return None
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    dtype = np.dtype(raw.dtype)
+    if not (np.issubdtype(dtype, np.number) or dtype.kind == "b") or np.issubdtype(dtype, np.complexfloating):
+        msg = f"Expected {where} to be real numbers, found dtype {dtype}."
+        raise TypeError(msg)
+    if prior == "sma":
+        msg = (
+            f"`prior='sma'` needs the data in memory ({where} is a dask array): its precision is a dense operator "
+            "with no row blocks. Use prior='icar' (or 'car', 'sar', 'isar'), or load the data with `.compute()` first."
+        )
+        raise ValueError(msg)
+    if solver in ("arpack", "lobpcg"):
+        msg = (
+            f"`solver={solver!r}` needs the data in memory ({where} is a dask array): it passes over the data at every "
+            "iteration. On dask input the genes x genes matrix is formed in one pass: use solver='auto' or 'dense'."
+        )
+        raise ValueError(msg)
+    return raw if mask is None else raw[:, mask]
+
+
+def _spatial_pca_dask(X, Q, n_comps: int, lam: float, zero_center: bool, layer):
+    """:func:`smoother._core.spca.spatial_pca_dask` with the rechunking logged and bad values named."""
+    from .._core.blockwise import coupled_blocks
+    from .._core.spca import prepare_dask_rows, spatial_pca_dask
+    from .._settings import logger
+
+    X, notes = prepare_dask_rows(X)
+    for note in notes:
+        logger.info("    spatial_pca on dask input: rechunked %s", note)
+    if X.dtype.kind in "biu":
+        X = X.astype(np.float64)
+    spread = coupled_blocks(Q, X.chunks[0])
+    if spread > 8:
+        logger.info(
+            "    spatial_pca on dask input: the graph couples each block of spots to %.1f blocks on average; storing "
+            "the spots in spatial order (e.g. sorted along obsm['spatial']) makes the pass cheaper",
+            spread,
+        )
+    dtype = np.float32 if X.dtype == np.float32 else np.float64
+    try:
+        return spatial_pca_dask(X, Q, n_comps, lam, zero_center=zero_center, dtype=dtype)
+    except FloatingPointError:
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        msg = f"{where} contains NaN or inf values; impute or drop them first (for missing spots use `sm.tl.impute`)."
+        raise ValueError(msg) from None
+
+
 def spatial_pca(
     adata,
     *,
@@ -291,13 +354,20 @@ def spatial_pca(
         )
         raise ValueError(msg)
     W = get_graph(adata, connectivity_key)
-    X, _ = get_matrix(adata, layer, genes=mask)
+    Xd = _dask_matrix(adata, layer, mask, prior=prior, solver=solver)
+    X = None if Xd is not None else get_matrix(adata, layer, genes=mask)[0]
 
     start = log_start(f"computing spatial PCA ({n_comps} components, lambda_spatial={lam:g}, prior={prior!r})")
     Q = _precision(W, prior, rho, standardize)
-    res = _spca(X, Q, n_comps, lam, zero_center=zero_center, solver=solver)
+    if Xd is not None:
+        res = _spatial_pca_dask(Xd, Q, n_comps, lam, zero_center, layer)
+        total = res.info["total_ss"]
+        out_dtype = np.float32 if Xd.dtype == np.float32 else np.float64
+    else:
+        res = _spca(X, Q, n_comps, lam, zero_center=zero_center, solver=solver)
+        total = _total_sum_of_squares(X, res.mean)
+        out_dtype = np.float32 if X.dtype == np.float32 else np.float64
     n = adata.n_obs
-    total = _total_sum_of_squares(X, res.mean)
     negative = np.asarray(res.info["negative"], dtype=int)
     if negative.size:
         which = ", ".join(str(i + 1) for i in negative)
@@ -310,7 +380,6 @@ def spatial_pca(
             stacklevel=2,
         )
 
-    out_dtype = np.float32 if X.dtype == np.float32 else np.float64
     loadings = np.zeros((adata.n_vars, n_comps), dtype=out_dtype)
     if mask is None:
         loadings[:] = res.loadings
@@ -337,7 +406,7 @@ def spatial_pca(
             "n_negative": int(negative.size),
             "solver": res.solver,
         },
-        obsm={_obsm_key(key_added): res.scores.astype(out_dtype, copy=False)},
+        obsm={_obsm_key(key_added): res.scores if Xd is not None else res.scores.astype(out_dtype, copy=False)},
         varm={_varm_key(key_added): loadings},
     )
     log_finish(start)
