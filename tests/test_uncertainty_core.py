@@ -121,3 +121,14 @@ def test_laplace_block_cov_equals_the_dense_inverse_on_the_active_set():
         z[k] += eps
         J[:, k] = (z / z.sum() - coef[i] / coef[i].sum()) / eps
     np.testing.assert_allclose(se[i], np.sqrt(np.diag(J @ cov[i] @ J.T)), rtol=1e-4)
+
+
+def test_gmrf_draws_have_the_prior_covariance():
+    from smoother._core.uncertainty import sample_gmrf
+
+    _, Q = _system(side=5, rho=0.9)
+    X = sample_gmrf(Q, 40000, seed=0)
+    cov = np.linalg.inv(Q.toarray())
+    emp = X @ X.T / X.shape[1]
+    assert np.abs(emp - cov).max() < 0.05 * np.abs(cov).max()
+    np.testing.assert_allclose(np.diag(emp), np.diag(cov), rtol=0.05)
