@@ -1,0 +1,378 @@
+"""Scaling out (issue 12): graph + smoothing (fixed lambda) and spatial PCA on dask-backed Visium HD-like data.
+
+For every size (bins) and gene count the script
+
+1. simulates 2 um bins (``sm.datasets.visium_hd``) straight into a ``.zarr`` store in a temporary directory (counts
+   never whole in memory) and reads it back lazily (``X``: dask array of CSR chunks from anndata's lazy reader);
+2. builds the graph (``sm.pp.spatial_graph``, 4 neighbours: the square grid) and the ICAR precision (rho 0.99);
+3. smooths every gene at a fixed lambda (``sm.tl.smooth`` on the dask-backed AnnData when it accepts dask input,
+   else the core ``blockwise.smooth_blocks`` on the same system; the JSON says which) and writes the result to
+   zarr (``dask.array.to_zarr``): one Cholesky factorization, then block triangular solves;
+4. runs ``sm.tl.spatial_pca`` (20 components) on the dask input and writes the scores to zarr;
+
+and records wall time and the peak resident memory of the whole process tree (sampled every 0.1 s) per step, the
+machine's load average, and a physical estimate next to each measurement: nested-dissection Cholesky of the
+5-point grid, nnz(L) ~ 31/8 n log2 n and ~829/84 n^1.5 flops (George, 1973), 2 nnz(L) multiply-adds per gene
+solve, L read once per block of genes, bytes of the stores read and written; at this machine's measured dense
+flop rate and memory bandwidth.
+
+Usage::
+
+    python benchmarks/scale_out.py --bins 1e5 1e6 --genes 100 1000 [--steps smooth spca] [--tag name]
+
+Writes ``benchmarks/results/scale_out{_tag}.json`` and ``.md`` (merging with the rows already there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results"
+LAMBDA = 1.0
+SPCA_LAMBDA = 0.1
+RHO = 0.99
+#: Smoothing is skipped (with the reason recorded) when the estimated Cholesky factor alone needs more than this
+#: share of the machine's memory (12 bytes per non-zero of L: value and row index).
+MAX_FACTOR_SHARE = 0.4
+N_COMPS = 20
+GENES_PER_BLOCK = 16
+
+
+class PeakRSS:
+    """Peak resident memory (bytes) of this process and all its children, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.1):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # noqa: BLE001  (a child that just ended)
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def step(record: dict, name: str, func):
+    """Run ``func()``, store its time (s) and peak RSS (GiB) of the process tree under ``record[name]``."""
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        out = func()
+    record[name] = {"time_s": round(time.perf_counter() - t0, 2), "peak_rss_gib": round(mem.peak / 2**30, 2)}
+    print(f"    {name}: {record[name]}", flush=True)
+    return out
+
+
+def store_bytes(path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def machine_rates() -> dict:
+    """Dense float64 GEMM rate (GFLOP/s, all threads) and memory bandwidth (GB/s, a = b + c) of this machine."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1500, 1500))
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    gflops = 3 * 2 * 1500**3 / (time.perf_counter() - t0) / 1e9
+    b = np.ones(2**25)
+    c = np.ones(2**25)
+    out = np.empty_like(b)
+    np.add(b, c, out=out)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        np.add(b, c, out=out)
+    gbs = 5 * 3 * b.nbytes / (time.perf_counter() - t0) / 1e9
+    return {"gemm_gflops": round(gflops, 1), "stream_gbs": round(gbs, 1)}
+
+
+def estimate(n: int, g: int, rates: dict, x_bytes: int, nnz_x: int) -> dict:
+    """Physical estimate for the 5-point grid with nested dissection (George 1973)."""
+    nnz_l = 31 / 8 * n * math.log2(max(n, 2))
+    fact_flops = 829 / 84 * n**1.5
+    solve_flops = 2 * nnz_l * g  # multiply-adds, forward + backward
+    n_blocks = math.ceil(g / GENES_PER_BLOCK)
+    solve_bytes = 2 * 12 * nnz_l * n_blocks  # L (value + index) read forward and backward per block of genes
+    out_bytes = 4 * n * g  # the float32 smoothed layer (uncompressed)
+    rhs_bytes = 2 * 8 * n * g  # dense float64 right-hand sides, read and written per solve
+    # spatial PCA: X^T X and X^T (Q X) over sparse rows (z non-zeros per row, Q X ~ 5z)
+    z = nnz_x / max(n, 1)
+    gram_flops = 2 * n * z * (z + 5 * z)
+    flop_rate = rates["gemm_gflops"] * 1e9
+    bw = rates["stream_gbs"] * 1e9
+    # sparse kernels run far below the GEMM peak: count factorization at 1/4 of it (supernodal), solves and the
+    # sparse gram by memory traffic
+    return {
+        "nnz_L": int(nnz_l),
+        "factor_gflop": round(fact_flops / 1e9, 2),
+        "solve_gflop": round(solve_flops / 1e9, 2),
+        "solve_traffic_gb": round((solve_bytes + rhs_bytes) / 1e9, 2),
+        "bytes_read_gb": round(x_bytes / 1e9, 3),
+        "bytes_written_gb": round(out_bytes / 1e9, 3),
+        "t_factor_s": round(fact_flops / (0.25 * flop_rate), 2),
+        "t_solve_s": round(max(solve_flops / flop_rate, (solve_bytes + rhs_bytes) / bw), 2),
+        "spca_gflop": round(gram_flops / 1e9, 2),
+        "t_spca_s": round(max(gram_flops / (0.1 * flop_rate), 12 * 7 * nnz_x / bw), 2),
+    }
+
+
+def _block_colsum(b):
+    return np.asarray(b.sum(axis=0), dtype=np.float64).ravel()
+
+
+def column_sums(X) -> np.ndarray:
+    """Column sums of a row-chunked dask array with scipy-sparse chunks (one task per chunk)."""
+    import dask
+
+    parts = [dask.delayed(_block_colsum)(X.blocks[i, 0]) for i in range(X.numblocks[0])]
+    return np.sum(dask.compute(*parts), axis=0)
+
+
+def smooth_supports_dask() -> bool:
+    from smoother.tl import _smooth
+
+    return "is_dask" in inspect.getsource(_smooth)
+
+
+def run_one(n_target: int, g: int, steps: list[str], tmp: Path, rates: dict, chunk: int) -> dict:
+    import dask.array as da
+    import scipy.sparse as sp
+    import zarr
+
+    import smoother as sm
+    from smoother._anndata import get_prior_operator
+    from smoother._core import blockwise
+    from smoother.datasets._visium_hd import visium_hd
+
+    side = round(math.sqrt(n_target))
+    area = side * 2 / 1000
+    rec: dict = {"bins_target": n_target, "genes": g, "bin_um": 2, "load_before": os.getloadavg()}
+    store = tmp / f"hd_{n_target}_{g}.zarr"
+    print(f"  {side}x{side} 2 um bins x {g} genes", flush=True)
+    adata = step(
+        rec,
+        "simulate_to_zarr",
+        lambda: visium_hd(2, area_mm=area, n_genes=g, chunk_size=chunk, store=store, random_state=0),
+    )
+    n = adata.n_obs
+    rec["bins"] = n
+    rec["store_gb"] = round(store_bytes(store) / 1e9, 3)
+    nnz_x = int(zarr.open(str(store), mode="r")["X"]["indptr"][-1])
+    rec["nnz_X"] = nnz_x
+    rec["estimate"] = estimate(n, g, rates, store_bytes(Path(store) / "X"), nnz_x)
+
+    step(rec, "graph", lambda: sm.pp.spatial_graph(adata, n_neighs=4))
+    W = adata.obsp["spatial_connectivities"]
+
+    factor_gib = 12 * rec["estimate"]["nnz_L"] / 2**30
+    import psutil
+
+    if "smooth" in steps and factor_gib > MAX_FACTOR_SHARE * psutil.virtual_memory().total / 2**30:
+        rec["smooth_skipped"] = (
+            f"estimated Cholesky factor {factor_gib:.1f} GiB (nnz(L) {rec['estimate']['nnz_L']:.3g}) exceeds "
+            f"{MAX_FACTOR_SHARE:.0%} of this machine's memory: needs the iterative (CG + AMG) path"
+        )
+        print("    smooth skipped:", rec["smooth_skipped"], flush=True)
+    elif "smooth" in steps:
+        out = tmp / f"smoothed_{n_target}_{g}.zarr"
+        if smooth_supports_dask():
+            rec["smooth_via"] = "sm.tl.smooth (dask-backed AnnData)"
+
+            def run_smooth():
+                sm.tl.smooth(adata, prior="icar", rho=RHO, lambda_spatial=LAMBDA)
+                da.to_zarr(adata.layers["smoothed"], str(out))
+
+            step(rec, "smooth", run_smooth)
+        else:
+            rec["smooth_via"] = "core blockwise.smooth_blocks (sm.tl.smooth had no dask path at run time)"
+            op = step(rec, "precision", lambda: get_prior_operator(W, "icar", RHO, True))
+            A = (sp.identity(n, format="csr") + LAMBDA * op.Q).tocsr()
+            token = f"bench-{n}-{LAMBDA}"
+            blockwise.clear_cache()
+            step(rec, "factor", lambda: blockwise.cached_factor(token, A))
+
+            def run_solves():
+                X = adata.X
+                means = column_sums(X) / n  # centre=True as sm.tl.smooth
+                S = blockwise.smooth_blocks(X, A, token=token, genes_per_block=GENES_PER_BLOCK, means=means)
+                da.to_zarr(S.rechunk({0: min(n, 2**18)}), str(out))
+
+            step(rec, "solve_and_write", run_solves)
+            rec["smooth"] = {
+                "time_s": round(sum(rec[k]["time_s"] for k in ("precision", "factor", "solve_and_write")), 2),
+                "peak_rss_gib": max(rec[k]["peak_rss_gib"] for k in ("precision", "factor", "solve_and_write")),
+            }
+            blockwise.clear_cache()
+        rec["smooth_written_gb"] = round(store_bytes(out) / 1e9, 3)
+        shutil.rmtree(out, ignore_errors=True)
+
+    if "spca" in steps:
+        out = tmp / f"spca_{n_target}_{g}.zarr"
+
+        def run_spca():
+            with warnings.catch_warnings():  # raw 2 um counts: the trailing components may be negative
+                warnings.simplefilter("ignore", UserWarning)
+                sm.tl.spatial_pca(adata, n_comps=N_COMPS, lambda_spatial=SPCA_LAMBDA, prior="icar", rho=RHO)
+            da.to_zarr(adata.obsm["X_spatial_pca"], str(out))
+
+        step(rec, "spatial_pca", run_spca)
+        shutil.rmtree(out, ignore_errors=True)
+    rec["load_after"] = os.getloadavg()
+    shutil.rmtree(store, ignore_errors=True)
+    return rec
+
+
+def to_markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [
+        "# Scaling out: graph + smooth (fixed lambda) and spatial PCA on dask-backed Visium HD-like data",
+        "",
+        f"Machine: {m['cpus']} cores, {m['mem_gib']} GiB, {m['gemm_gflops']} GFLOP/s dense GEMM, "
+        f"{m['stream_gbs']} GB/s memory bandwidth (measured at the start); shared with other jobs - load average "
+        "before/after each row is listed. 2 um bins from `sm.datasets.visium_hd` written to zarr and read back "
+        f"lazily (CSR chunks); ICAR rho={RHO}, graph of 4 neighbours; smoothing lambda={LAMBDA} (centred, as "
+        f"sm.tl.smooth), {N_COMPS} spatial PCs at lambda={SPCA_LAMBDA}. "
+        "Times in seconds, peak RSS of the whole process tree in GiB. Estimate: nested-dissection Cholesky of the "
+        "5-point grid (nnz(L) ~ 31/8 n log2 n, 829/84 n^1.5 flops at 1/4 of the GEMM rate), solves 2 nnz(L) "
+        "multiply-adds per gene bounded by memory traffic (L read per 16-gene block), spatial PCA by its sparse "
+        "products.",
+        "",
+        "| bins | genes | nnz(X) | simulate->zarr s | graph s | smooth s (est.) | smooth GiB | spatial_pca s (est.) "
+        "| spca GiB | nnz(L) est. | factor GFLOP | solve GFLOP | read GB | written GB | load before/after |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in res["rows"]:
+        e = r["estimate"]
+        sm_t = r.get("smooth", {}).get("time_s", "-")
+        sm_m = r.get("smooth", {}).get("peak_rss_gib", "-")
+        sp_t = r.get("spatial_pca", {}).get("time_s", "-")
+        sp_m = r.get("spatial_pca", {}).get("peak_rss_gib", "-")
+        est_smooth = round(e["t_factor_s"] + e["t_solve_s"], 1)
+        lines.append(
+            f"| {r['bins']:,} | {r['genes']:,} | {r['nnz_X']:,} | {r['simulate_to_zarr']['time_s']} | "
+            f"{r['graph']['time_s']} | {sm_t} ({est_smooth}) | {sm_m} | {sp_t} ({e['t_spca_s']}) | {sp_m} | "
+            f"{e['nnz_L']:.3g} | {e['factor_gflop']} | {e['solve_gflop']} | {e['bytes_read_gb']} | "
+            f"{r.get('smooth_written_gb', '-')} | {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f} |"
+        )
+    skipped = [r for r in res["rows"] if "smooth_skipped" in r]
+    for r in skipped:
+        lines += ["", f"Smoothing at {r['bins']:,} bins x {r['genes']:,} genes not run: {r['smooth_skipped']}."]
+    vias = sorted({r.get("smooth_via", "") for r in res["rows"]} - {""})
+    lines += ["", "Smoothing ran through: " + "; ".join(vias) + "." if vias else ""]
+    if any("factor" in r for r in res["rows"]):
+        lines += [
+            "",
+            "| bins | genes | precision s | factor s (est.) | solve+write s (est.) |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in res["rows"]:
+            if "factor" in r:
+                e = r["estimate"]
+                lines.append(
+                    f"| {r['bins']:,} | {r['genes']:,} | {r['precision']['time_s']} | {r['factor']['time_s']} "
+                    f"({e['t_factor_s']}) | {r['solve_and_write']['time_s']} ({e['t_solve_s']}) |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def warmup(tmp: Path) -> None:
+    """Import and compile everything once on a tiny problem, so that no step pays first-call costs."""
+    import dask.array as da
+
+    import smoother as sm
+    from smoother._anndata import get_prior_operator
+    from smoother._core import blockwise
+    from smoother.datasets._visium_hd import visium_hd
+
+    a = visium_hd(2, area_mm=0.06, n_genes=30, store=tmp / "warmup.zarr")
+    sm.pp.spatial_graph(a, n_neighs=4)
+    op = get_prior_operator(a.obsp["spatial_connectivities"], "icar", RHO, True)
+    A = (op.Q * LAMBDA).tocsr()
+    A.setdiag(A.diagonal() + 1.0)
+    blockwise.smooth_blocks(a.X, A, token="warmup", genes_per_block=8).compute()
+    blockwise.clear_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sm.tl.spatial_pca(a, n_comps=3)
+    da.to_zarr(a.obsm["X_spatial_pca"], str(tmp / "warmup_out.zarr"))
+    shutil.rmtree(tmp / "warmup.zarr")
+    shutil.rmtree(tmp / "warmup_out.zarr")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bins", nargs="+", type=float, default=[1e5, 1e6])
+    p.add_argument("--genes", nargs="+", type=int, default=[100, 1000])
+    p.add_argument("--steps", nargs="+", default=["smooth", "spca"], choices=["smooth", "spca"])
+    p.add_argument("--chunk", type=int, default=2**18, help="bins per dask chunk")
+    p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--tmp", default=None, help="directory for the zarr stores (default: a new temp dir)")
+    args = p.parse_args(argv)
+
+    import psutil
+
+    rates = machine_rates()
+    machine = {
+        "cpus": os.cpu_count(),
+        "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        **rates,
+    }
+    print("machine", machine, "load", os.getloadavg(), flush=True)
+    name = "scale_out" + (f"_{args.tag}" if args.tag else "")
+    path_json = OUT / f"{name}.json"
+    old = json.loads(path_json.read_text()) if path_json.exists() else {"rows": []}
+    rows = {(r["bins_target"], r["genes"]): r for r in old.get("rows", [])}
+    tmp = Path(tempfile.mkdtemp(prefix="scale_out_", dir=args.tmp))
+    warmup(tmp)
+    try:
+        for n in args.bins:
+            for g in args.genes:
+                rec = run_one(int(n), g, args.steps, tmp, rates, args.chunk)
+                rows[(rec["bins_target"], g)] = rec
+                res = {"machine": machine, "rows": sorted(rows.values(), key=lambda r: (r["bins_target"], r["genes"]))}
+                path_json.write_text(json.dumps(res, indent=1, default=float))
+                (OUT / f"{name}.md").write_text(to_markdown(res))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
