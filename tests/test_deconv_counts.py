@@ -61,7 +61,7 @@ def _brute(Y, S, lam=0.0, Q=None):
 
 def test_poisson_matches_brute_force():
     Y, S = _tiny()
-    res = fit_counts(Y, S, platform_effect=False, genes=np.arange(6), tol=1e-10)
+    res = fit_counts(Y, S, likelihood="poisson", platform_effect=False, genes=np.arange(6), tol=1e-10)
     Zb, fb = _brute(Y, S)
     np.testing.assert_allclose(res.shares, Zb, atol=1e-6, rtol=1e-6)
     assert res.objective["total"] == pytest.approx(fb, rel=1e-9)
@@ -73,7 +73,9 @@ def test_poisson_with_spatial_matches_brute_force():
     W = sp.diags([np.ones(3), np.ones(3)], [-1, 1]).tocsr()
     Q = (sp.diags(np.asarray(W.sum(1)).ravel()) - W + 0.01 * sp.eye(4)).tocsr()
     lam = 0.5
-    res = fit_counts(Y, S, Q=Q, lambda_spatial=lam, platform_effect=False, genes=np.arange(6), tol=1e-10)
+    res = fit_counts(
+        Y, S, Q=Q, lambda_spatial=lam, likelihood="poisson", platform_effect=False, genes=np.arange(6), tol=1e-10
+    )
     Zb, fb = _brute(Y, S, lam=lam, Q=Q.toarray())
     np.testing.assert_allclose(res.shares, Zb, atol=1e-6, rtol=1e-6)
     assert res.objective["total"] == pytest.approx(fb, rel=1e-8)
@@ -92,7 +94,7 @@ def test_kkt_conditions_at_solution_with_zero_coefficients():
     Zt = np.zeros((n, K))
     Zt[:, :2] = Z  # types 2 and 3 absent: their optimum is at the bound
     Y = rng.poisson(1000 * Zt @ Sn.T).astype(float)
-    res = fit_counts(Y, S, platform_effect=False, genes=np.arange(G), tol=1e-9)
+    res = fit_counts(Y, S, likelihood="poisson", platform_effect=False, genes=np.arange(G), tol=1e-9)
     s = Y.sum(1)
     w = 1.0 / (n * s.mean())
     g = _poisson_grad(res.shares.ravel(), Y, Sn, s, w, 0.0, None).reshape(n, K)
@@ -131,11 +133,11 @@ def test_nb_stationary_point_and_brute_force():
 
 def test_proportions_and_abundance_scale():
     Y, S = _tiny(n=6, G=10, K=3, seed=5, depth=500)
-    r1 = fit_counts(Y, S, platform_effect=False, genes=np.arange(10), tol=1e-10)
+    r1 = fit_counts(Y, S, likelihood="poisson", platform_effect=False, genes=np.arange(10), tol=1e-10)
     np.testing.assert_allclose(r1.proportions.sum(1), 1.0, atol=1e-12)
     Y2 = Y.copy()
     Y2[0] *= 3  # one spot sequenced three times deeper, same composition
-    r2 = fit_counts(Y2, S, platform_effect=False, genes=np.arange(10), tol=1e-10)
+    r2 = fit_counts(Y2, S, likelihood="poisson", platform_effect=False, genes=np.arange(10), tol=1e-10)
     np.testing.assert_allclose(r2.proportions, r1.proportions, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(r2.abundance[0], 3 * r1.abundance[0], rtol=1e-6)
     np.testing.assert_allclose(r2.abundance[1:], r1.abundance[1:], rtol=1e-6)
@@ -151,9 +153,9 @@ def test_platform_effect_recovered():
     r = rng.lognormal(0, 0.5, size=G)
     Y = rng.poisson(3000 * (Z @ (Sn * r[:, None]).T)).astype(float)
     Y = sp.csr_matrix(Y)
-    res = fit_counts(Y, S, platform_effect=True, genes=np.arange(G), tol=1e-8)
+    res = fit_counts(Y, S, likelihood="poisson", platform_effect=True, genes=np.arange(G), tol=1e-8)
     assert np.corrcoef(np.log(res.gene_effect), np.log(r))[0, 1] > 0.95
-    off = fit_counts(Y, S, platform_effect=False, genes=np.arange(G), tol=1e-8)
+    off = fit_counts(Y, S, likelihood="poisson", platform_effect=False, genes=np.arange(G), tol=1e-8)
     err_on = np.sqrt(np.mean((res.proportions - Z) ** 2))
     err_off = np.sqrt(np.mean((off.proportions - Z) ** 2))
     assert err_on < 0.5 * err_off
@@ -199,6 +201,7 @@ def test_auto_never_worse_than_zero_by_its_criterion():
         S,
         Q=Q,
         lambda_spatial="auto",
+        likelihood="poisson",
         platform_effect=False,
         genes=np.arange(G),
         tol=1e-6,
@@ -211,7 +214,7 @@ def test_auto_never_worse_than_zero_by_its_criterion():
     assert res.lambda_spatial == pytest.approx(a["grid"][best] * a["fraction"])
     # on smooth proportions the spatial prior is chosen and helps
     assert res.lambda_spatial > 0
-    r0 = fit_counts(Y, S, platform_effect=False, genes=np.arange(G))
+    r0 = fit_counts(Y, S, likelihood="poisson", platform_effect=False, genes=np.arange(G))
     err = lambda P: np.sqrt(np.mean((P - Z) ** 2))  # noqa: E731
     assert err(res.proportions) < err(r0.proportions)
 

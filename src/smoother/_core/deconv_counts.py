@@ -88,6 +88,12 @@ __all__ = ["CountDeconvResult", "check_counts", "fit_counts", "select_genes"]
 LIKELIHOODS = ("poisson", "nb")
 _THETA_MIN, _THETA_MAX = 1e-2, 1e4
 DEFAULT_AUTO_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+DEFAULT_MAX_GENES = 300  # per 10 types (see default_n_genes)
+
+
+def default_n_genes(n_genes: int, n_types: int) -> int:
+    """Genes used by default: all up to ``max(DEFAULT_MAX_GENES, 30 K)``, else that many (speed; measured)."""
+    return min(n_genes, max(DEFAULT_MAX_GENES, 30 * n_types))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -624,9 +630,9 @@ def fit_counts(
     *,
     Q=None,
     lambda_spatial: float | str = 0.0,
-    likelihood: str = "poisson",
+    likelihood: str = "nb",
     dispersion="auto",
-    platform_effect: bool = True,
+    platform_effect: bool = False,
     library_size=None,
     genes=None,
     tol: float = 1e-6,
@@ -698,9 +704,13 @@ def fit_counts(
         raise ValueError(msg)
     K = Sn.shape[1]
     if genes is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            mask = select_genes(Sn)
+        nd = default_n_genes(Gall, K)
+        if nd >= Gall:
+            mask = Sn.sum(axis=1) > 0
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                mask = select_genes(Sn, n_genes=nd)
     else:
         genes = np.asarray(genes)
         if genes.dtype == bool:
@@ -889,7 +899,7 @@ def _thin(Y, frac: float, rng: np.random.Generator):
     return A, np.asarray(Y, dtype=np.float64) - A
 
 
-def _choose_lambda(prob: _Counts, Z0, Q, grid, frac, rng, tol, max_iter, progress):
+def _choose_lambda(prob: _Counts, Z0, Q, grid, frac, rng, tol, max_iter, progress, auto_tol=1e-4):
     grid = sorted(set([0.0] + [float(g) for g in (DEFAULT_AUTO_GRID if grid is None else grid)]))
     if any(g < 0 or not np.isfinite(g) for g in grid):
         msg = "Expected every `auto_grid` value to be finite and >= 0."
@@ -902,18 +912,23 @@ def _choose_lambda(prob: _Counts, Z0, Q, grid, frac, rng, tol, max_iter, progres
         sub.set_r(prob.r)
         sub.theta = prob.theta
         Z = Z0.copy()
+        fold = np.full(len(grid), np.nan)
         for i, lam in enumerate(grid):
+            if i >= 3 and fold[i - 1] > fold[i - 2] > np.nanmin(fold[: i - 2]):
+                break  # the score rose twice in a row past its minimum: larger lambda only gets worse
             spatial = SpatialTerm(Q if lam > 0 else None, lam * K, 1.0, K, N)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 if spatial.active:
-                    Z, *_ = _fit_spatial(sub, Z, spatial, max(tol, 1e-6), max_iter)
+                    Z, *_ = _fit_spatial(sub, Z, spatial, max(tol, auto_tol), max_iter)
                 else:
-                    Z, *_ = _fit_independent(sub, Z, max(tol, 1e-6), max_iter)
-            dev = _deviance(sub, Z, Ytest=test, s_test=prob.s * (1.0 - f_tr))
-            scores[i] += dev
-            if progress:
-                print(f"[fit_counts] auto: lambda={lam:g} held-out deviance {dev:.6g}")
+                    Z, *_ = _fit_independent(sub, Z, max(tol, auto_tol), max_iter)
+            fold[i] = _deviance(sub, Z, Ytest=test, s_test=prob.s * (1.0 - f_tr))
+        fold[np.isnan(fold)] = np.inf
+        scores += fold
+        dev = fold
+        if progress:
+            print(f"[fit_counts] auto: held-out deviance per lambda {dict(zip(grid, np.round(dev, 1), strict=True))}")
     best = int(np.argmin(scores))
     lam_thin = grid[best]
     lam = lam_thin * frac if frac == 0.5 else lam_thin * min(frac, 1 - frac)
