@@ -267,3 +267,13 @@ def test_auto_at_the_grid_edge_warns_with_the_fix_for_sar():
     truth = a.layers["truth"] + 5.0
     assert np.mean((b.layers["smoothed"] - truth) ** 2) < np.mean((np.asarray(a.X) - truth) ** 2)
     assert 0 < b.uns["smoothed"]["lambda"] < 1e3
+
+
+def test_per_gene_choices_at_the_grid_edge_warn_with_their_count():
+    a = _adata(n_side=10, n_genes=3)
+    noise = np.random.default_rng(8).normal(size=a.shape)
+    a.X = np.column_stack([np.asarray(a.layers["truth"])[:, :2] * 3.0, noise[:, 2]])  # gene 3: pure noise
+    with pytest.warns(UserWarning, match=r"for 1 of 3 genes \(adata.var\['smoothed_lambda'\]\)"):
+        sm.tl.smooth(a, per_gene=True, gcv_grid=[0.01, 0.1, 1.0, 10.0])
+    lams = a.var["smoothed_lambda"].to_numpy()
+    assert lams[2] == 10.0 and (lams[:2] < 10.0).all()

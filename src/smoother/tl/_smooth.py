@@ -283,6 +283,11 @@ def smooth(
                 X = _nonneg_per_gene(Y, op, res.lam, X, chunk_size, center)
             var_lambda = np.asarray(res.lam)
             lam_used = "per_gene"
+            top = float(res.grid.max())
+            n_top = int((var_lambda == top).sum()) if top > 0 and res.grid.size >= 3 else 0
+            if n_top:
+                where = f" for {n_top} of {var_lambda.size} genes (adata.var['{key_added}_lambda'])"
+                _warn_edge(top, res.grid, prior, W, where)
             logger.info("    GCV chose lambda per gene (median %.4g)", float(np.median(var_lambda)))
         else:
             lam_used = float(res.lam)
@@ -328,7 +333,7 @@ def smooth(
     return out
 
 
-def _warn_edge(lam: float, grid: np.ndarray, prior: str, W: sp.csr_matrix) -> None:
+def _warn_edge(lam: float, grid: np.ndarray, prior: str, W: sp.csr_matrix, n_genes: str = "") -> None:
     """A ``lambda_spatial='auto'`` choice at the top of the grid: say what to change."""
     import warnings
 
@@ -342,8 +347,9 @@ def _warn_edge(lam: float, grid: np.ndarray, prior: str, W: sp.csr_matrix) -> No
     else:
         fix = f"pass a `gcv_grid` reaching beyond {grid.max():.3g}, or consider rho=1 (prior='icar') for the prior"
     msg = (
-        f"lambda_spatial='auto' chose {lam:.3g}, the largest value of the grid: the criterion was still falling "
-        f"there, so the best lambda is larger or the prior does not fit these data. {fix[0].upper() + fix[1:]}."
+        f"lambda_spatial='auto' chose {lam:.3g}{n_genes}, the largest value of the grid: the criterion was still "
+        f"falling there, so the best lambda is larger or the prior does not fit these data. "
+        f"{fix[0].upper() + fix[1:]}."
     )
     warnings.warn(msg, UserWarning, stacklevel=3)
 
