@@ -320,6 +320,15 @@ def spatial_pca(
     genes by default (``zero_center=True``, as ``sc.pp.pca``); ``zero_center=False`` reproduces the classic
     objective.
 
+    **Dask input** (out of core): when ``X`` or ``layer`` is a :mod:`dask.array` (dense or scipy-sparse chunks,
+    e.g. from :func:`anndata.experimental.read_elem_lazy`), one map-reduce pass over blocks of spots on the active
+    dask scheduler accumulates :math:`X^T X`, :math:`X^T Q X` and the centring terms (the graph stays in memory;
+    each task also reads the blocks its spots are coupled to), the eigen-solve runs in memory, and
+    ``obsm['X_' + key_added]`` is a lazy dask array (computed or written chunk by chunk); loadings and ``uns`` are
+    as above and equal the in-memory results. Chunks splitting the genes are rechunked (logged); sparse chunks are
+    never densified. ``prior='sma'`` and ``solver='arpack'``/``'lobpcg'`` need in-memory data (an error says so);
+    NaN/inf in dask data are found by the pass itself (``ValueError``, nothing written).
+
     Examples
     --------
     >>> import smoother as sm
