@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 da = pytest.importorskip("dask.array")
 
@@ -126,3 +128,28 @@ def test_bad_arguments_are_rejected_before_any_work(monkeypatch, kwargs, error, 
     monkeypatch.setattr(_visium_hd, "_geometry", _boom)
     monkeypatch.setattr(_visium_hd, "log_start", _boom)
     check_rejects(visium_hd, error=error, names=name, **kwargs)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    bin_size=st.sampled_from([2, 8, 16]),
+    bins_per_side=st.integers(1, 12),
+    n_genes=st.integers(1, 6),
+    n_domains=st.integers(1, 4),
+    chunk=st.integers(1, 200),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_any_valid_small_input_gives_well_formed_reproducible_counts(
+    bin_size, bins_per_side, n_genes, n_domains, chunk, seed
+):
+    kw = {"area_mm": bins_per_side * bin_size / 1000, "n_genes": n_genes, "n_domains": n_domains}
+    a = visium_hd(bin_size, **kw, chunk_size=chunk, random_state=seed)
+    assert a.shape == (bins_per_side**2, n_genes)
+    X = a.X.compute()
+    assert sp.isspmatrix_csr(X) and X.shape == a.shape and X.dtype == np.float32
+    assert np.all(X.data > 0) and np.all(X.data == np.round(X.data)) and X.has_sorted_indices
+    assert a.obs["domain"].cat.codes.between(0, n_domains - 1).all()
+    prof = a.varm["domain_mean"]
+    np.testing.assert_allclose(prof.sum(axis=0), bin_size**2, rtol=1e-9)  # each domain's profile sums to the depth
+    again = visium_hd(bin_size, **kw, chunk_size=10**6, random_state=seed).X.compute()
+    assert (X != again).nnz == 0
