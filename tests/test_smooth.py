@@ -253,20 +253,54 @@ def test_auto_is_never_worse_than_no_smoothing_by_its_criterion():
     np.testing.assert_array_equal(c.layers["smoothed"], c.X)
 
 
-def test_auto_at_the_grid_edge_warns_with_the_fix_for_sar():
-    # SAR on an unnormalized kNN graph (row sums 4) penalizes the constant heavily: the search runs to the edge
+@pytest.mark.parametrize("center", [False, True])
+def test_auto_with_sar_on_an_unnormalized_graph_is_never_worse_than_raw(center):
+    # SAR on an unnormalized kNN graph (row sums 4) favours fields that oscillate between neighbours, not smooth
+    # ones; issue 11 saw 'auto' go to the top of the grid there, twice as far from the truth as the raw data
     a = sm.datasets.simulate_field(n_spots=400, n_genes=6, noise_level=0.5, seed=1)
     a.X = a.X + 5.0
+    truth = a.layers["truth"] + 5.0
     sm.pp.spatial_graph(a, n_neighs=4)
-    with pytest.warns(UserWarning, match=r"largest value of the grid.*prior='isar'.*row-normalize"):
-        sm.tl.smooth(a, prior="sar", rho=0.99, lambda_spatial="auto", center=False)
+    raw = np.mean((np.asarray(a.X) - truth) ** 2)
+    sm.tl.smooth(a, prior="sar", rho=0.99, center=center)
+    assert a.uns["smoothed"]["lambda"] < 1.0
+    assert np.mean((a.layers["smoothed"] - truth) ** 2) <= raw * (1 + 1e-3)
+    # a grid of large values only: no smoothing wins, with a warning that names the fix
+    with pytest.warns(UserWarning, match=r"chose 0 \(no smoothing\).*prior='isar'.*row-normalize"):
+        b = sm.tl.smooth(a, prior="sar", rho=0.99, center=center, gcv_grid=[10.0, 100.0, 1000.0], copy=True)
+    np.testing.assert_array_equal(b.layers["smoothed"], a.X)
     # the advice works: 'isar' (SAR on the row-normalized graph) chooses inside the grid and beats the raw data
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        b = sm.tl.smooth(a, prior="isar", rho=0.99, lambda_spatial="auto", copy=True)
-    truth = a.layers["truth"] + 5.0
-    assert np.mean((b.layers["smoothed"] - truth) ** 2) < np.mean((np.asarray(a.X) - truth) ** 2)
-    assert 0 < b.uns["smoothed"]["lambda"] < 1e3
+        c = sm.tl.smooth(a, prior="isar", rho=0.99, center=center, copy=True)
+    assert np.mean((c.layers["smoothed"] - truth) ** 2) < 0.7 * raw
+    assert 0 < c.uns["smoothed"]["lambda"] < 1e3
+
+
+def test_auto_at_the_top_of_the_grid_warns():
+    a = _adata(n_side=12, n_genes=3)
+    a.X = np.random.default_rng(9).normal(size=a.shape)  # no spatial signal: the smoothest fit (the mean) wins
+    with pytest.warns(UserWarning, match=r"largest value of the grid.*gcv_grid"):
+        sm.tl.smooth(a, gcv_grid=[0.1, 1.0, 10.0])
+    assert a.uns["smoothed"]["lambda"] == 10.0
+
+
+def test_noise_variance_estimate_is_capped_by_neighbour_differences():
+    from smoother._core.smooth import _difference_variance
+
+    a = _adata(n_side=8, n_genes=2)
+    W = a.obsp["spatial_connectivities"]
+    Y = np.asarray(a.X, np.float64)
+    d = np.ones(a.n_obs)
+    d[:5] = 0.0  # unobserved spots do not enter
+    Wd = W.toarray()
+    keep = d > 0
+    ref = [
+        sum(Wd[i, j] * (Y[i, g] - Y[j, g]) ** 2 for i in range(64) for j in range(64) if keep[i] and keep[j] and i != j)
+        / (2 * Wd[np.ix_(keep, keep)].sum())
+        for g in range(2)
+    ]
+    np.testing.assert_allclose(_difference_variance(Y, W, d, None), ref, rtol=1e-12)
 
 
 def test_per_gene_choices_at_the_grid_edge_warn_with_their_count():

@@ -619,7 +619,8 @@ class GCVResult:
         Per-gene mode only: the solution at each gene's chosen :math:`\\lambda`, ``(n, n_genes)``.
     edge
         ``'upper'`` when the dataset-wide choice is the largest value of the grid (the criterion still decreased
-        there; widen the grid or change the prior), else ``None``.
+        there; widen the grid or change the prior), ``'zero'`` when :math:`\\lambda = 0` scored strictly better
+        than every positive value (the prior does not describe the data at the scale of the grid), else ``None``.
     """
 
     lam: float | np.ndarray
@@ -658,6 +659,7 @@ def gcv(
     show_progress: bool | None = None,
     center: bool = False,
     include_zero: bool = True,
+    graph: sp.spmatrix | None = None,
 ) -> GCVResult:
     r"""Choose :math:`\lambda` from the data by GCV or by a GCV-calibrated unbiased risk estimate.
 
@@ -687,7 +689,15 @@ def gcv(
     :math:`\hat\sigma^2`, the risk of the raw data (with unobserved spots, the :math:`\lambda \to 0` limit, i.e.
     imputation with the observations fixed). The choice is never worse than :math:`\lambda = 0` by the criterion
     minimized. GCV itself is 0/0 at :math:`\lambda = 0` and cannot select it (its score there is recorded as inf).
-    A dataset-wide choice at the largest grid value is flagged in ``edge``.
+    A dataset-wide choice at the largest grid value, or of :math:`\lambda = 0` strictly best, is flagged in ``edge``.
+
+    **A second noise estimate.** When the prior fits the data badly (e.g. SAR on a graph whose rows do not sum to
+    1), the GCV optimum is far from the truth and :math:`\hat\sigma_g^2` above absorbs signal, which makes every
+    :math:`\lambda` look better than :math:`\lambda = 0`. With ``graph`` (the spatial weights :math:`W`) the
+    estimate is capped by the neighbour-difference estimate
+    :math:`\tilde\sigma_g^2 = \sum_{ij} w_{ij} (y_{ig} - y_{jg})^2 / (2 \sum_{ij} w_{ij})` over observed pairs
+    (:math:`E[(y_i - y_j)^2] = 2\sigma^2 + (x_i - x_j)^2`): both overestimate :math:`\sigma_g^2` (by the
+    smoothing bias, by the signal's roughness), so the smaller one is used.
     """
     if criterion not in ("risk", "gcv"):
         msg = f"Expected `criterion` to be 'risk' or 'gcv', found {criterion!r}."
@@ -758,6 +768,8 @@ def gcv(
         rss0 = np.array([recs[lams[i]][2][k] for k, i in enumerate(i0)])
         sigma2 = rss0 / np.maximum(n_obs - 2.0 * tr0 + tr20, 1.0)
         sigma2 = np.where(np.isfinite(sigma2), sigma2, 0.0)
+        if graph is not None:  # a second, lambda-free upper bound: neighbour differences
+            sigma2 = np.minimum(sigma2, _difference_variance(Ysub, graph, d, chunk_size))
     sc, gc = scores(lams, sigma2)
     tr_all = np.array([recs[lm][0] for lm in lams])
     if per_gene:
@@ -781,6 +793,8 @@ def gcv(
     i = int(np.argmin(total))
     lam_best = float(lams[i])
     edge = "upper" if lam_best > 0 and i == lams.size - 1 and lams.size >= 3 else None
+    if lam_best == 0.0 and lams.size >= 2 and total[0] < total[1:].min():
+        edge = "zero"  # every positive lambda scored worse than no smoothing
     if refine and lams.size >= 3 and 0 < i < lams.size - 1:
         from scipy.optimize import minimize_scalar
 
@@ -824,6 +838,29 @@ def _traces(solver: SmoothSolver, method: str, n_probes: int, seed: int) -> tupl
     Z[obs] = rng.choice(np.array([-1.0, 1.0]), size=(obs.size, n_probes))
     SZ = solver.apply(Z)[obs]
     return float(np.einsum("ij,ij->", Z[obs], SZ) / n_probes), float((SZ * SZ).sum() / n_probes)
+
+
+def _difference_variance(src, W: sp.spmatrix, d: np.ndarray, chunk_size: int | None) -> np.ndarray:
+    r"""Per-column :math:`\sum_{ij} w_{ij} (y_i - y_j)^2 / (2 \sum_{ij} w_{ij})` over pairs of observed spots
+    (``inf`` when there is no such pair), with :math:`w` the symmetrized, non-negative off-diagonal weights."""
+    W = sp.csr_matrix(W, dtype=np.float64)
+    W = 0.5 * (W + W.T)
+    W = W - sp.diags(W.diagonal())
+    obs = (d > 0).astype(np.float64)
+    W = (sp.diags(obs) @ W @ sp.diags(obs)).tocsr()
+    W.data = np.maximum(W.data, 0.0)
+    total = float(W.sum())
+    n, g = src.shape
+    if total <= 0:
+        return np.full(g, np.inf)
+    L = (sp.diags(np.asarray(W.sum(axis=1)).ravel()) - W).tocsr()
+    out = np.empty(g)
+    cs = _chunk_size(n, g, chunk_size)
+    for start in range(0, g, cs):
+        stop = min(g, start + cs)
+        Yc = _dense_cols(src, start, stop)
+        out[start:stop] = np.einsum("ij,ij->j", Yc, L @ Yc) / total  # y'Ly = sum_ij w_ij (y_i - y_j)^2 / 2
+    return out
 
 
 def _weighted_rss(src, X: np.ndarray, d: np.ndarray, chunk_size: int | None) -> np.ndarray:

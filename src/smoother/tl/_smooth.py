@@ -263,9 +263,10 @@ def smooth(
             chunk_size=chunk_size,
             dtype=dt,
             center=center,
+            graph=W,
         )
-        if res.edge == "upper":
-            _warn_edge(float(res.lam), res.grid, prior, W)
+        if res.edge is not None:
+            _warn_edge(float(res.lam), res.grid, prior, W, edge=res.edge)
         gcv_rec = {
             "lambda": res.grid,
             "score": res.score,
@@ -333,8 +334,8 @@ def smooth(
     return out
 
 
-def _warn_edge(lam: float, grid: np.ndarray, prior: str, W: sp.csr_matrix, n_genes: str = "") -> None:
-    """A ``lambda_spatial='auto'`` choice at the top of the grid: say what to change."""
+def _warn_edge(lam: float, grid: np.ndarray, prior: str, W: sp.csr_matrix, n_genes: str = "", edge="upper") -> None:
+    """A ``lambda_spatial='auto'`` choice at an edge of the grid (its top, or 0 strictly best): say what to change."""
     import warnings
 
     rowsum = np.asarray(W.sum(axis=1)).ravel()
@@ -344,8 +345,17 @@ def _warn_edge(lam: float, grid: np.ndarray, prior: str, W: sp.csr_matrix, n_gen
             "penalizes smooth fields heavily; use prior='isar' (SAR on the row-normalized graph), or row-normalize "
             "the graph"
         )
+    elif edge == "zero":
+        fix = f"pass a `gcv_grid` with values below {grid[grid > 0].min():.3g}, or another prior / rho"
     else:
         fix = f"pass a `gcv_grid` reaching beyond {grid.max():.3g}, or consider rho=1 (prior='icar') for the prior"
+    if edge == "zero":
+        msg = (
+            f"lambda_spatial='auto' chose 0 (no smoothing){n_genes}: every lambda of the grid scored worse than the "
+            f"raw data, so this prior does not describe these data. {fix[0].upper() + fix[1:]}."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        return
     msg = (
         f"lambda_spatial='auto' chose {lam:.3g}{n_genes}, the largest value of the grid: the criterion was still "
         f"falling there, so the best lambda is larger or the prior does not fit these data. "
@@ -548,9 +558,10 @@ def impute(
                     seed=random_state,
                     chunk_size=chunk_size,
                     center=center,
+                    graph=W[connected][:, connected],
                 )
-                if res.edge == "upper":
-                    _warn_edge(float(res.lam), res.grid, prior, W)
+                if res.edge is not None:
+                    _warn_edge(float(res.lam), res.grid, prior, W, edge=res.edge)
                 gcv_rec = {
                     "lambda": res.grid,
                     "score": res.score,
