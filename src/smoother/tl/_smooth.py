@@ -158,7 +158,9 @@ def smooth(
         :math:`\hat X = S_\lambda Y` with :math:`S_\lambda = (I + \lambda Q)^{-1}`, so generalized
         cross-validation :math:`\mathrm{GCV}(\lambda) = \frac{\lVert Y - \hat X\rVert^2 / (nG)}
         {(1 - \mathrm{tr}(S_\lambda)/n)^2}` applies; by default (``criterion='risk'``) GCV calibrates each
-        gene's noise variance and :math:`\lambda` minimizes the unbiased risk estimate
+        gene's noise variance (capped by the neighbour-difference estimate
+        :math:`\sum_{ij} w_{ij}(y_i - y_j)^2 / 2\sum_{ij} w_{ij}`, which does not depend on the prior) and
+        :math:`\lambda` minimizes the unbiased risk estimate
         :math:`\sum_g \lVert y_g - \hat x_g\rVert^2 + 2\hat\sigma_g^2 \mathrm{tr}(S_\lambda)`, which avoids
         GCV's under-smoothing (see :func:`smoother._core.smooth.gcv`). Traces are exact up to 2,000 spots and
         Hutchinson estimates (32 probes) from the same factorization beyond. One value for the dataset (up to
