@@ -211,7 +211,7 @@ def test_auto_never_worse_than_zero_by_its_criterion():
     assert a["grid"][0] == 0.0
     best = int(np.argmin(a["scores"]))
     assert a["scores"][best] <= a["scores"][0]
-    assert res.lambda_spatial == pytest.approx(a["grid"][best] * a["fraction"])
+    assert res.lambda_spatial == pytest.approx(a["grid"][best] * a["train_fraction"])
     # on smooth proportions the spatial prior is chosen and helps
     assert res.lambda_spatial > 0
     r0 = fit_counts(Y, S, likelihood="poisson", platform_effect=False, genes=np.arange(G))
