@@ -12,6 +12,8 @@ smoother           ``sm.pp.spatial_graph`` + ``sm.tl.deconvolve`` at its default
 smoother_auto      ... ``lambda_spatial='auto'``                                   project ``.venv``
 smoother_lam0      ... ``lambda_spatial=0`` (no spatial prior)                     project ``.venv``
 smoother_nnls      ... ``model='nnls'`` (the classic baseline, default lambda)     project ``.venv``
+smoother_nnls_auto ... ``model='nnls', lambda_spatial='auto'``                     project ``.venv``
+smoother_nnls_lam0 ... ``model='nnls', lambda_spatial=0``                          project ``.venv``
 flashdeconv        ``flashdeconv.tl.deconvolve`` at its defaults (lambda 'auto')   ``$FLASH_PY``
 flashdeconv_lam0   ... ``lambda_spatial=0``                                        ``$FLASH_PY``
 destvi             scvi-tools ``CondSCVI`` + ``DestVI``                            project ``.venv``
@@ -80,6 +82,13 @@ METHODS = {
     "smoother_auto": (PROJECT_PY, "smoother", {"lambda_spatial": "auto"}, "lambda_spatial='auto'"),
     "smoother_lam0": (PROJECT_PY, "smoother", {"lambda_spatial": 0.0}, "lambda_spatial=0"),
     "smoother_nnls": (PROJECT_PY, "smoother", {"model": "nnls"}, "model='nnls'"),
+    "smoother_nnls_auto": (
+        PROJECT_PY,
+        "smoother",
+        {"model": "nnls", "lambda_spatial": "auto"},
+        "model='nnls', lambda_spatial='auto'",
+    ),
+    "smoother_nnls_lam0": (PROJECT_PY, "smoother", {"model": "nnls", "lambda_spatial": 0.0}, "model='nnls', lambda=0"),
     "flashdeconv": (Path(os.environ.get("FLASH_PY", VENVS / "flash/bin/python")), "flashdeconv", {}, "defaults"),
     "flashdeconv_lam0": (
         Path(os.environ.get("FLASH_PY", VENVS / "flash/bin/python")),
@@ -87,13 +96,13 @@ METHODS = {
         {"lambda_spatial": 0.0},
         "lambda_spatial=0",
     ),
-    "destvi": (PROJECT_PY, "destvi", {"sc_epochs": 300, "st_epochs": 1000}, "CondSCVI 300 + DestVI 1000 epochs"),
-    "stereoscope": (PROJECT_PY, "stereoscope", {"sc_epochs": 100, "st_epochs": 1000}, "RNA 100 + spatial 1000 ep."),
+    "destvi": (PROJECT_PY, "destvi", {"sc_epochs": 300, "st_epochs": 300}, "CondSCVI(prior=mog) 300 + DestVI 300 ep."),
+    "stereoscope": (PROJECT_PY, "stereoscope", {"sc_epochs": 100, "st_epochs": 300}, "RNA 100 + spatial 300 epochs"),
     "cell2location": (
         Path(os.environ.get("C2L_PY", VENVS / "c2l/bin/python")),
         "cell2location",
-        {"sc_epochs": 250, "st_epochs": 3000, "n_cells": 5, "detection_alpha": 20},
-        "regression 250 + 3000 epochs, N_cells=5, alpha=20",
+        {"sc_epochs": 250, "st_epochs": 2000, "n_cells": 5, "detection_alpha": 20},
+        "regression 250 + 2000 epochs, N_cells=5, alpha=20",
     ),
     "tangram": (
         Path(os.environ.get("TANGRAM_PY", VENVS / "tangram/bin/python")),
@@ -211,7 +220,9 @@ def _run_destvi(sp_, ref, kw, threads):
     scvi.settings.seed = 0
     ref, sp_ = _as_float(ref), _as_float(sp_)
     CondSCVI.setup_anndata(ref, labels_key="cell_type")
-    sc_model = CondSCVI(ref, weight_obs=False)
+    # prior="mog": scvi-tools 1.4.2 from_rna_model reads the prior from the init kwargs (KeyError without it), and
+    # its empirical vamp-prior path (prior="normal") fails on a numpy buffer
+    sc_model = CondSCVI(ref, weight_obs=False, prior="mog")
     sc_model.train(max_epochs=kw["sc_epochs"], accelerator="cpu", enable_progress_bar=False)
     DestVI.setup_anndata(sp_)
     st_model = DestVI.from_rna_model(sp_, sc_model)
@@ -341,9 +352,23 @@ def _problem(size: str, generator: str, seed: int):
     )
 
 
+def _source_state() -> str:
+    """The commit of the checkout and whether ``src/`` has uncommitted changes (smoother runs from the work tree)."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True, text=True
+        )
+        return head.stdout.strip() + (" + uncommitted src changes" if dirty.stdout.strip() else "")
+    except OSError:
+        return "?"
+
+
 def run_method(method: str, indir: Path, timeout: float, threads: int) -> dict:
     py, kind, kw, note = METHODS[method]
     row = {"method": method, "setting": note}
+    if kind == "smoother":
+        row["smoother_source"] = _source_state()
     if not Path(py).exists():
         return {**row, "error": f"skipped: interpreter {py} missing (see the module docstring to install it)"}
     env = dict(os.environ, PYTHONPATH=str(ROOT / "benchmarks"), MPLBACKEND="agg")
@@ -386,6 +411,11 @@ def write_md(out: dict, stem: str):
         f"(shared with other engineers). Last run {out['runs'][-1]['started']} – {out['runs'][-1].get('ended', '?')}, "
         f"load average at start {out['runs'][-1]['load_start']} / end {out['runs'][-1].get('load_end', '?')}.",
         "",
+        "Re-run (rows are replaced, others kept): smoother only, every DLPFC generator: `.venv/bin/python "
+        "benchmarks/deconv_suite.py --methods smoother smoother_auto smoother_lam0`; everything (peers take "
+        "minutes each): `.venv/bin/python benchmarks/deconv_suite.py`; speed: `... --sizes 10000 1000000`. Each "
+        "smoother row records the commit it ran from (`source`), and whether `src/` had uncommitted changes.",
+        "",
     ]
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -414,6 +444,8 @@ def write_md(out: dict, stem: str):
             continue
         info = r.get("info", {})
         notes = ", ".join(f"{k}={v}" for k, v in info.items() if v is not None)
+        if r.get("smoother_source"):
+            notes += f"; source {r['smoother_source']}"
         if "rare_rmse" in r:
             notes += f"; rare type RMSE {r['rare_rmse']:.4f}, Pearson {r['rare_pearson']:.3f}"
         lines.append(
@@ -468,6 +500,30 @@ def _targets(rows, problems) -> list[str]:
     return lines + [""]
 
 
+def save(path: Path, rows: list, run: dict | None, stem: str, fresh: bool = False):
+    """Merge ``rows`` (and ``run``) into the results file as it is now (so concurrent runs keep each other's rows)."""
+    cur = json.loads(path.read_text()) if path.exists() and not fresh else {"rows": [], "runs": []}
+    keys = {(r["problem"], r["method"]) for r in rows}
+    cur["rows"] = sorted([x for x in cur["rows"] if (x["problem"], x["method"]) not in keys] + rows, key=_row_order)
+    if run is not None:
+        cur["runs"] = [x for x in cur["runs"] if (x["started"], x["command"]) != (run["started"], run["command"])]
+        cur["runs"] = sorted([*cur["runs"], run], key=lambda x: x["started"])
+    cur["machine"] = machine_info()
+    path.write_text(json.dumps(cur, indent=1))
+    write_md(cur, stem)
+
+
+def merge_files(path: Path, stems: list[str], stem: str, methods=None):
+    """Merge the rows and runs of other results files (``benchmarks/results/<stem>.json``) into ``path``."""
+    for other in stems:
+        o = json.loads((RESULTS / f"{other}.json").read_text())
+        for run in o.get("runs", []):
+            rows = [r for r in o["rows"] if r.get("run") == run["started"] and (not methods or r["method"] in methods)]
+            if rows:
+                save(path, rows, run, stem)
+    print(f"merged {stems} into {path}")
+
+
 def _row_order(r):
     gens = ("nb_mixture", "cell_sum", "missing_type", "rare_type", "flash_model")
     g = gens.index(r["generator"]) if r["generator"] in gens else len(gens)
@@ -491,6 +547,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="deconv_suite", help="results stem in benchmarks/results")
     ap.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs")
+    ap.add_argument("--merge", nargs="*", metavar="STEM", help="merge other results files into --out and exit")
     ap.add_argument("--worker", nargs=4, metavar=("KIND", "KWARGS", "INDIR", "OUTDIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -504,15 +561,15 @@ def main():
             ap.error(f"unknown method {m!r}; choose from {list(METHODS)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{args.out}.json"
-    out = json.loads(path.read_text()) if path.exists() and not args.fresh else {"rows": [], "runs": []}
-    out["machine"] = machine_info()
+    if args.merge:
+        return merge_files(path, args.merge, args.out, args.methods)
+    mine, fresh = [], args.fresh
     run = {
         "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load_start": _load(),
         "command": "python benchmarks/deconv_suite.py " + " ".join(sys.argv[1:]),
         "threads": args.threads,
     }
-    out["runs"].append(run)
     print(f"load at start {run['load_start']}", flush=True)
     for size in args.sizes:
         gens = (args.generators or list(dg.GENERATORS)) if size == "dlpfc" else args.scale_generators
@@ -546,15 +603,13 @@ def main():
                         run=run["started"],
                         generator_info=gen_info,
                     )
-                    out["rows"] = [x for x in out["rows"] if (x["problem"], x["method"]) != (problem, m)]
-                    out["rows"].append(r)
-                    out["rows"].sort(key=_row_order)
+                    mine = [x for x in mine if (x["problem"], x["method"]) != (problem, m)] + [r]
                     brief = {k: r.get(k) for k in ("problem", "method", "rmse", "pearson", "jsd", "seconds", "error")}
                     print(json.dumps(brief), flush=True)
                     run["load_end"] = _load()
                     run["ended"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-                    path.write_text(json.dumps(out, indent=1))
-                    write_md(out, args.out)
+                    save(path, mine, run, args.out, fresh)
+                    fresh = False
     print(f"load at end {_load()}; wrote {path}", flush=True)
 
 
