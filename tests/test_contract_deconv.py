@@ -24,6 +24,7 @@ from tests.contract import WorkStarted, assert_unchanged, check_rejects, snapsho
 
 import smoother as sm
 from smoother._core import deconv as core
+from smoother._core import deconv_counts as dc
 from smoother._core import knn_graph, precision
 from smoother.models import deconv as classic
 
@@ -33,7 +34,7 @@ HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChec
 # ------------------------------------------------------------------------------------------------ data
 @functools.cache
 def _base():
-    ad, ref = sm.datasets.simulate_mixture(60, n_types=3, n_genes=24, n_cells_per_type=6, depth=300.0, seed=7)
+    ad, ref = sm.datasets.simulate_mixture(60, n_types=3, n_genes=24, n_cells_per_type=12, depth=300.0, seed=7)
     sm.pp.spatial_graph(ad, n_neighs=6)
     return ad, ref
 
@@ -54,6 +55,8 @@ def no_deconv_work():
     with pytest.MonkeyPatch.context() as mp:
         for name in ("solve_quadratic", "solve_torch", "quadratic_data", "deconvolve_quadratic"):
             mp.setattr(core, name, boom)
+        for name in ("fit_counts", "solve_quadratic"):
+            mp.setattr(dc, name, boom)
         yield
 
 
@@ -99,7 +102,7 @@ def test_real_arguments_reject_nan_inf_str_bool(data, arg, value, error):
     ad, ref = data
     extra, _ = REAL_ARGS[arg]
     if arg == "lambda_spatial" and value is None:
-        error = TypeError
+        return  # None: the model's default
     rejects(deconv, ad, ref, error=error, names=arg, **{**extra, arg: value})
 
 
@@ -115,8 +118,8 @@ def test_real_arguments_out_of_range(data, arg):
 def test_integer_arguments(data, arg):
     ad, ref = data
     for value, error in BAD_INTS:
-        if arg == "random_state" and value is None:
-            continue  # None is a valid seed
+        if arg in ("random_state", "max_iter") and value is None:
+            continue  # None: no seed / the model's default
         rejects(deconv, ad, ref, error=error, names=arg, **{arg: value})
     for value in INT_ARGS[arg]:
         rejects(deconv, ad, ref, error=ValueError, names=arg, **{arg: value})
@@ -182,8 +185,20 @@ def test_hypothesis_any_bad_real_is_rejected_before_work(data, arg, value):
         ({"model_kwargs": [1]}, TypeError, "model_kwargs"),
         ({"top_loss": 3, "lambda_top_loss": 1.0}, TypeError, "top_loss"),
         ({"betti_priors": [1], "lambda_topo": 1.0}, TypeError, "betti_priors"),
-        ({"betti_priors": {"nope": {0: 1}}, "lambda_topo": 1.0}, KeyError, "nope"),
-        ({"betti_priors": {7: {0: 1}}, "lambda_topo": 1.0}, ValueError, "betti_priors"),
+        ({"model": "nnls", "betti_priors": {"nope": {0: 1}}, "lambda_topo": 1.0}, KeyError, "nope"),
+        ({"model": "nnls", "betti_priors": {7: {0: 1}}, "lambda_topo": 1.0}, ValueError, "betti_priors"),
+        # the count models (default): their own options, and the classic-only ones refused by name
+        ({"bias": True}, ValueError, "bias"),
+        ({"backend": "torch"}, ValueError, "backend"),
+        ({"top_loss": lambda b: b.sum(), "lambda_top_loss": 1.0}, ValueError, "topological"),
+        ({"model_kwargs": {"platform_effect": "yes"}}, TypeError, "platform_effect"),
+        ({"model_kwargs": {"n_genes": 0}}, ValueError, "n_genes"),
+        ({"model_kwargs": {"n_genes": 2.5}}, TypeError, "n_genes"),
+        ({"model": "poisson", "model_kwargs": {"dispersion": 0.1}}, ValueError, "dispersion"),  # Poisson: none
+        ({"model": "nb", "model_kwargs": {"dispersion": math.nan}}, ValueError, "dispersion"),
+        ({"model": "nb", "model_kwargs": {"dispersion": -1.0}}, ValueError, "dispersion"),
+        ({"model": "nb", "model_kwargs": {"dispersion": "big"}}, TypeError, "dispersion"),
+        ({"model": "counts", "max_iter": 0}, ValueError, "max_iter"),
         ({"model": "lognorm", "backend": "cvxpy"}, ValueError, "cvxpy"),
     ],
 )
@@ -234,7 +249,7 @@ def test_reference_errors_name_the_reference(data):
     other = ref.copy()
     other.var_names = [f"other_{g}" for g in ref.var_names]
     rejects(deconv, ad, other, error=ValueError, names="No genes are shared")
-    rejects(deconv, ad, ref[:, :0].copy(), error=ValueError, names="No genes are shared")
+    rejects(deconv, ad, ref[:, :0].copy(), error=ValueError, names="reference")
     # a reference with text or complex values
     txt = ref.copy()
     txt.layers["txt"] = np.full(ref.shape, "a", dtype=object)
@@ -279,7 +294,7 @@ def test_adata_errors(data, tmp_path):
     neg = ad.copy()
     neg.X = np.asarray(ad.X) - 5.0
     rejects(deconv, neg, ref, error=ValueError, names=("non-negative", "layer"), model="dwls")
-    rejects(deconv, ad[:, :6].copy(), ref, error=ValueError, names="auto", lambda_spatial="auto")
+    rejects(deconv, ad[:, :6].copy(), ref, error=ValueError, names="auto", model="nnls", lambda_spatial="auto")
     nograph = ad.copy()
     del nograph.obsp["spatial_connectivities"]
     rejects(deconv, nograph, ref, error=KeyError, names="spatial_graph", lambda_spatial=1.0)
@@ -312,7 +327,7 @@ def test_one_and_two_spots_equal_a_brute_force_nnls(data, n_spots):
     ad, ref = data
     small = ad[:n_spots].copy()
     del small.obsp["spatial_connectivities"]
-    out = deconv(small, ref, lambda_spatial=0.0, tol=1e-12, max_iter=50000, copy=True)
+    out = deconv(small, ref, model="nnls", lambda_spatial=0.0, tol=1e-12, max_iter=50000, copy=True)
     sig = sm.tl._deconv.reference_signatures(ref, "cell_type").loc[small.var_names]
     for i in range(n_spots):
         z = _nnls_with_intercept(sig.to_numpy(), np.asarray(small.X[i], dtype=np.float64))
@@ -323,8 +338,9 @@ def test_one_and_two_spots_equal_a_brute_force_nnls(data, n_spots):
         small.obsp["spatial_connectivities"] = sp.csr_matrix((1, 1))  # an isolated spot
     else:
         sm.pp.spatial_graph(small, n_neighs=1)
-    out = deconv(small, ref, lambda_spatial=1.0, copy=True)
-    np.testing.assert_allclose(out.obsm["props"].sum(1), 1.0)
+    for model in ("nnls", "poisson"):
+        out = deconv(small, ref, model=model, lambda_spatial=1.0, copy=True)
+        np.testing.assert_allclose(out.obsm["props"].sum(1), 1.0)
 
 
 @pytest.mark.parametrize("kind", ["int", "bool", "float32", "csr", "csc"])
@@ -389,30 +405,67 @@ def test_backed_reference_is_read_in_blocks(data, tmp_path, monkeypatch):
 
 def test_rerun_replaces_every_result(data):
     ad, ref = data
-    deconv(ad, ref, lambda_spatial="auto")
+    deconv(ad, ref, model="nnls", lambda_spatial="auto")
     assert {"props_bias"} <= set(ad.obs.columns) and "lambda_auto" in ad.uns["props"]
-    deconv(ad, ref, lambda_spatial=0.5, bias=False)
+    deconv(ad, ref, model="nnls", lambda_spatial=0.5, bias=False)
     assert "props_bias" not in ad.obs.columns  # no stale intercept
     assert "lambda_auto" not in ad.uns["props"]  # no stale 'auto' record
     assert ad.uns["props"]["params"]["bias"] is False
     assert ad.uns["props"]["params"]["lambda_spatial"] == 0.5
     P, A = ad.obsm["props"].to_numpy(), ad.obsm["props_abundance"].to_numpy()
     np.testing.assert_allclose(P, A / A.sum(1, keepdims=True))
+    # classic -> count model: the count results appear, nothing classic stays
+    deconv(ad, ref, model="nb", lambda_spatial=0.0)
+    assert {"props_library_size"} <= set(ad.obs.columns) and "props_bias" not in ad.obs.columns
+    assert {"props_gene_effect", "props_dispersion"} <= set(ad.var.columns)
+    # NB -> Poisson: no stale dispersion; count -> classic: no stale library size or gene effect
+    deconv(ad, ref, model="poisson", lambda_spatial=0.0)
+    assert "props_dispersion" not in ad.var.columns and "props_gene_effect" in ad.var.columns
+    deconv(ad, ref, model="nnls", lambda_spatial=0.0)
+    assert "props_library_size" not in ad.obs.columns and "props_gene_effect" not in ad.var.columns
+    assert "props_bias" in ad.obs.columns
 
 
-def test_auto_is_never_worse_than_zero_by_its_criterion(data):
+@pytest.mark.parametrize("model", ["nnls", "poisson"])
+def test_auto_is_never_worse_than_zero_by_its_criterion(data, model):
     ad, ref = data
-    out = deconv(ad, ref, lambda_spatial="auto", copy=True)
+    out = deconv(ad, ref, model=model, lambda_spatial="auto", copy=True)
     info = out.uns["props"]["lambda_auto"]
-    grid, cv = np.asarray(info["grid"]), np.asarray(info["cv_error"])
+    grid, crit = np.asarray(info["grid"]), np.asarray(info["cv_error" if model == "nnls" else "score"])
     assert 0.0 in grid
-    assert cv[list(grid).index(info["chosen"])] <= cv[list(grid).index(0.0)]
+    best = grid[np.argmin(crit)]
+    assert crit[list(grid).index(best)] <= crit[list(grid).index(0.0)]
+    assert out.uns["props"]["params"]["lambda_spatial"] == info["chosen"]
 
 
 def test_auto_at_the_grid_edge_warns(data):
     ad, ref = data
     with pytest.warns(UserWarning, match="largest candidate"):
-        deconv(ad, ref, lambda_spatial="auto", auto_grid=[1.0, 2.0, 3.0], copy=True)
+        deconv(ad, ref, model="nnls", lambda_spatial="auto", auto_grid=[1.0, 2.0, 3.0], copy=True)
+
+
+def test_count_model_rejects_non_counts_before_work(data):
+    ad, ref = data
+    logx = ad.copy()
+    logx.X = np.log1p(np.asarray(ad.X, dtype=np.float64))
+    rejects(deconv, logx, ref, error=ValueError, names=("adata.X", "layer='counts'", "model='nnls'"))
+    neg = ad.copy()
+    neg.X = sp.csr_matrix(np.asarray(ad.X) - 1.0)
+    rejects(deconv, neg, ref, error=ValueError, names=("adata.X", "negative"))
+    lay = ad.copy()
+    lay.layers["norm"] = np.asarray(ad.X, dtype=np.float64) / 7.0
+    rejects(deconv, lay, ref, error=ValueError, names="adata.layers['norm']", layer="norm")
+    rn = ref.copy()
+    rn.layers["cpm"] = np.asarray(ref.X, dtype=np.float64) / 3.0
+    rejects(deconv, ad, rn, error=ValueError, names=("reference.layers['cpm']", "reference_layer"),
+            reference_layer="cpm")  # fmt: skip
+    zero = ref.copy()
+    X = np.asarray(zero.X).copy()
+    X[(zero.obs["cell_type"] == "type_1").to_numpy()] = 0
+    zero.X = X
+    rejects(deconv, ad, zero, error=ValueError, names=("type_1", "zero counts"))
+    sig = sm.tl._deconv.reference_signatures(ref, "cell_type")
+    rejects(sm.tl.deconvolve, ad, -sig, error=ValueError, names=("reference", "negative"))
 
 
 # ------------------------------------------------------------------------------------------------ classic models
@@ -549,6 +602,7 @@ def fitted(data):
         ({"cmap": "nope"}, ValueError, "cmap"),
         ({"cmap": 3}, TypeError, "cmap"),
         ({"compare_truth": "yes"}, TypeError, "compare_truth"),
+        ({"show": "yes"}, TypeError, "show"),
         ({"key": "nope"}, KeyError, "sm.tl.deconvolve"),
         ({"key": 1}, TypeError, "key"),
         ({"truth_key": "nope", "compare_truth": True}, KeyError, "nope"),
@@ -587,7 +641,7 @@ def test_pl_props_on_a_backed_anndata_and_a_single_type_string(fitted, tmp_path)
     fitted.write_h5ad(path)
     backed = anndata.read_h5ad(path, backed="r")
     try:
-        fig = sm.pl.props(backed, types="type_1", compare_truth=False)
+        fig = sm.pl.props(backed, types="type_1", compare_truth=False, show=False)
         ax = next(a for a in fig.axes if a.get_title() == "type_1")
         np.testing.assert_allclose(ax.collections[0].get_array(), fitted.obsm["props"]["type_1"].to_numpy())
         plt.close(fig)
@@ -600,7 +654,7 @@ def test_pl_props_array_obsm_uses_the_recorded_types(fitted):
 
     a = fitted.copy()
     a.obsm["props"] = a.obsm["props"].to_numpy()
-    fig = sm.pl.props(a, compare_truth=False)
+    fig = sm.pl.props(a, compare_truth=False, show=False)
     titles = {ax.get_title() for ax in fig.axes}
     assert set(pd.Index(fitted.uns["props"]["types"]).astype(str)) <= titles
     plt.close(fig)

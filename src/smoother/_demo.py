@@ -48,9 +48,9 @@ def run_demo(*, n_spots: int = 3000, out: str | Path = "demo_out", seed: int = 0
     Steps: :func:`smoother.datasets.simulate_field` (hexagonal lattice, five layers, noise as large as the
     signal) -> :func:`smoother.pp.spatial_graph` -> :func:`smoother.tl.smooth` with ``lambda_spatial='auto'`` ->
     :func:`smoother.tl.similarity_decay` and :func:`smoother.tl.corr_decay` for two priors, plotted with
-    :func:`smoother.pl.corr_decay` and :func:`smoother.pl.similarity_cdf` -> a simulated cell-type mixture
-    deconvolved by :func:`smoother.tl.deconvolve` without and with the spatial loss (``lambda_spatial='auto'``),
-    plotted with
+    :func:`smoother.pl.corr_decay` and :func:`smoother.pl.similarity_cdf` -> a simulated cell-type mixture (Poisson
+    counts) deconvolved by :func:`smoother.tl.deconvolve` at its defaults (count model with the spatial prior),
+    without the spatial prior (``lambda_spatial=0``) and with the classic NNLS (``model='nnls'``), plotted with
     :func:`smoother.pl.props`.
 
     Parameters
@@ -69,8 +69,8 @@ def run_demo(*, n_spots: int = 3000, out: str | Path = "demo_out", seed: int = 0
     A dict with ``n_spots``, ``seed``, ``out`` (the folder), ``files`` (paths written: ``demo_field.h5ad``,
     ``demo_mixture.h5ad`` and the PNG figures ``smoothing.png``, ``corr_decay.png``, ``similarity_cdf.png``,
     ``props.png``), ``smoothing`` (``rmse_raw``, ``rmse_smoothed``, ``lambda``), ``decay`` (fitted decay rate per
-    curve), ``deconvolution`` (``rmse_no_spatial``, ``rmse_spatial``, ``lambda``) and ``timings`` (seconds per
-    step, and ``total``).
+    curve), ``deconvolution`` (``model``, RMSE of the proportions ``rmse_no_spatial``, ``rmse_spatial`` (the
+    defaults), ``rmse_nnls``, and the ``lambda`` used) and ``timings`` (seconds per step, and ``total``).
     """
     if isinstance(n_spots, bool) or not isinstance(n_spots, int | np.integer) or n_spots < 200:
         raise ValueError(f"`n_spots` must be an integer >= 200, got {n_spots!r}.")
@@ -110,10 +110,10 @@ def run_demo(*, n_spots: int = 3000, out: str | Path = "demo_out", seed: int = 0
         tl.corr_decay(adata, prior=prior, rho=rho, max_k=30, n_sample=min(n_spots, 2000), seed=seed)
     rates = tl.fit_decay(adata)
     _tick("decay diagnostics", t0)
-    ax = pl.corr_decay(adata, figsize=(4.5, 3.2), title="similarity / correlation decay")
+    ax = pl.corr_decay(adata, figsize=(4.5, 3.2), title="similarity / correlation decay", show=False)
     ax.figure.savefig(outdir / "corr_decay.png", dpi=dpi, bbox_inches="tight")
     plt.close(ax.figure)
-    ax = pl.similarity_cdf(adata, figsize=(4, 3.2))
+    ax = pl.similarity_cdf(adata, figsize=(4, 3.2), show=False)
     ax.figure.savefig(outdir / "similarity_cdf.png", dpi=dpi, bbox_inches="tight")
     plt.close(ax.figure)
 
@@ -124,19 +124,24 @@ def run_demo(*, n_spots: int = 3000, out: str | Path = "demo_out", seed: int = 0
     _tick("simulate mixture", t0)
     t0 = time.perf_counter()
     tl.deconvolve(mix, ref, groupby="cell_type", lambda_spatial=0.0, key_added="props_no_spatial")
-    _tick("deconvolve (no spatial loss)", t0)
+    _tick("deconvolve (no spatial prior)", t0)
     t0 = time.perf_counter()
-    tl.deconvolve(mix, ref, groupby="cell_type", lambda_spatial="auto", key_added="props")
-    _tick("deconvolve (spatial loss, lambda='auto')", t0)
+    tl.deconvolve(mix, ref, groupby="cell_type", key_added="props")  # the defaults: count model + spatial prior
+    _tick("deconvolve (defaults)", t0)
+    t0 = time.perf_counter()
+    tl.deconvolve(mix, ref, groupby="cell_type", model="nnls", key_added="props_nnls")
+    _tick("deconvolve (classic NNLS)", t0)
     truth = mix.obsm["props_truth"]
     types = list(mix.obsm["props"].columns)
     truth = truth[types].to_numpy() if hasattr(truth, "columns") else np.asarray(truth)
     deconvolution = {
-        "rmse_no_spatial": _rmse(mix.obsm["props_no_spatial"].to_numpy(), truth),
-        "rmse_spatial": _rmse(mix.obsm["props"].to_numpy(), truth),
-        "lambda": float(mix.uns["props"]["lambda_auto"]["chosen"]),
+        "model": str(mix.uns["props"]["params"]["model"]),
+        "rmse_no_spatial": _rmse(mix.obsm["props_no_spatial"][types].to_numpy(), truth),
+        "rmse_spatial": _rmse(mix.obsm["props"][types].to_numpy(), truth),
+        "rmse_nnls": _rmse(mix.obsm["props_nnls"][types].to_numpy(), truth),
+        "lambda": float(mix.uns["props"]["params"]["lambda_spatial"]),
     }
-    fig = pl.props(mix, types=types[:3], ncols=3, dpi=dpi)
+    fig = pl.props(mix, types=types[:3], ncols=3, dpi=dpi, show=False)
     fig.savefig(outdir / "props.png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
@@ -167,8 +172,9 @@ def format_report(report: dict) -> str:
         f"  smoothing (lambda='auto' -> {s['lambda']:.3g}): RMSE vs truth {s['rmse_raw']:.3f} raw -> "
         f"{s['rmse_smoothed']:.3f} smoothed ({s['rmse_smoothed'] / s['rmse_raw']:.0%} of raw)",
         "  decay rate (fitted beta): " + ", ".join(f"{k} {v:.3f}" for k, v in report["decay"].items()),
-        f"  deconvolution: RMSE of proportions {d['rmse_no_spatial']:.4f} without -> {d['rmse_spatial']:.4f} "
-        f"with the spatial loss (lambda='auto' -> {d['lambda']:.3g})",
+        f"  deconvolution ({d['model']} count model): RMSE of proportions {d['rmse_no_spatial']:.4f} without -> "
+        f"{d['rmse_spatial']:.4f} with the spatial prior (lambda {d['lambda']:.3g}); classic NNLS "
+        f"{d['rmse_nnls']:.4f}",
         "  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings"].items()),
         f"  wrote {len(report['files'])} files to {report['out']}/: "
         + ", ".join(Path(f).name for f in report["files"]),

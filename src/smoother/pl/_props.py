@@ -57,6 +57,7 @@ def props(
     vmax: float | None = 1.0,
     figsize: tuple[float, float] | None = None,
     dpi: float | None = None,
+    show: bool | None = None,
     **kwargs,
 ):
     """One spatial panel per cell type, coloured by its estimated proportion.
@@ -83,13 +84,16 @@ def props(
         Colour map, marker size (default from the number of spots) and upper colour limit (``None``: per panel).
     figsize, dpi
         Figure size and resolution.
+    show
+        scanpy's convention: ``True`` calls ``plt.show()`` and returns ``None``, ``False`` returns the Figure,
+        ``None`` follows ``sm.settings.autoshow``.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.scatter`.
 
     Returns
     -------
-    :class:`matplotlib.figure.Figure`; its axes are ``fig.axes`` (estimates first, then truths, then the
-    truth-vs-estimate scatter, then colour bars).
+    With ``show=False`` the :class:`matplotlib.figure.Figure` (its axes are ``fig.axes``: estimates first, then
+    truths, then the truth-vs-estimate scatter, then colour bars); ``None`` when shown.
 
     Raises
     ------
@@ -103,9 +107,11 @@ def props(
     import matplotlib.pyplot as plt
 
     from .._anndata import check_adata, get_coords
+    from ._utils import check_ax_show, finish
 
     # every argument is checked before a figure is made
     check_adata(adata, writes=False)
+    show = check_ax_show(None, show)
     check_key(key, "key")
     check_key(truth_key, "truth_key")
     check_key(spatial_key, "spatial_key")
@@ -207,4 +213,4 @@ def props(
         if sc is not None:
             fig.colorbar(sc, ax=ax, shrink=0.7)
     fig.tight_layout()
-    return fig
+    return finish(fig, show)

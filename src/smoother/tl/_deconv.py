@@ -34,7 +34,7 @@ from .._validation import (
     check_unique_names,
 )
 
-__all__ = ["deconvolve", "reference_signatures"]
+__all__ = ["count_signatures", "deconvolve", "reference_signatures"]
 
 _MODEL_ALIASES = {
     "lr": "lr",
@@ -47,9 +47,24 @@ _MODEL_ALIASES = {
     "lognorm": "lognorm",
     "lognormreg": "lognorm",
     "log-normal": "lognorm",
+    "poisson": "poisson",
+    "counts": "poisson",
+    "nb": "nb",
+    "negbinom": "nb",
+    "negativebinomial": "nb",
 }
-_MODELS = ("nnls", "lr", "dwls", "nusvr", "lognorm")
+_COUNT_MODELS = ("poisson", "nb")
+_MODELS = ("poisson", "nb", "nnls", "lr", "dwls", "nusvr", "lognorm")
 _NONNEG_MODELS = ("dwls", "lognorm")  # classic models whose loss needs non-negative values
+#: The default model of :func:`deconvolve` and its default spatial strength, measured on the five DLPFC generators
+#: of benchmarks/deconv_generators.py (RMSE of proportions; NB lambda=0 / 'auto' / fixed 1e-3): nb_mixture
+#: 0.058 / 0.055 / 0.048, cell_sum 0.065 / 0.065 / 0.072, missing_type 0.176 / 0.174 / 0.173, rare_type
+#: 0.060 / 0.055 / 0.049, flash_model 0.0035 / 0.0035 / 0.0036: 'auto' is never worse than lambda=0, a fixed
+#: strength is (cell_sum, by 9 standard errors); Poisson is 0.10-0.12 where NB is 0.06-0.07.
+DEFAULT_MODEL = "nb"
+DEFAULT_LAMBDA_COUNTS = "auto"
+DEFAULT_LAMBDA_CLASSIC = 1.0
+_MIN_CELLS = 10  # a reference type with fewer cells is warned about
 _FEW_GENES = 20
 _N_FOLDS = 5
 _CHUNK = 8192  # reference cells read at a time (backed references are never loaded whole)
@@ -76,7 +91,13 @@ def _check_model_kwargs(model_kwargs, mdl: str) -> dict:
         msg = f"Expected `model_kwargs` to be a dict or None, found {type(model_kwargs).__name__}."
         raise TypeError(msg)
     mkw = dict(model_kwargs)
-    allowed = {"nusvr": {"C", "nu", "loss_mode"}, "dwls": {"max_weights"}, "lognorm": {"epsilon"}}.get(mdl, set())
+    allowed = {
+        "nusvr": {"C", "nu", "loss_mode"},
+        "dwls": {"max_weights"},
+        "lognorm": {"epsilon"},
+        "poisson": {"platform_effect", "n_genes"},
+        "nb": {"platform_effect", "n_genes", "dispersion"},
+    }.get(mdl, set())
     if set(mkw) - allowed:
         msg = (
             f"Unknown `model_kwargs` {sorted(map(str, set(mkw) - allowed))} for model {mdl!r}; "
@@ -93,6 +114,14 @@ def _check_model_kwargs(model_kwargs, mdl: str) -> dict:
         mkw["max_weights"] = check_real(mkw["max_weights"], "model_kwargs['max_weights']", low=1.0, example="8")
     if "epsilon" in mkw:
         mkw["epsilon"] = check_real(mkw["epsilon"], "model_kwargs['epsilon']", low=0.0, low_open=True, example="1")
+    if "platform_effect" in mkw:
+        mkw["platform_effect"] = check_bool(mkw["platform_effect"], "model_kwargs['platform_effect']")
+    if "n_genes" in mkw:
+        mkw["n_genes"] = check_int(mkw["n_genes"], "model_kwargs['n_genes']", low=1, allow_none=True, example="500")
+    if "dispersion" in mkw:
+        mkw["dispersion"] = check_real(
+            mkw["dispersion"], "model_kwargs['dispersion']", low=0.0, strings=("auto",), example="0.1"
+        )
     return mkw
 
 
@@ -227,6 +256,9 @@ def _check_reference(reference, groupby, layer):
         if reference.n_obs == 0:
             msg = "The `reference` has no cells (reference.n_obs == 0)."
             raise ValueError(msg)
+        if reference.n_vars == 0:
+            msg = "The `reference` has no genes (reference.n_vars == 0)."
+            raise ValueError(msg)
         check_unique_names(reference.var_names, "`reference.var_names`")
         _reference_source(reference, layer)
         return _labels(reference, groupby)
@@ -286,6 +318,7 @@ def reference_signatures(reference, groupby: str | None = None, *, layer: str | 
         ind = sp.csr_matrix((np.ones(len(c)), (c, np.arange(len(c)))), shape=(len(names), len(c)))
         part = ind @ block
         sums += part.toarray() if sp.issparse(part) else np.asarray(part)
+    _warn_few_cells(names, counts)
     sig = (sums / counts[:, None]).T
     return pd.DataFrame(sig, index=pd.Index(np.asarray(reference.var_names).astype(str)), columns=names)
 
@@ -293,13 +326,133 @@ def reference_signatures(reference, groupby: str | None = None, *, layer: str | 
 # ----------------------------------------------------------------------------------------------------------------
 # sm.tl.deconvolve
 # ----------------------------------------------------------------------------------------------------------------
+def _warn_few_cells(names, counts) -> None:
+    few = [f"{n} ({int(c)})" for n, c in zip(names, counts, strict=True) if c < _MIN_CELLS]
+    if few:
+        warnings.warn(
+            f"Reference type(s) {few} have fewer than {_MIN_CELLS} cells; their signatures are noisy and their "
+            "proportions uncertain. Add cells of these types or merge them with a related type.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def count_signatures(reference, groupby: str | None = None, *, layer: str | None = None):
+    """Signatures of the count models: the per-cell normalized mean expression of each type.
+
+    Each cell's counts are divided by its total count, and the profiles are averaged over the cells of each type
+    (cells without counts are left out), so deeply sequenced cells do not dominate. A genes x types DataFrame is
+    taken as the signatures (non-negative; columns are rescaled by the model).
+
+    Returns
+    -------
+    ``(signatures, info)``: the ``(n_genes, n_types)`` DataFrame and, for an AnnData reference, ``{'n_cells',
+    'n_cells_without_counts', 'mean_library_size'}`` per type (``None`` for a DataFrame).
+
+    Raises
+    ------
+    ValueError
+        Negative or non-integer values in the reference (the count models need raw counts: pass
+        ``reference_layer='counts'``), or a type whose cells have no counts.
+    """
+    info = _check_reference(reference, groupby, layer)
+    if info is None:
+        sig = reference_signatures(reference)
+        if (sig.to_numpy() < 0).any():
+            msg = "The `reference` DataFrame has negative values; the count models need non-negative signatures."
+            raise ValueError(msg)
+        return sig, None
+    from .._core.deconv_counts import check_counts
+
+    names, codes, _ = info
+    X, where = _reference_source(reference, layer)
+    K_ = len(names)
+    sums = np.zeros((K_, reference.n_vars))
+    n_cells = np.zeros(K_)
+    n_zero = np.zeros(K_)
+    lib = np.zeros(K_)
+    for start, block in _reference_chunks(X, where):
+        try:
+            check_counts(block.astype(np.uint8) if block.dtype == bool else block, name=where)
+        except ValueError as e:
+            msg = (
+                f"{_reason(e)}: the count models build the signatures from the reference's raw counts. Pass "
+                "`reference_layer='counts'` (or the layer holding them), or use a classic model (e.g. model='nnls')."
+            )
+            raise ValueError(msg) from e
+        c = codes[start : start + block.shape[0]]
+        tot = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        ok = tot > 0
+        inv = np.divide(1.0, tot, out=np.zeros_like(tot), where=ok)
+        ind = sp.csr_matrix((inv, (c, np.arange(len(c)))), shape=(K_, len(c)))
+        part = ind @ block
+        sums += part.toarray() if sp.issparse(part) else np.asarray(part)
+        n_cells += np.bincount(c[ok], minlength=K_)
+        n_zero += np.bincount(c[~ok], minlength=K_)
+        lib += np.bincount(c, weights=tot, minlength=K_)
+    if (n_cells == 0).any():
+        bad = [n for n, k in zip(names, n_cells, strict=True) if k == 0]
+        msg = f"Every cell of reference type(s) {bad} has zero counts in `{where}`; drop these types or their cells."
+        raise ValueError(msg)
+    _warn_few_cells(names, n_cells)
+    sig = (sums / n_cells[:, None]).T
+    frame = pd.DataFrame(sig, index=pd.Index(np.asarray(reference.var_names).astype(str)), columns=names)
+    return frame, {
+        "n_cells": n_cells.astype(np.int64),
+        "n_cells_without_counts": n_zero.astype(np.int64),
+        "mean_library_size": lib / np.maximum(n_cells + n_zero, 1),
+    }
+
+
+def _check_count_data(Y, where: str, layer) -> None:
+    from .._core.deconv_counts import check_counts
+
+    try:
+        check_counts(Y.astype(np.uint8) if Y.dtype == bool else Y, name=where)  # 0/1 counts are counts
+    except ValueError as e:
+        fix = (
+            "Use model='nnls' for normalized data."
+            if layer == "counts"
+            else "Pass `layer='counts'` (or the layer holding the raw counts), or use model='nnls' for normalized data."
+        )
+        msg = f"{_reason(e)}: the count models (model='nb'/'poisson') need raw counts. {fix}"
+        raise ValueError(msg) from e
+
+
+def _reason(err: Exception) -> str:
+    """The first clause of a :func:`check_counts` message (what is wrong, without its generic advice)."""
+    return str(err).split(";")[0].rstrip(". ")
+
+
+def _informative_genes(S, gene_names, types, n_genes, *, select: bool) -> np.ndarray | None:
+    """The shared genes the count model uses: a boolean mask, or ``None`` for the core's default choice.
+
+    Types without expression on the shared genes are an error; types without a marker gene are named in a warning
+    (by :func:`smoother._core.deconv_counts.select_genes`) whatever the choice.
+    """
+    tot = S.sum(axis=0)
+    if (tot <= 0).any():
+        bad = [t for t, v in zip(types, tot, strict=True) if v <= 0]
+        msg = (
+            f"Reference type(s) {bad} have no expression on the {len(gene_names)} genes shared with `adata`; "
+            "drop these types from the reference or use more genes."
+        )
+        raise ValueError(msg)
+    from .._core.deconv_counts import select_genes
+
+    mask = np.asarray(select_genes(S, list(gene_names), n_genes=n_genes, type_names=types), dtype=bool)
+    if not select:
+        return np.ones(S.shape[0], dtype=bool)
+    return mask if n_genes is not None else None
+
+
 def deconvolve(
     adata,
     reference,
     *,
     groupby: str | None = None,
-    model: Literal["nnls", "lr", "dwls", "nusvr", "lognorm"] = "nnls",
-    lambda_spatial: float | Literal["auto"] = 1.0,
+    model: Literal["poisson", "nb", "nnls", "lr", "dwls", "nusvr", "lognorm"] = DEFAULT_MODEL,
+    lambda_spatial: float | Literal["auto"] | None = None,
     prior: Literal["sma", "sar", "isar", "car", "icar"] = "icar",
     rho: float = 0.99,
     standardize: bool = False,
@@ -307,7 +460,7 @@ def deconvolve(
     layer: str | None = None,
     reference_layer: str | None = None,
     genes=None,
-    bias: bool = True,
+    bias: bool | None = None,
     backend: Literal["auto", "torch", "cvxpy"] = "auto",
     device: str = "cpu",
     model_kwargs: dict | None = None,
@@ -316,7 +469,7 @@ def deconvolve(
     betti_priors: dict | None = None,
     lambda_topo: float = 0.0,
     tol: float = 1e-6,
-    max_iter: int = 5000,
+    max_iter: int | None = None,
     lr: float = 1e-2,
     max_epochs: int = 1000,
     auto_grid: np.ndarray | list[float] | None = None,
@@ -324,9 +477,31 @@ def deconvolve(
     key_added: str = K.PROPS,
     copy: bool = False,
 ):
-    r"""Estimate cell-type proportions per spot, with a spatial prior keeping neighbouring spots coherent.
+    r"""Estimate cell-type proportions (and abundances) per spot from a single-cell reference, with a spatial
+    prior keeping neighbouring spots coherent.
 
-    Minimizes (classic smoother normalization, :math:`G` genes, :math:`N` spots, :math:`K` types)
+    **Count models** (``model='nb'``, the default, or ``'poisson'``) explain the raw counts of each spot as
+
+    .. math::
+
+        y_{ng} \sim \mathrm{Poisson}\ \text{or}\ \mathrm{NB}\Big(\mu_{ng} = s_n\, r_g \sum_k S_{gk}\, z_{nk}\Big),
+        \qquad z_{nk} \ge 0,
+
+    with :math:`s_n` the spot's library size (its total count over the shared genes), :math:`S` the reference
+    signatures (per-cell normalized mean profile of each type, columns summing to 1 over the shared genes),
+    :math:`r_g` a per-gene platform effect between the reference and the spatial assay (estimated with
+    ``model_kwargs={'platform_effect': True}``, else 1) and :math:`z_{nk}` the share of the spot's counts
+    from type :math:`k`. They minimize the negative log-likelihood (identity link: convex for Poisson; the NB
+    dispersion per gene is estimated and the fit is a majorization-minimization to a stationary point) on the
+    informative genes of the reference (ranked by :func:`smoother._core.deconv_counts.select_genes`, recorded
+    in ``uns[key_added]['genes']``), plus :math:`\frac{\lambda}{N}\sum_k z_{:k}^T Q z_{:k}`. See
+    :mod:`smoother._core.deconv_counts` for the model, the solvers and the ``'auto'`` strength (its criterion
+    is recorded in ``uns[key_added]['lambda_auto']``). They need raw counts: non-integer or negative data are an error
+    (pass ``layer='counts'`` when ``X`` holds normalized data, or use ``model='nnls'`` for normalized data).
+
+    **Classic models** (``'nnls'``, ``'lr'``, ``'dwls'``, ``'nusvr'``, ``'lognorm'``; the published objectives
+    of smoother-omics' ``smoother.models.deconv``) minimize, with :math:`G` genes, :math:`N` spots and
+    :math:`K` types,
 
     .. math::
 
@@ -334,9 +509,10 @@ def deconvolve(
         \;[+\; \lambda_{top}\,\mathrm{TopLoss}(Z)]
 
     over non-negative coefficients :math:`Z` (``'lr'`` and ``'nusvr'``: unconstrained) and per-spot
-    intercepts :math:`b` (``bias=True``), then normalizes each spot's non-negative coefficients to sum to 1.
-    LR, NNLS and DWLS are solved to optimality (accelerated projected gradient, stopped on the KKT residual);
-    nu-SVR, log-normal regression and anything with a topological loss use a torch gradient loop.
+    intercepts :math:`b` (``bias=True``), with the signatures :math:`x_g` the plain mean of each group of cells,
+    on every shared gene. LR, NNLS and DWLS are solved to optimality (accelerated projected gradient, stopped
+    on the KKT residual); nu-SVR, log-normal regression and anything with a topological loss use a torch
+    gradient loop.
 
     Every argument is checked before any work starts; an error leaves ``adata`` (and ``reference``) exactly as
     they were.
@@ -347,52 +523,63 @@ def deconvolve(
         Spatial AnnData (spots x genes) with the graph in ``obsp[connectivity_key]``. Its ``obs_names`` and
         ``var_names`` must be unique.
     reference
-        Single-cell AnnData (signature = mean of each ``groupby`` group; may be backed, it is only read) or a
-        genes x types DataFrame. Gene names must be unique.
+        Single-cell AnnData (may be backed, it is only read; raw counts for the count models) or a genes x types
+        DataFrame of signatures. Gene names must be unique.
     groupby
         Column of ``reference.obs`` with cell-type labels (AnnData reference).
     model
-        ``'nnls'``, ``'lr'``, ``'dwls'``, ``'nusvr'`` or ``'lognorm'`` (losses as in the classic
-        ``smoother.models.deconv``).
+        ``'nb'`` (default: negative binomial, dispersion per gene estimated) or ``'poisson'`` (count models), or
+        a classic model ``'nnls'``, ``'lr'``, ``'dwls'``, ``'nusvr'``, ``'lognorm'``. The defaults were chosen on
+        the neutral benchmark ``benchmarks/deconv_suite.py`` (NB beats Poisson on overdispersed counts).
     lambda_spatial
-        Strength :math:`\lambda \ge 0` of the spatial loss (0: none). ``'auto'`` chooses it by held-out genes:
-        5-fold cross-validation over genes of the prediction error of held-out genes, over ``auto_grid`` and
-        always the candidate 0 (so 'auto' is never worse than no spatial loss by its own criterion).
+        Strength :math:`\lambda \ge 0` of the spatial prior (0: none), or ``'auto'``. Default (``None``):
+        ``'auto'`` for the count models, ``1.0`` for the classic models. ``'auto'`` always evaluates
+        :math:`\lambda = 0` too, so it is never worse than no spatial prior by its own criterion (count models:
+        held-out deviance of thinned counts; classic models: 5-fold cross-validation over genes); a choice at
+        the largest candidate is warned about. The two families scale :math:`\lambda` differently.
     prior, rho, standardize
         Spatial prior and its parameters (see :func:`smoother._core.precision.precision`); built by the same
         code as in every ``sm.tl`` function (:func:`smoother._anndata.get_prior_operator`).
     connectivity_key
-        Spatial graph in ``adata.obsp`` (read only when the spatial loss is used).
+        Spatial graph in ``adata.obsp`` (read only when the spatial prior is used).
     layer
-        Expression layer (default ``X``).
+        Expression layer (default ``X``); raw counts for the count models.
     reference_layer
-        Layer of the single-cell reference to average (default ``X``).
+        Layer of the single-cell reference (default ``X``); raw counts for the count models.
     genes
         Restrict to these genes (names, or a boolean mask over ``adata.var_names``); genes are always matched
-        by name with the reference.
+        by name with the reference. With a count model, given genes are all used (no marker selection).
     bias
-        Fit a free per-spot intercept.
+        Classic models: fit a free per-spot intercept (default ``True``). The count models have none (their
+        library size plays that role); ``bias=True`` with them is an error.
     backend
-        ``'auto'`` (exact solver where available), ``'torch'`` (gradient loop for every model) or ``'cvxpy'``.
+        Classic models: ``'auto'`` (exact solver where available), ``'torch'`` (gradient loop) or ``'cvxpy'``.
+        Count models: ``'auto'`` only.
     device
         Torch device of the gradient loop (e.g. ``'cuda'``; checked before any work).
     model_kwargs
-        ``C``, ``nu``, ``loss_mode`` (nu-SVR), ``max_weights`` (DWLS), ``epsilon`` (log-normal).
+        Count models: ``platform_effect`` (bool; estimate :math:`r_g`), ``n_genes`` (number of informative genes),
+        ``dispersion`` (``'nb'``: ``'auto'`` or a fixed :math:`\phi \ge 0`, variance :math:`\mu + \phi\mu^2`);
+        unset, the measured defaults of :func:`smoother._core.deconv_counts.fit_counts` and
+        :func:`~smoother._core.deconv_counts.default_n_genes` apply. Classic models: ``C``, ``nu``,
+        ``loss_mode`` (nu-SVR), ``max_weights`` (DWLS), ``epsilon`` (log-normal).
     top_loss, lambda_top_loss
-        Topological loss module on the ``(n_types, n_spots)`` coefficients (e.g. ``smoother.losses.TopLoss``)
-        and its strength.
+        Classic models: topological loss module on the ``(n_types, n_spots)`` coefficients (e.g.
+        ``smoother.losses.TopLoss``) and its strength.
     betti_priors, lambda_topo
-        Alternative to ``top_loss``: build ``TopLoss(betti_priors, coords_xy)`` on the grid of
+        Classic models, alternative to ``top_loss``: build ``TopLoss(betti_priors, coords_xy)`` on the grid of
         ``obsm['spatial']``; keys of ``betti_priors`` may be type names or indices.
     tol, max_iter
-        Relative KKT tolerance and iteration limit of the exact solver.
+        Relative KKT tolerance and iteration limit (default 200 Newton/SQP iterations for the count models,
+        5000 for the exact classic solver).
     lr, max_epochs
-        Learning rate and epoch limit of the gradient loop.
+        Learning rate and epoch limit of the gradient loop (classic torch models).
     auto_grid
-        Candidate values for ``lambda_spatial='auto'`` (default: 13 values on a log grid scaled to the data);
-        0 is always added.
+        Candidate values for ``lambda_spatial='auto'`` (0 is always added). Default: count models
+        :data:`smoother._core.deconv_counts.DEFAULT_AUTO_GRID`; classic models 13 values on a log grid scaled
+        to the data.
     random_state
-        Seed (gene folds of ``'auto'``, Lanczos start).
+        Seed (count thinning or gene folds of ``'auto'``, subsamples, Lanczos start).
     key_added
         Output keys.
     copy
@@ -400,45 +587,77 @@ def deconvolve(
 
     Returns
     -------
-    ``None`` or a copy of ``adata`` (``copy=True``) with (a re-run replaces all of them):
+    ``None`` or a copy of ``adata`` (``copy=True``) with (a re-run replaces every one of them, and removes those
+    the new call does not produce):
 
     ``obsm[key_added]``
         DataFrame ``(n_obs, n_types)`` of proportions (rows non-negative, summing to 1), columns = types.
     ``obsm[f'{key_added}_abundance']``
-        DataFrame ``(n_obs, n_types)``: the non-negative coefficients, i.e. each type's abundance in units of
-        its reference signature (for a single-cell reference: cell equivalents of the reference's mean cell).
+        DataFrame ``(n_obs, n_types)``. Count models: the expected counts of each type in the spot (library size
+        times share; it keeps the spot's scale). Classic models: the non-negative coefficients, i.e. cell
+        equivalents of each type's mean reference cell.
+    ``obs[f'{key_added}_library_size']``
+        Count models: the library size :math:`s_n` used.
     ``obs[f'{key_added}_bias']``
-        The per-spot intercept (``bias=True`` only; removed by a re-run with ``bias=False``).
+        Classic models with ``bias=True``: the per-spot intercept.
+    ``var[f'{key_added}_gene_effect']``
+        Count models: the platform effect :math:`r_g` of each informative gene (NaN for genes not used; 1 when
+        it is not estimated).
+    ``var[f'{key_added}_dispersion']``
+        ``model='nb'``: the dispersion :math:`\phi_g` of each informative gene (NaN for genes not used).
     ``uns[key_added]``
-        ``params``; ``objective`` (``model``, ``spatial``, ``topological``, ``total``); ``convergence``
-        (``converged``, ``n_iter``, ``kkt_residual``, ``solver``, ``seconds``); ``genes`` (names used);
-        ``types``; ``lambda_auto`` (grid, cross-validation error, chosen value) with ``lambda_spatial='auto'``.
+        ``params``; ``objective``; ``convergence`` (``converged``, ``n_iter``, ``kkt_residual``, ``solver``,
+        ``seconds``); ``genes`` (names used); ``types``; ``reference`` (cells per type, for an AnnData
+        reference); ``lambda_auto`` (grid, criterion values, ``chosen``) with ``lambda_spatial='auto'``.
+
+    Warns
+    -----
+    UserWarning
+        A reference type with fewer than 10 cells or without marker genes (named); few shared genes; spots
+        without counts; ``'auto'`` at the edge of its grid.
     """
     # ---------------- validation: nothing is read from large matrices, nothing is written ----------------
     check_adata(adata, copy=copy)
     mdl = _check_model(model)
+    counts = mdl in _COUNT_MODELS
+    if lambda_spatial is None:
+        lambda_spatial = DEFAULT_LAMBDA_COUNTS if counts else DEFAULT_LAMBDA_CLASSIC
     lam = check_lambda(lambda_spatial, "lambda_spatial", allow_auto=True)
     prior = check_prior(prior)
     rho = check_rho(rho, prior)
     standardize = check_bool(standardize, "standardize")
-    bias = check_bool(bias, "bias")
+    if bias is not None:
+        bias = check_bool(bias, "bias")
+    if counts and bias:
+        msg = (
+            f"`bias=True` is for the classic models; model={mdl!r} has no intercept (the spot's library size plays "
+            "that role). Leave `bias` unset or use a classic model, e.g. model='nnls'."
+        )
+        raise ValueError(msg)
+    bias = (True if bias is None else bias) and not counts
     key_added = check_key(key_added, "key_added")
     check_key(connectivity_key, "connectivity_key")
     backend = check_choice(backend, "backend", ("auto", "torch", "cvxpy"))
     device = check_device(device)
     tol = check_real(tol, "tol", low=0.0, low_open=True, example="1e-6")
     lr = check_real(lr, "lr", low=0.0, low_open=True, example="0.01")
-    max_iter = check_int(max_iter, "max_iter", low=1, example="5000")
+    if max_iter is None:
+        max_iter = 200 if counts else 5000
+    max_iter = check_int(max_iter, "max_iter", low=1, example="200" if counts else "5000")
     max_epochs = check_int(max_epochs, "max_epochs", low=1, example="1000")
     random_state = check_random_state(random_state)
     grid = _check_grid(auto_grid)
     genes = _check_genes(genes)
     mkw = _check_model_kwargs(model_kwargs, mdl)
-    if lam == "auto" and mdl not in core.QUADRATIC_MODELS:
+    if lam == "auto" and not counts and mdl not in core.QUADRATIC_MODELS:
         msg = f"lambda_spatial='auto' is available for the models 'lr', 'nnls' and 'dwls', not {mdl!r}; pass a number."
         raise ValueError(msg)
     lam_top, lam_topo = _check_top(top_loss, betti_priors, lambda_top_loss, lambda_topo)
     use_top = (top_loss is not None and lam_top > 0) or (betti_priors is not None and lam_topo > 0)
+    if counts and (use_top or backend != "auto"):
+        what = "a topological loss" if use_top else f"backend={backend!r}"
+        msg = f"model={mdl!r} (count model) does not support {what}; use a classic model, e.g. model='nnls'."
+        raise ValueError(msg)
     if use_top and backend == "cvxpy":
         msg = "The topological loss needs backend='auto' or 'torch', not 'cvxpy'."
         raise ValueError(msg)
@@ -456,12 +675,18 @@ def deconvolve(
     if betti_priors is not None and lam_topo > 0:
         _check_betti(adata, betti_priors, reference, groupby)
     Y, var_names = get_matrix(adata, layer, genes=genes)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    if counts:
+        _check_count_data(Y, where, layer)
 
     # ---------------- reading the data: signatures and shared genes (still nothing written) ----------------
-    sig = reference_signatures(reference, groupby, layer=reference_layer)
+    if counts:
+        sig, ref_info = count_signatures(reference, groupby, layer=reference_layer)
+    else:
+        sig, ref_info = reference_signatures(reference, groupby, layer=reference_layer), None
     types = list(sig.columns)
     n_types = len(types)
-    if mdl in _NONNEG_MODELS and (sig.to_numpy() < 0).any():
+    if (mdl in _NONNEG_MODELS or counts) and (sig.to_numpy() < 0).any():
         msg = f"model={mdl!r} needs non-negative (count-like) reference signatures; found negative values."
         raise ValueError(msg)
     ref_index = pd.Index(sig.index)
@@ -474,7 +699,7 @@ def deconvolve(
             "same gene identifiers (symbols vs Ensembl IDs)."
         )
         raise ValueError(msg)
-    if lam == "auto" and n_shared < 2 * _N_FOLDS:
+    if lam == "auto" and not counts and n_shared < 2 * _N_FOLDS:
         msg = f"lambda_spatial='auto' needs at least {2 * _N_FOLDS} shared genes, found {n_shared}; pass a number."
         raise ValueError(msg)
     gene_names = var_names[shared_mask].astype(str)
@@ -483,11 +708,13 @@ def deconvolve(
     Xsig = sig.loc[gene_names].to_numpy()
     if mdl in _NONNEG_MODELS and Y.shape[0] and Y.min() < 0:
         msg = (
-            f"model={mdl!r} needs non-negative (count-like) expression, but "
-            f"{('adata.X' if layer is None else f'adata.layers[{layer!r}]')} "
-            "has negative values; pass raw counts with `layer=` or use model='nnls'."
+            f"model={mdl!r} needs non-negative (count-like) expression, but {where} has negative values; pass raw "
+            "counts with `layer=` or use model='nnls'."
         )
         raise ValueError(msg)
+    use = None
+    if counts:
+        use = _informative_genes(Xsig, gene_names, types, mkw.get("n_genes"), select=genes is None)
     Q = None
     if need_graph:
         op = get_prior_operator(W, prior, rho, standardize)
@@ -505,49 +732,20 @@ def deconvolve(
     if betti_priors is not None and lam_topo > 0:
         top_module = _build_toploss(adata, betti_priors, types)
         lam_top_eff = lam_topo
-    if n_shared < max(_FEW_GENES, 2 * n_types):
+    n_used = n_shared if use is None else int(use.sum())
+    if n_used < max(_FEW_GENES, 2 * n_types):
         warnings.warn(
-            f"Only {n_shared} genes are shared with the reference; proportions of {n_types} types may be "
-            "poorly determined.",
+            f"Only {n_used} genes are {'shared with the reference' if use is None else 'selected'}; "
+            f"proportions of {n_types} types may be poorly determined.",
             UserWarning,
             stacklevel=2,
         )
 
     # ---------------- work ----------------
-    start = log_start(f"deconvolving {adata.n_obs} spots into {n_types} types with {n_shared} genes ({mdl})")
-    auto_info = None
-    if lam == "auto":
-        lam, auto_info = _choose_lambda(Xsig, Y, Q, mdl, bias, mkw, grid, random_state, tol, max_iter)
-    res = _solve(
-        Xsig,
-        Y,
-        Q,
-        float(lam),
-        mdl,
-        bias=bias,
-        backend=backend,
-        device=device,
-        mkw=mkw,
-        top_module=top_module,
-        lam_top=lam_top_eff,
-        tol=tol,
-        max_iter=max_iter,
-        lr=lr,
-        max_epochs=max_epochs,
-    )
-    props, n_empty = core.coef_to_props(res.coef)
-    if n_empty:
-        warnings.warn(
-            f"{n_empty} spot(s) have no positive coefficient; their proportions are set uniform.",
-            UserWarning,
-            stacklevel=2,
-        )
-
-    # ---------------- one write ----------------
-    obs_index = adata.obs_names.copy()
+    start = log_start(f"deconvolving {adata.n_obs} spots into {n_types} types with {n_used} genes ({mdl})")
     params = {
         "model": mdl,
-        "lambda_spatial": float(lam),
+        "lambda_spatial": None,  # the value used, set below
         "lambda_spatial_requested": lambda_spatial if isinstance(lambda_spatial, str) else float(lambda_spatial),
         "prior": prior,
         "rho": rho,
@@ -566,7 +764,99 @@ def deconvolve(
         "random_state": random_state,
         "key_added": key_added,
     }
+    if counts:
+        fit = _run_counts(Y, Xsig, use, Q, lam, mdl, mkw, grid, tol, max_iter, random_state)
+    else:
+        fit = _run_classic(
+            Xsig, Y, Q, lam, mdl, bias, backend, device, mkw, top_module, lam_top_eff, grid, random_state, tol,
+            max_iter, lr, max_epochs,
+        )  # fmt: skip
+    if fit["n_empty"]:
+        warnings.warn(
+            f"{fit['n_empty']} spot(s) have no {'counts on the genes used' if counts else 'positive coefficient'}; "
+            "their proportions are set uniform.",
+            UserWarning,
+            stacklevel=2,
+        )
+    params["lambda_spatial"] = fit["lambda"]
+
+    # ---------------- one write ----------------
+    obs_index = adata.obs_names.copy()
+    used_names = gene_names if fit["genes"] is None else gene_names[fit["genes"]]
     uns = {
+        "objective": fit["objective"],
+        "convergence": fit["convergence"],
+        "genes": np.asarray(used_names, dtype=object).astype(str),
+        "types": np.asarray(types, dtype=str),
+    }
+    if ref_info is not None:
+        uns["reference"] = ref_info
+    if fit["auto"] is not None:
+        uns["lambda_auto"] = fit["auto"]
+    var = {f"{key_added}_gene_effect": None, f"{key_added}_dispersion": None}
+    if counts:
+        pos = adata.var_names.get_indexer(used_names)
+        for name, values in (("gene_effect", fit["gene_effect"]), ("dispersion", fit["dispersion"])):
+            if values is not None:
+                col = np.full(adata.n_vars, np.nan)
+                col[pos] = values
+                var[f"{key_added}_{name}"] = col
+    out = save_result(
+        adata,
+        copy=copy,
+        uns_key=key_added,
+        params=params,
+        uns=uns,
+        obsm={
+            key_added: pd.DataFrame(fit["props"], index=obs_index, columns=types),
+            f"{key_added}_abundance": pd.DataFrame(fit["abundance"], index=obs_index, columns=types),
+        },
+        obs={
+            f"{key_added}_bias": fit["bias"],
+            f"{key_added}_library_size": fit["library_size"],
+        },
+        var=var,
+    )
+    log_finish(start)
+    return out
+
+
+def _run_classic(
+    Xsig, Y, Q, lam, mdl, bias, backend, device, mkw, top_module, lam_top, grid, random_state, tol, max_iter, lr,
+    max_epochs,
+) -> dict:  # fmt: skip
+    auto_info = None
+    if lam == "auto":
+        lam, auto_info = _choose_lambda(Xsig, Y, Q, mdl, bias, mkw, grid, random_state, tol, max_iter)
+    res = _solve(
+        Xsig,
+        Y,
+        Q,
+        float(lam),
+        mdl,
+        bias=bias,
+        backend=backend,
+        device=device,
+        mkw=mkw,
+        top_module=top_module,
+        lam_top=lam_top,
+        tol=tol,
+        max_iter=max_iter,
+        lr=lr,
+        max_epochs=max_epochs,
+    )
+    props, n_empty = core.coef_to_props(res.coef)
+    return {
+        "genes": None,  # every shared gene
+        "props": props,
+        "abundance": np.clip(res.coef, 0.0, None),
+        "bias": None if res.bias is None else np.asarray(res.bias, dtype=np.float64),
+        "library_size": None,
+        "gene_effect": None,
+        "dispersion": None,
+        "lambda": float(lam),
+        "auto": auto_info,
+        "n_empty": n_empty,
         "objective": {
             "model": res.model_loss,
             "spatial": res.spatial_loss,
@@ -580,25 +870,65 @@ def deconvolve(
             "solver": res.solver,
             "seconds": float(res.seconds),
         },
-        "genes": np.asarray(gene_names, dtype=object).astype(str),
-        "types": np.asarray(types, dtype=str),
     }
-    if auto_info is not None:
-        uns["lambda_auto"] = auto_info
-    out = save_result(
-        adata,
-        copy=copy,
-        uns_key=key_added,
-        params=params,
-        uns=uns,
-        obsm={
-            key_added: pd.DataFrame(props, index=obs_index, columns=types),
-            f"{key_added}_abundance": pd.DataFrame(np.clip(res.coef, 0.0, None), index=obs_index, columns=types),
-        },
-        obs={f"{key_added}_bias": None if res.bias is None else np.asarray(res.bias, dtype=np.float64)},
+
+
+def _run_counts(Y, S, use, Q, lam, mdl, mkw, grid, tol, max_iter, random_state) -> dict:
+    from .._core import deconv_counts as dc
+
+    options = {k: mkw[k] for k in ("dispersion", "platform_effect") if k in mkw}  # else the core's defaults
+    res = dc.fit_counts(
+        Y,
+        S,
+        Q=Q,
+        lambda_spatial=lam,
+        likelihood=mdl,
+        genes=use,
+        tol=tol,
+        max_iter=max_iter,
+        random_state=random_state,
+        auto_grid=grid,
+        check=False,
+        **options,
     )
-    log_finish(start)
-    return out
+    auto = None
+    if res.auto is not None:
+        a = dict(res.auto)
+        auto = {
+            "grid": np.asarray(a.pop("grid"), dtype=np.float64),
+            "score": np.asarray(a.pop("scores"), dtype=np.float64),
+            "chosen": float(res.lambda_spatial),
+        }
+        auto.update({str(k): v for k, v in a.items() if np.ndim(v) == 0})  # criterion, folds, ...
+        g, best = auto["grid"], int(np.argmin(auto["score"]))
+        if len(g) > 2 and g[best] == g.max() and g[best] > 0:
+            warnings.warn(
+                f"lambda_spatial='auto' chose the largest candidate {g[best]:.3g}; the best strength may be larger. "
+                f"Pass `auto_grid=` with larger values, e.g. auto_grid=np.geomspace({g[best]:.3g}, "
+                f"{1e3 * g[best]:.3g}, 7).",
+                UserWarning,
+                stacklevel=3,
+            )
+    return {
+        "genes": np.asarray(res.genes, dtype=bool),
+        "props": res.proportions,
+        "abundance": res.abundance,
+        "bias": None,
+        "library_size": np.asarray(res.library_size, dtype=np.float64),
+        "gene_effect": np.asarray(res.gene_effect, dtype=np.float64),
+        "dispersion": None if res.dispersion is None else np.asarray(res.dispersion, dtype=np.float64),
+        "lambda": float(res.lambda_spatial),
+        "auto": auto,
+        "n_empty": int(res.n_empty),
+        "objective": {k: float(v) for k, v in res.objective.items()},
+        "convergence": {
+            "converged": bool(res.converged),
+            "n_iter": int(res.n_iter),
+            "kkt_residual": float(res.kkt_residual),
+            "solver": f"counts-{mdl}-{'sqp' if res.lambda_spatial > 0 else 'newton'}",
+            "seconds": float(res.seconds),
+        },
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
