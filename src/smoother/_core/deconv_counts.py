@@ -337,17 +337,16 @@ class _Counts:
         V = Zc @ self.B.T
         pos = Yc > 0
         glin = sc[:, None] * self.colsum[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            R = np.divide(Yc, V, out=np.zeros_like(V), where=pos)  # y / v
-            logv = np.log(V, out=np.zeros_like(V), where=pos)
-        ylogv = np.einsum("ng,ng->n", Yc, logv)
-        bad = (pos & ~(V > 0)).any(axis=1)
+        bad = (pos & ~(V > 0)).any(axis=1)  # a count where the model has mean 0: objective +inf
+        Vs = np.maximum(V, 1e-300)  # (masked ufuncs are ~7x slower than this)
+        R = Yc / Vs  # y / v
+        ylogv = np.einsum("ng,ng->n", Yc, np.log(Vs))
         H = None
         if self.likelihood == "poisson":
             f = sc * (Zc @ self.colsum) - ylogv
             g = glin - R @ self.B
             if hess:
-                R /= np.where(pos, V, 1.0)  # y / v^2
+                R /= Vs  # y / v^2
                 H = self.gram(R)
         else:
             th = self.theta
@@ -359,15 +358,17 @@ class _Counts:
             q -= R
             g = q @ self.B
             if hess:
-                s2 = (sc * sc)[:, None]
-                mu_f = np.maximum(mu, 1e-8 * sc[:, None] / self.G)
+                # curvature weights in float32 (they only steer the Newton steps)
+                s2 = (sc * sc).astype(np.float32)[:, None]
+                th32 = th.astype(np.float32)
+                mu_f = np.maximum(mu.astype(np.float32), np.float32(1e-8 / self.G) * sc.astype(np.float32)[:, None])
                 # Fisher information weights s^2 theta / (mu (theta + mu))
-                H = self.gram(s2 * th / (mu_f * (th + mu_f)))
+                H = self.gram(s2 * th32 / (mu_f * (th32 + mu_f)))
                 # exact Hessian weights y / v^2 - s^2 (y + theta) / (theta + mu)^2 (callers use it where PD)
                 if exact:
-                    R /= np.where(pos, V, 1.0)
+                    R /= Vs
                     R -= s2 * (Yc + th) / (tm * tm)
-                    self.H_exact = self.gram(np.nan_to_num(R, nan=0.0, posinf=0.0, neginf=0.0))
+                    self.H_exact = self.gram(R)
                 else:
                     self.H_exact = None
         f[bad] = np.inf
@@ -377,8 +378,7 @@ class _Counts:
         V = Zc @ self.B.T
         pos = Yc > 0
         bad = (pos & ~(V > 0)).any(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ylogv = np.einsum("ng,ng->n", Yc, np.log(V, out=np.zeros_like(V), where=pos))
+        ylogv = np.einsum("ng,ng->n", Yc, np.log(np.maximum(V, 1e-300)))
         if self.likelihood == "poisson":
             f = sc * (Zc @ self.colsum) - ylogv
         else:
@@ -432,7 +432,7 @@ def _newton_chunk(prob: _Counts, Yc, sc, Z, tol, max_iter):
         if idx.size == 0:
             break
         Ya, sa, Za = Yc[idx], sc[idx], Z[idx]
-        f, g, H, glin = prob.local(Ya, sa, Za, hess=True, exact=it > 3)
+        f, g, H, glin = prob.local(Ya, sa, Za, hess=True, exact=it > 5)
         pg = _proj_grad(Za, g)
         ref = np.maximum(np.linalg.norm(glin, axis=1), 1e-300)
         ok = np.linalg.norm(pg, axis=1) <= tol * ref
