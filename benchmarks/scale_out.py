@@ -89,12 +89,22 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads) and its ended children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def step(record: dict, name: str, func):
-    """Run ``func()``, store its time (s) and peak RSS (GiB) of the process tree under ``record[name]``."""
-    t0 = time.perf_counter()
+    """Run ``func()``; store its wall time (s), CPU time (s) and peak RSS (GiB) of the process tree."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
     with PeakRSS() as mem:
         out = func()
-    record[name] = {"time_s": round(time.perf_counter() - t0, 2), "peak_rss_gib": round(mem.peak / 2**30, 2)}
+    record[name] = {
+        "time_s": round(time.perf_counter() - t0, 2),
+        "cpu_s": round(cpu_seconds() - c0, 2),
+        "peak_rss_gib": round(mem.peak / 2**30, 2),
+    }
     print(f"    {name}: {record[name]}", flush=True)
     return out
 
@@ -235,9 +245,11 @@ def run_one(n_target: int, g: int, steps: list[str], tmp: Path, rates: dict, chu
                 da.to_zarr(S.rechunk({0: min(n, 2**18)}), str(out))
 
             step(rec, "solve_and_write", run_solves)
+            parts = ("precision", "factor", "solve_and_write")
             rec["smooth"] = {
-                "time_s": round(sum(rec[k]["time_s"] for k in ("precision", "factor", "solve_and_write")), 2),
-                "peak_rss_gib": max(rec[k]["peak_rss_gib"] for k in ("precision", "factor", "solve_and_write")),
+                "time_s": round(sum(rec[k]["time_s"] for k in parts), 2),
+                "cpu_s": round(sum(rec[k]["cpu_s"] for k in parts), 2),
+                "peak_rss_gib": max(rec[k]["peak_rss_gib"] for k in parts),
             }
             blockwise.clear_cache()
         rec["smooth_written_gb"] = round(store_bytes(out) / 1e9, 3)
@@ -259,6 +271,11 @@ def run_one(n_target: int, g: int, steps: list[str], tmp: Path, rates: dict, chu
     return rec
 
 
+def _wc(rec: dict) -> str:
+    """``wall (cpu)`` of a step record."""
+    return f"{rec['time_s']} ({rec['cpu_s']} CPU)" if "cpu_s" in rec else f"{rec['time_s']}"
+
+
 def to_markdown(res: dict) -> str:
     m = res["machine"]
     lines = [
@@ -269,7 +286,9 @@ def to_markdown(res: dict) -> str:
         "before/after each row is listed. 2 um bins from `sm.datasets.visium_hd` written to zarr and read back "
         f"lazily (CSR chunks); ICAR rho={RHO}, graph of 4 neighbours; smoothing lambda={LAMBDA} (centred, as "
         f"sm.tl.smooth), {N_COMPS} spatial PCs at lambda={SPCA_LAMBDA}. "
-        "Times in seconds, peak RSS of the whole process tree in GiB. Estimate: nested-dissection Cholesky of the "
+        "Wall times in seconds (CPU seconds of the process in brackets where recorded; est. = physical estimate), "
+        "spatial_pca includes building the standardized precision. Peak RSS of the whole process tree in GiB. "
+        "Estimate: nested-dissection Cholesky of the "
         "5-point grid (nnz(L) ~ 31/8 n log2 n, 829/84 n^1.5 flops at 1/4 of the GEMM rate), solves 2 nnz(L) "
         "multiply-adds per gene bounded by memory traffic (L read per 16-gene block), spatial PCA by its sparse "
         "products.",
@@ -280,9 +299,9 @@ def to_markdown(res: dict) -> str:
     ]
     for r in res["rows"]:
         e = r["estimate"]
-        sm_t = r.get("smooth", {}).get("time_s", "-")
+        sm_t = _wc(r["smooth"]) if "smooth" in r else "-"
         sm_m = r.get("smooth", {}).get("peak_rss_gib", "-")
-        sp_t = r.get("spatial_pca", {}).get("time_s", "-")
+        sp_t = _wc(r["spatial_pca"]) if "spatial_pca" in r else "-"
         sp_m = r.get("spatial_pca", {}).get("peak_rss_gib", "-")
         est_smooth = round(e["t_factor_s"] + e["t_solve_s"], 1)
         lines.append(
@@ -299,6 +318,8 @@ def to_markdown(res: dict) -> str:
     if any("factor" in r for r in res["rows"]):
         lines += [
             "",
+            "Wall (CPU) seconds of the smoothing steps; CPU time is absent for rows measured before it was recorded.",
+            "",
             "| bins | genes | precision s | factor s (est.) | solve+write s (est.) |",
             "| ---: | ---: | ---: | ---: | ---: |",
         ]
@@ -306,9 +327,18 @@ def to_markdown(res: dict) -> str:
             if "factor" in r:
                 e = r["estimate"]
                 lines.append(
-                    f"| {r['bins']:,} | {r['genes']:,} | {r['precision']['time_s']} | {r['factor']['time_s']} "
-                    f"({e['t_factor_s']}) | {r['solve_and_write']['time_s']} ({e['t_solve_s']}) |"
+                    f"| {r['bins']:,} | {r['genes']:,} | {_wc(r['precision'])} | {_wc(r['factor'])} "
+                    f"({e['t_factor_s']}) | {_wc(r['solve_and_write'])} ({e['t_solve_s']}) |"
                 )
+    c = res.get("cluster_check")
+    if c:
+        lines += [
+            "",
+            f"LocalCluster check ({c['workers']} worker processes, 1 thread each; 8 um bins): spatial_pca on "
+            f"{c['bins']:,} bins x {c['genes']} genes took {c['cluster_s']} s on the cluster vs {c['in_memory_s']} s "
+            f"in memory; largest relative difference of the scores {c['max_rel_diff_scores']:.1e}, of the "
+            f"objective {c['max_rel_diff_objective']:.1e}; worker RSS afterwards {c['worker_rss_gib']} GiB.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -336,6 +366,54 @@ def warmup(tmp: Path) -> None:
     shutil.rmtree(tmp / "warmup_out.zarr")
 
 
+def cluster_check(n_target: int, g: int, workers: int = 2) -> dict:
+    """spatial_pca on a ``workers``-process LocalCluster against the in-memory path (issue 12: 100k x 200)."""
+    import psutil
+    from distributed import Client, LocalCluster
+
+    import smoother as sm
+    from smoother.datasets._visium_hd import visium_hd
+
+    side = round(math.sqrt(n_target))
+    adata = visium_hd(8, area_mm=side * 8 / 1000, n_genes=g, chunk_size=2**15, random_state=0)
+    sm.pp.spatial_graph(adata, n_neighs=4)
+    mem = adata.copy()
+    mem.X = adata.X.compute(scheduler="threads")
+    rec: dict = {"bins": adata.n_obs, "genes": g, "workers": workers, "load_before": os.getloadavg()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        t0 = time.perf_counter()
+        sm.tl.spatial_pca(mem, n_comps=N_COMPS, lambda_spatial=SPCA_LAMBDA)
+        rec["in_memory_s"] = round(time.perf_counter() - t0, 2)
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
+            Client(lc) as client,
+        ):
+            t0 = time.perf_counter()
+            sm.tl.spatial_pca(adata, n_comps=N_COMPS, lambda_spatial=SPCA_LAMBDA)
+            H = adata.obsm["X_spatial_pca"].compute()
+            rec["cluster_s"] = round(time.perf_counter() - t0, 2)
+            rss = client.run(lambda: psutil.Process().memory_info().rss)
+            rec["worker_rss_gib"] = [round(v / 2**30, 2) for v in rss.values()]
+    ref = mem.obsm["X_spatial_pca"].astype(np.float64)
+    rec["max_rel_diff_scores"] = float(np.abs(H - ref).max() / np.abs(ref).max())
+    rec["max_rel_diff_objective"] = float(
+        np.max(np.abs(adata.uns["spatial_pca"]["objective"] - mem.uns["spatial_pca"]["objective"]))
+        / np.abs(mem.uns["spatial_pca"]["objective"]).max()
+    )
+    rec["load_after"] = os.getloadavg()
+    print("  cluster check", rec, flush=True)
+    return rec
+
+
+def write(path_json: Path, machine: dict, rows: dict, checks) -> None:
+    res = {"machine": machine, "rows": sorted(rows.values(), key=lambda r: (r["bins_target"], r["genes"]))}
+    if checks:
+        res["cluster_check"] = checks
+    path_json.write_text(json.dumps(res, indent=1, default=float))
+    path_json.with_suffix(".md").write_text(to_markdown(res))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bins", nargs="+", type=float, default=[1e5, 1e6])
@@ -343,6 +421,8 @@ def main(argv=None):
     p.add_argument("--steps", nargs="+", default=["smooth", "spca"], choices=["smooth", "spca"])
     p.add_argument("--chunk", type=int, default=2**18, help="bins per dask chunk")
     p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--cluster-check", nargs=2, type=float, metavar=("BINS", "GENES"), default=None)
+    p.add_argument("--skip-table", action="store_true", help="only the cluster check")
     p.add_argument("--tmp", default=None, help="directory for the zarr stores (default: a new temp dir)")
     args = p.parse_args(argv)
 
@@ -362,14 +442,18 @@ def main(argv=None):
     rows = {(r["bins_target"], r["genes"]): r for r in old.get("rows", [])}
     tmp = Path(tempfile.mkdtemp(prefix="scale_out_", dir=args.tmp))
     warmup(tmp)
+    if args.cluster_check:
+        old["cluster_check"] = cluster_check(int(args.cluster_check[0]), int(args.cluster_check[1]))
+    checks = old.get("cluster_check")
+    if args.skip_table and "machine" in old:
+        machine = old["machine"]  # the table's rows were measured with the earlier rates
     try:
-        for n in args.bins:
+        for n in [] if args.skip_table else args.bins:
             for g in args.genes:
                 rec = run_one(int(n), g, args.steps, tmp, rates, args.chunk)
                 rows[(rec["bins_target"], g)] = rec
-                res = {"machine": machine, "rows": sorted(rows.values(), key=lambda r: (r["bins_target"], r["genes"]))}
-                path_json.write_text(json.dumps(res, indent=1, default=float))
-                (OUT / f"{name}.md").write_text(to_markdown(res))
+                write(path_json, machine, rows, checks)
+        write(path_json, machine, rows, checks)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
