@@ -93,7 +93,7 @@ __all__ = ["CountDeconvResult", "check_counts", "fit_counts", "select_genes"]
 
 LIKELIHOODS = ("poisson", "nb")
 _THETA_MIN, _THETA_MAX = 1e-2, 1e4
-DEFAULT_AUTO_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+COARSE_AUTO_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 GENE_BUDGET = 3_000_000  # spots x genes of the default gene set (speed), see default_n_genes
 
 
@@ -735,7 +735,8 @@ def fit_counts(
     random_state
         Seed of the subsample and of the count thinning.
     auto_grid
-        Candidate :math:`\lambda` for ``'auto'`` (0 is always added), default :data:`DEFAULT_AUTO_GRID`.
+        Candidate :math:`\lambda` for ``'auto'`` (0 is always added); default :data:`COARSE_AUTO_GRID` refined
+        around its minimizer by half a decade on each side.
     auto_folds
         Number of gene folds for ``'auto'``.
     chunk_size
@@ -942,15 +943,20 @@ def _deviance(prob: _Counts, Z: np.ndarray, Ytest=None, s_test=None) -> float:
 
 
 def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, progress, auto_tol=1e-4):
-    """Held-out genes: fit the shares on all but one fold of genes, score the model's NLL of the left-out fold."""
-    grid = sorted(set([0.0] + [float(g) for g in (DEFAULT_AUTO_GRID if grid is None else grid)]))
+    """Held-out genes: fit the shares on all but one fold of genes, score the model's NLL of the left-out fold.
+
+    Without a grid: a coarse grid (0 and powers of 10 from 1e-4 to 1), then the two half-decade neighbours
+    of its minimizer. Along increasing lambda each fit starts from the previous one, and a fold stops once its
+    score has risen twice in a row past its minimum (skipped values score +inf).
+    """
+    refine = grid is None
+    grid = sorted(set([0.0] + [float(g) for g in (COARSE_AUTO_GRID if grid is None else grid)]))
     if any(g < 0 or not np.isfinite(g) for g in grid):
         msg = "Expected every `auto_grid` value to be finite and >= 0."
         raise ValueError(msg)
     K, N, G = prob.K, prob.N, prob.G
     n_folds = int(min(max(2, n_folds), G))
     fold_of = rng.permutation(np.arange(G) % n_folds)
-    scores = np.zeros(len(grid))
     Ycsc = prob.Y.tocsc() if sp.issparse(prob.Y) else prob.Y
 
     def part(idx):
@@ -962,27 +968,40 @@ def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, prog
         c.theta = None if prob.theta is None else prob.theta[idx]
         return c
 
-    for f in range(n_folds):
-        train, test = part(np.flatnonzero(fold_of != f)), part(np.flatnonzero(fold_of == f))
-        Z = Z0.copy()
-        fold = np.full(len(grid), np.nan)
-        for i, lam in enumerate(grid):
-            if i >= 3 and fold[i - 1] > fold[i - 2] > np.nanmin(fold[: i - 2]):
-                break  # the score rose twice in a row past its minimum: larger lambda only gets worse
-            spatial = SpatialTerm(Q if lam > 0 else None, lam * K, 1.0, K, N)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                if spatial.active:
-                    Z, *_ = _fit_spatial(train, Z, spatial, max(tol, auto_tol), max_iter)
-                else:
-                    Z, *_ = _fit_independent(train, Z, max(tol, auto_tol), max_iter)
-            fold[i] = test.nll(np.maximum(Z, 0.0), floor=True)
-        fold[np.isnan(fold)] = np.inf
-        scores += fold
-        if progress:
-            print(
-                f"[fit_counts] auto fold {f}: held-out NLL per lambda {dict(zip(grid, np.round(fold, 1), strict=True))}"
-            )
+    folds = [(part(np.flatnonzero(fold_of != f)), part(np.flatnonzero(fold_of == f))) for f in range(n_folds)]
+
+    def evaluate(lams, early_stop):
+        total = np.zeros(len(lams))
+        for f, (train, test) in enumerate(folds):
+            Z = Z0.copy()
+            sc = np.full(len(lams), np.nan)
+            for i, lam in enumerate(lams):
+                if early_stop and i >= 3 and sc[i - 1] > sc[i - 2] > np.nanmin(sc[: i - 2]):
+                    break
+                spatial = SpatialTerm(Q if lam > 0 else None, lam * K, 1.0, K, N)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    if spatial.active:
+                        Z, *_ = _fit_spatial(train, Z, spatial, max(tol, auto_tol), max_iter)
+                    else:
+                        Z, *_ = _fit_independent(train, Z, max(tol, auto_tol), max_iter)
+                sc[i] = test.nll(np.maximum(Z, 0.0), floor=True)
+            sc[np.isnan(sc)] = np.inf
+            total += sc
+            if progress:
+                print(f"[fit_counts] auto fold {f}: held-out NLL {dict(zip(lams, np.round(sc, 1), strict=True))}")
+        return total
+
+    scores = evaluate(grid, True)
+    if refine:
+        b = grid[int(np.argmin(scores))]
+        extra = [b * 10**-0.5, b * 10**0.5] if b > 0 else [grid[1] * 10**-0.5]
+        extra = [x for x in extra if x not in grid]
+        if extra:
+            grid = grid + extra
+            scores = np.concatenate([scores, evaluate(extra, False)])
+            order = np.argsort(grid)
+            grid, scores = [grid[i] for i in order], scores[order]
     best = int(np.argmin(scores))
     frac = 1.0 - 1.0 / n_folds
     return grid[best] * frac, {
