@@ -56,11 +56,12 @@ _MODEL_ALIASES = {
 _COUNT_MODELS = ("poisson", "nb")
 _MODELS = ("poisson", "nb", "nnls", "lr", "dwls", "nusvr", "lognorm")
 _NONNEG_MODELS = ("dwls", "lognorm")  # classic models whose loss needs non-negative values
-#: The default model of :func:`deconvolve` and its default spatial strength, measured on the five DLPFC generators
-#: of benchmarks/deconv_generators.py (RMSE of proportions; NB lambda=0 / 'auto' / fixed 1e-3): nb_mixture
-#: 0.058 / 0.055 / 0.048, cell_sum 0.065 / 0.065 / 0.072, missing_type 0.176 / 0.174 / 0.173, rare_type
-#: 0.060 / 0.055 / 0.049, flash_model 0.0035 / 0.0035 / 0.0036: 'auto' is never worse than lambda=0, a fixed
-#: strength is (cell_sum, by 9 standard errors); Poisson is 0.10-0.12 where NB is 0.06-0.07.
+#: The default model of :func:`deconvolve` and its default spatial strength, measured through this function on the
+#: five DLPFC generators of benchmarks/deconv_generators.py (RMSE of proportions, NB lambda=0 -> 'auto'):
+#: nb_mixture 0.056 -> 0.048, cell_sum 0.063 -> 0.062, missing_type 0.174 -> 0.172, rare_type 0.058 -> 0.049,
+#: flash_model 0.0035 -> 0.0035 ('auto' is never worse than lambda=0; FlashDeconv 0.2.0 at its defaults: 0.051,
+#: 0.071, 0.175, 0.051). A fixed lambda=1e-3 was worse than lambda=0 on cell_sum (0.072 vs 0.065, earlier core);
+#: Poisson was 0.10-0.12 where NB was 0.06-0.07.
 DEFAULT_MODEL = "nb"
 DEFAULT_LAMBDA_COUNTS = "auto"
 DEFAULT_LAMBDA_CLASSIC = 1.0
