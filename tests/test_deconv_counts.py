@@ -234,3 +234,44 @@ def test_select_genes_balanced_markers_and_warning():
     with pytest.warns(UserWarning):
         full = select_genes(S, min_fold=2.5)
     assert full[:10].all() and full.sum() == min(G, 20 * K)
+
+
+def test_sparse_dense_and_empty_spot():
+    Y, S = _tiny(n=5, G=12, K=3, seed=8, depth=400)
+    Y[2] = 0  # an empty spot
+    kw = {"likelihood": "nb", "dispersion": 0.1, "genes": np.arange(12), "tol": 1e-10}
+    rd = fit_counts(Y, S, **kw)
+    for M in (sp.csr_matrix(Y), sp.csc_matrix(Y), Y.astype(np.int64), Y.astype(np.float32)):
+        r = fit_counts(M, S, **kw)
+        np.testing.assert_allclose(r.proportions, rd.proportions, rtol=1e-6, atol=1e-8)
+    assert rd.n_empty == 1
+    np.testing.assert_allclose(rd.proportions[2], 1 / 3)
+    np.testing.assert_allclose(rd.abundance[2], 0.0)
+
+
+def test_nb_dispersion_estimated_from_overdispersed_counts():
+    rng = np.random.default_rng(9)
+    G, K, n, phi = 20, 2, 3000, 0.25
+    S = rng.gamma(2.0, 1.0, size=(G, K))
+    Z = rng.dirichlet(np.ones(K), size=n)
+    mu = 2000 * Z @ _normalize_signatures(S).T
+    Y = rng.poisson(mu * rng.gamma(1 / phi, phi, size=mu.shape)).astype(float)
+    res = fit_counts(Y, S, likelihood="nb", genes=np.arange(G))
+    assert np.median(res.dispersion) == pytest.approx(phi, rel=0.25)
+    pois = fit_counts(Y, S, likelihood="poisson", genes=np.arange(G))
+    err = lambda P: np.sqrt(np.mean((P - Z) ** 2))  # noqa: E731
+    assert err(res.proportions) <= err(pois.proportions) * 1.05
+
+
+def test_argument_errors():
+    Y, S = _tiny()
+    with pytest.raises(ValueError, match="needs a precision"):
+        fit_counts(Y, S, lambda_spatial=1.0)
+    with pytest.raises(ValueError, match="likelihood"):
+        fit_counts(Y, S, likelihood="gaussian")
+    with pytest.raises(ValueError, match="genes"):
+        fit_counts(Y, S[:4])
+    with pytest.raises(ValueError, match="no expression"):
+        fit_counts(Y, np.column_stack([S[:, 0], np.zeros(6)]))
+    with pytest.raises(ValueError, match="library_size"):
+        fit_counts(Y, S, library_size=np.ones(2))

@@ -361,7 +361,8 @@ class _Counts:
                 # curvature weights in float32 (they only steer the Newton steps)
                 s2 = (sc * sc).astype(np.float32)[:, None]
                 th32 = th.astype(np.float32)
-                mu_f = np.maximum(mu.astype(np.float32), np.float32(1e-8 / self.G) * sc.astype(np.float32)[:, None])
+                floor = np.float32(1e-8 / self.G) * np.maximum(sc, 1.0).astype(np.float32)[:, None]
+                mu_f = np.maximum(mu.astype(np.float32), floor)
                 # Fisher information weights s^2 theta / (mu (theta + mu))
                 H = self.gram(s2 * th32 / (mu_f * (th32 + mu_f)))
                 # exact Hessian weights y / v^2 - s^2 (y + theta) / (theta + mu)^2 (callers use it where PD)
