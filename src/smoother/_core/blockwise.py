@@ -303,3 +303,15 @@ def coupled_blocks(Q: sp.spmatrix, chunks) -> float:
     owner = np.repeat(np.arange(len(rb) - 1), np.diff(rb))
     counts = [np.unique(owner[Q.indices[Q.indptr[rb[b]] : Q.indptr[rb[b + 1]]]]).size for b in range(len(rb) - 1)]
     return float(np.mean(counts)) if counts else 0.0
+
+
+def _colsum_block(block):
+    return np.asarray(block.sum(axis=0), dtype=np.float64).reshape(1, -1)
+
+
+def column_means(Y) -> np.ndarray:
+    """Per-column means of a dask array with dense or scipy-sparse chunks, computed in one pass, ``(G,)``."""
+    import dask.array as da
+
+    parts = Y.map_blocks(_colsum_block, dtype=np.float64, chunks=((1,) * len(Y.chunks[0]), Y.chunks[1]))
+    return np.asarray(da.sum(parts, axis=0).compute(), dtype=np.float64).ravel() / max(Y.shape[0], 1)

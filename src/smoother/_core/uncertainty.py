@@ -281,3 +281,151 @@ def sample_gmrf(Q: sp.spmatrix, n_samples: int = 1, *, seed: int = 0) -> np.ndar
     x = np.empty_like(xp)
     x[fac.perm] = xp
     return x
+
+
+def smooth_var_factor(op, lam: float, *, center: bool = False, method: str = "auto", seed: int = 0):
+    r"""Posterior variance factor of exact smoothing and the trace of its hat matrix.
+
+    For :math:`\hat X = S Y`, :math:`S = (I + \lambda Q)^{-1}`, the posterior of gene ``g`` is
+    :math:`N(\hat x_g, \sigma_g^2 S)`: the factor is :math:`d = \mathrm{diag}(S)`. With ``center=True`` the
+    gene's mean is estimated too (an unpenalized intercept); its uncertainty adds :func:`centred_correction`, and the
+    hat matrix :math:`S + (I - S) 1 1^T / n` has trace :math:`\mathrm{tr}(S) + 1 - 1^T S 1 / n`. For ``'sma'``
+    (:math:`Q = (B B^T)^{-1}`), :math:`S = I - \lambda (B B^T + \lambda I)^{-1}`, a sparse system as well.
+
+    Parameters
+    ----------
+    op
+        :class:`~smoother._core.smooth.PriorOperator`.
+    lam
+        The strength used by the fit.
+    center, method, seed
+        See above and :func:`inv_diag`.
+
+    Returns
+    -------
+    ``(d, trace, info)``: ``(n,)`` factors, the hat matrix trace, and the :class:`DiagResult` of the diagonal.
+    """
+    n = op.n
+    eye = sp.identity(n, format="csr")
+    if op.Q is not None:
+        A = (eye + lam * op.Q).tocsr()
+        res = inv_diag(A, method=method, seed=seed)
+        d = res.diag.copy()
+        needs_u = center
+        fac = SPDFactor(A) if needs_u else None
+        u = fac.solve(np.ones(n)) if needs_u else None
+    else:
+        M = (op.B @ op.B.T + lam * eye).tocsr()
+        res = inv_diag(M, method=method, seed=seed)
+        d = 1.0 - lam * res.diag
+        fac_m = SPDFactor(M) if center else None
+        u = (np.ones(n) - lam * fac_m.solve(np.ones(n))) if center else None
+    trace = float(d.sum())
+    if center:
+        s = float(n - u.sum())
+        if s > 1e-10 * n:
+            d = d + (1.0 - u) ** 2 / s
+        trace = trace + 1.0 - float(u.sum()) / n
+    return d, trace, res
+
+
+def _null_dim(op, W: sp.spmatrix | None) -> int:
+    """Dimension of the null space of ``Q`` (intrinsic priors at ``rho = 1``: one per connected component)."""
+    if op.Q is None or op.rho < 1.0 or op.prior not in ("icar", "isar") or W is None:
+        return 0
+    from scipy.sparse.csgraph import connected_components
+
+    return int(connected_components(sp.csr_matrix(W), directed=False)[0])
+
+
+def marginal_loglik(Yc: np.ndarray, op, lam: float, *, null_dim: int = 0) -> float:
+    r"""Profile log marginal likelihood of :math:`\lambda` (each gene's :math:`\sigma_g` maximized out).
+
+    Model: :math:`y_g = x_g + \varepsilon_g`, :math:`x_g \sim N(0, \frac{\sigma_g^2}{\lambda} Q^{-1})`,
+    :math:`\varepsilon_g \sim N(0, \sigma_g^2 I)`, so :math:`\mathrm{Cov}(y_g) = \sigma_g^2 (I + (\lambda Q)^{-1})`,
+    whose inverse is :math:`\sigma_g^{-2}(I - S)` with :math:`S = (I + \lambda Q)^{-1}`. Up to constants,
+
+    .. math::
+
+        \ell(\lambda) = -\frac{n}{2}\sum_g \log \hat\sigma_g^2(\lambda)
+        - \frac{G}{2}\left[\log\det(I + \lambda Q) - r \log \lambda\right],
+        \qquad \hat\sigma_g^2 = y_g^T (y_g - S y_g) / n,
+
+    with :math:`r` the rank of :math:`Q` (intrinsic priors: ``n`` minus the null dimension). ``Yc`` is ``(n, G)``
+    (centred when the mean is estimated). For ``'sma'``, :math:`\log\det(I + \lambda Q) = \log\det(B B^T +
+    \lambda I) - \log\det(B B^T)` (the last term does not depend on :math:`\lambda`).
+    """
+    from .linalg import superlu_symmetric
+
+    n, g = Yc.shape
+    eye = sp.identity(n, format="csc")
+    if op.Q is not None:
+        lu = superlu_symmetric((eye + lam * op.Q).tocsc())
+        X = lu.solve(Yc)
+    else:
+        lu = superlu_symmetric((op.B @ op.B.T + lam * eye).tocsc())
+        X = Yc - lam * lu.solve(Yc)
+    diag_u = lu.U.diagonal()
+    if not (diag_u > 0).all():
+        return -np.inf
+    logdet = float(np.log(diag_u).sum())
+    q = np.einsum("ij,ij->j", Yc, Yc - X)
+    q = np.maximum(q, 1e-300)
+    r = n - null_dim
+    return float(-0.5 * n * np.log(q / n).sum() - 0.5 * g * (logdet - r * np.log(lam)))
+
+
+def ml_lambda(
+    Y,
+    op,
+    *,
+    center: bool = True,
+    graph: sp.spmatrix | None = None,
+    lo: float = 1e-3,
+    hi: float = 1e3,
+    n_grid: int = 9,
+    n_refine: int = 10,
+    max_genes: int = 500,
+    seed: int = 0,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    r"""The :math:`\lambda` maximizing :func:`marginal_loglik` (empirical Bayes), and the evaluated grid.
+
+    A log-spaced grid, then golden-section refinement in :math:`\log\lambda` around the best grid point. Up to
+    ``max_genes`` random genes enter (their sum of log-likelihoods). Returns ``(lam, lambdas, loglik)``.
+    """
+    rng = np.random.default_rng(seed)
+    n, g = Y.shape
+    cols = np.sort(rng.choice(g, size=min(g, max_genes), replace=False))
+    Ys = Y[:, cols]
+    Ys = np.asarray(Ys.toarray() if sp.issparse(Ys) else Ys, dtype=np.float64)
+    if center:
+        Ys = Ys - Ys.mean(axis=0, keepdims=True)
+    keep = np.einsum("ij,ij->j", Ys, Ys) > 0  # constant genes carry no information on lambda
+    Ys = Ys[:, keep]
+    null = _null_dim(op, graph)
+    if Ys.shape[1] == 0:
+        return 1.0, np.array([1.0]), np.array([0.0])
+    evals: dict[float, float] = {}
+
+    def f(log_lam: float) -> float:
+        lam = float(np.exp(log_lam))
+        if lam not in evals:
+            evals[lam] = marginal_loglik(Ys, op, lam, null_dim=null)
+        return evals[lam]
+
+    grid = np.linspace(np.log(lo), np.log(hi), n_grid)
+    vals = np.array([f(x) for x in grid])
+    i = int(np.argmax(vals))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, n_grid - 1)]
+    gr = (np.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - gr * (b - a), a + gr * (b - a)
+    for _ in range(n_refine):
+        if f(c) >= f(d):
+            b, d = d, c
+            c = b - gr * (b - a)
+        else:
+            a, c = c, d
+            d = a + gr * (b - a)
+    lams = np.array(sorted(evals))
+    ll = np.array([evals[x] for x in lams])
+    return float(lams[int(np.argmax(ll))]), lams, ll

@@ -102,8 +102,9 @@ def smooth(
     nonneg: bool = False,
     center: bool = True,
     per_gene: bool = False,
-    criterion: Literal["risk", "gcv"] = "risk",
+    criterion: Literal["risk", "gcv", "ml"] | None = None,
     gcv_grid: np.ndarray | list[float] | None = None,
+    uncertainty: bool = False,
     dtype: Literal["float32", "float64"] = "float32",
     chunk_size: int | None = None,
     random_state: int = 0,
@@ -186,9 +187,23 @@ def smooth(
     per_gene
         With ``lambda_spatial='auto'``: choose :math:`\lambda` per gene on the grid.
     criterion
-        ``'risk'`` (GCV-calibrated unbiased risk, default) or ``'gcv'`` (plain GCV).
+        How ``lambda_spatial='auto'`` chooses: ``'risk'`` (GCV-calibrated unbiased risk, the default),
+        ``'gcv'`` (plain GCV) or ``'ml'`` (empirical Bayes: the :math:`\lambda` maximizing the marginal likelihood
+        of the data under the prior, each gene's noise variance profiled out; the default with
+        ``uncertainty=True``, because posterior intervals are calibrated at the prior's own strength while the risk
+        criterion targets the error of the point estimate).
     gcv_grid
         The :math:`\lambda` values searched (default 17 values from 1e-3 to 1e3, plus 0; then refined).
+    uncertainty
+        Also compute the posterior standard deviations. The fit is the mode of the Gaussian posterior
+        :math:`N(\hat x_g, \sigma_g^2 S)`, :math:`S = (I + \lambda Q)^{-1}`; one spot-wise factor
+        :math:`d = \mathrm{diag}(S)` (plus the mean's uncertainty with ``center=True``) is shared by every gene and
+        :math:`\sigma_g^2 = \mathrm{RSS}_g / (n - \mathrm{tr}\, H)` is estimated per gene from the residuals, so
+        the sd of gene ``g`` at spot ``i`` is :math:`\sigma_g \sqrt{d_i}` (``sm.get.posterior_sd``,
+        ``sm.get.interval``, ``sm.pl.uncertainty``). The diagonal is exact (selected inversion of the factor) up to
+        2 million spots. The intervals are calibrated when the data follow the prior (a Gaussian field plus
+        noise); at sharp boundaries the smoothed value is biased towards the neighbours and intervals there can
+        miss. Not available with ``nonneg=True`` (a truncated posterior) or ``per_gene=True`` (one factor per gene).
     dtype
         ``'float32'`` (default) or ``'float64'`` for the result (the solve is always float64).
     chunk_size
@@ -214,15 +229,26 @@ def smooth(
       'trace_method', 'n_genes'}`` (plus ``'sigma2_mean'``, the mean noise variance, for the dataset-wide
       ``'risk'``): the evaluated values (0 included), the criterion minimized and the GCV score at each (inf at 0,
       where GCV is 0/0; ``(n_grid, n_vars)`` per gene);
-    - with ``per_gene=True``: ``adata.var[f'{key_added}_lambda']``.
+    - with ``per_gene=True``: ``adata.var[f'{key_added}_lambda']``;
+    - with ``uncertainty=True``: ``adata.obs[f'{key_added}_var_factor']`` (``d``, ``(n_obs,)``),
+      ``adata.var[f'{key_added}_sigma']`` (``(n_vars,)``) and ``adata.uns[key_added]['uncertainty']``
+      (``method``, ``max_rel_error`` of the diagonal, ``trace`` of the hat matrix, ``dof``).
+
+    **Dask-backed data** (``adata.X`` or the layer is a :class:`dask.array.Array`, e.g. from
+    ``anndata.experimental.read_lazy``): ``adata.layers[key_added]`` becomes a lazy dask array of gene blocks that
+    hold every spot; computing it (or ``adata.write_zarr``) streams the blocks on the active Dask scheduler, each
+    worker process factors :math:`I + \lambda Q` once and reuses it. ``'auto'`` chooses :math:`\lambda` on a
+    subsample of at most 500 genes loaded into memory; per-gene means (``center=True``) take one pass over the
+    data. ``nonneg``, ``per_gene`` and ``uncertainty`` need in-memory data (call ``.compute()`` first).
 
     Examples
     --------
     >>> import smoother as sm
-    >>> adata = sm.datasets.simulate_field(n_spots=900)  # doctest: +SKIP
-    >>> sm.pp.spatial_graph(adata)  # doctest: +SKIP
-    >>> sm.tl.smooth(adata, lambda_spatial="auto")  # doctest: +SKIP
-    >>> adata.uns["smoothed"]["lambda"]  # doctest: +SKIP
+    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=5, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.smooth(adata, lambda_spatial=1.0, uncertainty=True)
+    >>> adata.layers["smoothed"].shape, adata.obs["smoothed_var_factor"].shape
+    ((400, 5), (400,))
     """
     # ---- validate everything before any work
     check_adata(adata, copy=copy)
@@ -234,14 +260,45 @@ def smooth(
     per_gene = check_bool(per_gene, "per_gene")
     check_key(key_added, "key_added")
     check_key(connectivity_key, "connectivity_key")
-    criterion = check_choice(criterion, "criterion", ("risk", "gcv"))
+    if criterion is None:
+        criterion = "ml" if check_bool(uncertainty, "uncertainty") else "risk"
+    criterion = check_choice(criterion, "criterion", ("risk", "gcv", "ml"))
     dt = _check_dtype(dtype)
     chunk_size = _check_chunk(chunk_size)
     gcv_grid = _check_grid(gcv_grid)
     random_state = check_random_state(random_state)
+    uncertainty = check_bool(uncertainty, "uncertainty")
     if per_gene and lam != "auto":
         msg = "`per_gene=True` needs `lambda_spatial='auto'` (a lambda chosen per gene)."
         raise ValueError(msg)
+    if uncertainty and (nonneg or per_gene):
+        what = "nonneg=True (a truncated posterior)" if nonneg else "per_gene=True (one variance factor per gene)"
+        msg = f"`uncertainty=True` is not available with {what}; pass uncertainty=False or drop that option."
+        raise ValueError(msg)
+    if criterion == "ml" and per_gene:
+        msg = "`criterion='ml'` chooses one lambda for the dataset; use criterion='risk' with per_gene=True."
+        raise ValueError(msg)
+    if _is_dask_input(adata, layer):
+        return _smooth_dask(
+            adata,
+            prior=prior,
+            rho=rho,
+            lam=lam,
+            lambda_spatial=lambda_spatial,
+            layer=layer,
+            connectivity_key=connectivity_key,
+            standardize=standardize,
+            nonneg=nonneg,
+            center=center,
+            per_gene=per_gene,
+            criterion=criterion,
+            gcv_grid=gcv_grid,
+            uncertainty=uncertainty,
+            dt=dt,
+            random_state=random_state,
+            key_added=key_added,
+            copy=copy,
+        )
     Y, _ = get_matrix(adata, layer)
     _check_spots(Y.shape[0], "adata")
     W = get_graph(adata, connectivity_key)
@@ -254,6 +311,14 @@ def smooth(
     if lam == "auto" and Y.shape[1] == 0:  # nothing to smooth, nothing to choose lambda from
         lam_used, X = None, np.zeros((Y.shape[0], 0), dtype=dt)
         var_lambda = np.zeros(0) if per_gene else None
+    elif lam == "auto" and criterion == "ml":
+        from .._core.uncertainty import ml_lambda
+
+        lam_used, lams, loglik = ml_lambda(
+            Y, op, center=center, graph=W, seed=0 if random_state is None else random_state
+        )
+        gcv_rec = {"lambda": lams, "loglik": loglik, "criterion": "ml", "n_genes": int(min(Y.shape[1], 500))}
+        logger.info("    marginal likelihood chose lambda = %.4g", lam_used)
     elif lam == "auto":
         res = core.gcv(
             Y,
@@ -302,6 +367,9 @@ def smooth(
             X = core.smooth(Y, op, lam_used, nonneg=nonneg, dtype=dt, chunk_size=chunk_size, center=center)
         except NotPositiveDefiniteError as e:
             raise ValueError(not_pd_message(prior, rho, W)) from e
+    var_factor = sigma = unc = None
+    if uncertainty and lam_used is not None:
+        var_factor, sigma, unc = _posterior_factors(Y, X, op, lam_used, center, random_state, chunk_size)
 
     # ---- write
     params = {
@@ -316,9 +384,170 @@ def smooth(
         "center": center,
         "per_gene": per_gene,
         "criterion": criterion,
+        "uncertainty": uncertainty,
         "dtype": dt.name,
         "random_state": random_state,
         "key_added": key_added,
+    }
+    uns = {"lambda": lam_used}
+    if gcv_rec is not None:
+        uns["gcv"] = gcv_rec
+    if unc is not None:
+        uns["uncertainty"] = unc
+    out = save_result(
+        adata,
+        copy=copy,
+        uns_key=key_added,
+        params=params,
+        uns=uns,
+        layers={key_added: X},
+        obs={f"{key_added}_var_factor": var_factor},
+        var={f"{key_added}_lambda": var_lambda, f"{key_added}_sigma": sigma},
+    )
+    log_finish(start)
+    return out
+
+
+def _posterior_factors(Y, X, op, lam: float, center: bool, seed, chunk_size) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Spot-wise variance factor, per-gene noise sd and a record (see ``uncertainty`` in :func:`smooth`)."""
+    from .._core.uncertainty import residual_sigma2, smooth_var_factor
+
+    d, trace, info = smooth_var_factor(op, lam, center=center, seed=0 if seed is None else int(seed))
+    n, g = Y.shape
+    rss = np.zeros(g)
+    step = chunk_size or max(1, int(2**25 // max(n, 1)))
+    for start in range(0, g, step):
+        stop = min(g, start + step)
+        Yc = Y[:, start:stop]
+        Yc = Yc.toarray() if sp.issparse(Yc) else np.asarray(Yc)
+        rss[start:stop] = ((Yc.astype(np.float64) - X[:, start:stop].astype(np.float64)) ** 2).sum(axis=0)
+    sigma = np.sqrt(residual_sigma2(rss, n, trace))
+    rec = {
+        "method": info.method,
+        "max_rel_error": info.max_rel_error,
+        "trace": trace,
+        "dof": float(n - trace),
+    }
+    logger.info("    posterior variance factor by %s diagonal (trace %.4g)", info.method, trace)
+    return d, sigma, rec
+
+
+def _is_dask_input(adata, layer) -> bool:
+    from .._core.blockwise import is_dask
+
+    if layer is None:
+        return is_dask(adata.X)
+    return isinstance(layer, str) and layer in adata.layers and is_dask(adata.layers[layer])
+
+
+def _smooth_dask(
+    adata,
+    *,
+    prior,
+    rho,
+    lam,
+    lambda_spatial,
+    layer,
+    connectivity_key,
+    standardize,
+    nonneg,
+    center,
+    per_gene,
+    criterion,
+    gcv_grid,
+    uncertainty,
+    dt,
+    random_state,
+    key_added,
+    copy,
+):
+    """:func:`smooth` on a dask-backed matrix: a lazy result of gene blocks (see the docstring)."""
+    import dask
+    import dask.array as da
+
+    from .._core.blockwise import column_means, smooth_blocks
+
+    if nonneg or per_gene or uncertainty:
+        what = "nonneg=True" if nonneg else ("per_gene=True" if per_gene else "uncertainty=True")
+        msg = (
+            f"`{what}` needs the data in memory; load them first, e.g. `adata.X = adata.X.compute()` "
+            f"(or `adata.layers[{layer!r}] = adata.layers[{layer!r}].compute()`)."
+        )
+        raise ValueError(msg)
+    Yd = adata.X if layer is None else adata.layers[layer]
+    if Yd.ndim != 2:
+        msg = f"Expected a 2D dask array, found {Yd.ndim} dimensions."
+        raise ValueError(msg)
+    if not (np.issubdtype(Yd.dtype, np.number) or Yd.dtype == bool):
+        msg = f"Expected numeric data, found dtype {Yd.dtype}."
+        raise TypeError(msg)
+    n, g = Yd.shape
+    _check_spots(n, "adata")
+    W = get_graph(adata, connectivity_key)
+    op = _operator(W, prior, rho, standardize)
+    if op.Q is None:
+        msg = "prior='sma' on dask input is not supported (its system is not a sparse matrix); use 'icar' or 'car'."
+        raise ValueError(msg)
+    start = log_start(f"smoothing {g} genes over {n} spots lazily (dask; prior '{prior}', rho={rho})")
+    gcv_rec = None
+    if lam == "auto":
+        rng = np.random.default_rng(random_state)
+        cols = np.sort(rng.choice(g, size=min(g, 500), replace=False)) if g else np.zeros(0, dtype=int)
+        sub = Yd[:, cols].compute()
+        sub = sub.tocsr() if sp.issparse(sub) else np.asarray(sub)
+        if criterion == "ml":
+            from .._core.uncertainty import ml_lambda
+
+            lam_used, lams, loglik = ml_lambda(sub, op, center=center, graph=W, seed=random_state or 0)
+            gcv_rec = {"lambda": lams, "loglik": loglik, "criterion": "ml", "n_genes": int(cols.size)}
+        else:
+            res = core.gcv(
+                sub, op, grid=gcv_grid, criterion=criterion, seed=random_state, dtype=dt, center=center, graph=W
+            )
+            if res.edge is not None:
+                _warn_edge(float(res.lam), res.grid, prior, W, edge=res.edge)
+            lam_used = float(res.lam)
+            gcv_rec = {
+                "lambda": res.grid,
+                "score": res.score,
+                "gcv": res.gcv,
+                "trace": res.trace,
+                "criterion": res.criterion,
+                "trace_method": res.trace_method,
+                "n_genes": int(cols.size),
+            }
+        logger.info("    chose lambda = %.4g on %d genes in memory", lam_used, cols.size)
+    else:
+        lam_used = float(lam)
+    means = column_means(Yd) if center else None
+    A = (sp.identity(n, format="csr") + lam_used * op.Q).tocsr()
+    token = "smooth-" + dask.base.tokenize(A.data, A.indices, A.indptr)
+    X = smooth_blocks(Yd, A, token=token, means=means, dtype=dt)
+    if X.chunks[0] != Yd.chunks[0] or X.chunks[1] != Yd.chunks[1]:
+        logger.info(
+            "    gene blocks of %d genes holding all %d spots (input chunks %s)",
+            max(X.chunks[1]),
+            n,
+            tuple(len(c) for c in Yd.chunks),
+        )
+    assert isinstance(X, da.Array)
+    params = {
+        "prior": prior,
+        "rho": rho,
+        "lambda_spatial": lambda_spatial if isinstance(lambda_spatial, str) else float(lambda_spatial),
+        "lambda": lam_used,
+        "layer": layer,
+        "connectivity_key": connectivity_key,
+        "standardize": standardize,
+        "nonneg": nonneg,
+        "center": center,
+        "per_gene": per_gene,
+        "criterion": criterion,
+        "uncertainty": uncertainty,
+        "dtype": dt.name,
+        "random_state": random_state,
+        "key_added": key_added,
+        "backend": "dask",
     }
     uns = {"lambda": lam_used}
     if gcv_rec is not None:
@@ -330,7 +559,8 @@ def smooth(
         params=params,
         uns=uns,
         layers={key_added: X},
-        var={f"{key_added}_lambda": var_lambda},
+        obs={f"{key_added}_var_factor": None},
+        var={f"{key_added}_lambda": None, f"{key_added}_sigma": None},
     )
     log_finish(start)
     return out
