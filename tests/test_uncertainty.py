@@ -71,7 +71,7 @@ def test_intervals_are_calibrated_on_data_drawn_from_the_prior():
     F = sample_gmrf(sp.csr_matrix(Q) * (lam_true / sigma**2), 30, seed=2)
     truth = F + np.random.default_rng(3).normal(2.0, 1.0, 30)[None, :]
     a.X = (truth + np.random.default_rng(4).normal(scale=sigma, size=truth.shape)).astype(np.float32)
-    sm.tl.smooth(a, lambda_spatial="auto", uncertainty=True, dtype="float64")
+    sm.tl.smooth(a, lambda_spatial="auto", criterion="ml", uncertainty=True, dtype="float64")
     assert 0.5 * lam_true < a.uns["smoothed"]["lambda"] < 2 * lam_true
     np.testing.assert_allclose(a.var["smoothed_sigma"].to_numpy(), sigma, rtol=0.1)
     for level in (0.5, 0.9, 0.95):

@@ -102,7 +102,7 @@ def smooth(
     nonneg: bool = False,
     center: bool = True,
     per_gene: bool = False,
-    criterion: Literal["risk", "gcv", "ml"] | None = None,
+    criterion: Literal["risk", "gcv", "ml"] = "risk",
     gcv_grid: np.ndarray | list[float] | None = None,
     uncertainty: bool = False,
     dtype: Literal["float32", "float64"] = "float32",
@@ -189,9 +189,11 @@ def smooth(
     criterion
         How ``lambda_spatial='auto'`` chooses: ``'risk'`` (GCV-calibrated unbiased risk, the default),
         ``'gcv'`` (plain GCV) or ``'ml'`` (empirical Bayes: the :math:`\lambda` maximizing the marginal likelihood
-        of the data under the prior, each gene's noise variance profiled out; the default with
-        ``uncertainty=True``, because posterior intervals are calibrated at the prior's own strength while the risk
-        criterion targets the error of the point estimate).
+        of the data under the prior, each gene's noise variance profiled out). On data drawn from the prior,
+        ``'ml'`` recovers its strength and gives calibrated intervals (``uncertainty=True``) where ``'risk'``
+        over-smooths a little and its intervals are too narrow (50% intervals cover ~43%); on data the prior does
+        not describe (smooth fields of another family, sharp layers) ``'risk'`` is both more accurate and better
+        calibrated (see ``benchmarks/results/uncertainty.md``), hence the default.
     gcv_grid
         The :math:`\lambda` values searched (default 17 values from 1e-3 to 1e3, plus 0; then refined).
     uncertainty
@@ -260,8 +262,6 @@ def smooth(
     per_gene = check_bool(per_gene, "per_gene")
     check_key(key_added, "key_added")
     check_key(connectivity_key, "connectivity_key")
-    if criterion is None:
-        criterion = "ml" if check_bool(uncertainty, "uncertainty") else "risk"
     criterion = check_choice(criterion, "criterion", ("risk", "gcv", "ml"))
     dt = _check_dtype(dtype)
     chunk_size = _check_chunk(chunk_size)
