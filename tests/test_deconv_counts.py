@@ -275,3 +275,24 @@ def test_argument_errors():
         fit_counts(Y, np.column_stack([S[:, 0], np.zeros(6)]))
     with pytest.raises(ValueError, match="library_size"):
         fit_counts(Y, S, library_size=np.ones(2))
+
+
+def test_auto_window_is_contiguous():
+    from scipy.sparse.csgraph import connected_components
+
+    from smoother._core.deconv_counts import _spatial_window
+
+    side = 15
+    idx = np.arange(side * side).reshape(side, side)
+    rows = np.concatenate([idx[:, :-1].ravel(), idx[:-1, :].ravel()])
+    cols = np.concatenate([idx[:, 1:].ravel(), idx[1:, :].ravel()])
+    W = sp.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(side * side,) * 2)
+    W = (W + W.T).tocsr()
+    Q = (sp.diags(np.asarray(W.sum(1)).ravel()) - W).tocsr()
+    win = _spatial_window(Q, 50, np.random.default_rng(0))
+    assert len(win) == 50 and len(np.unique(win)) == 50
+    assert connected_components(W[win][:, win], directed=False)[0] == 1
+    Y, S = _tiny(n=side * side, G=10, K=2, seed=10, depth=300)
+    res = fit_counts(Y, S, Q=Q, lambda_spatial="auto", auto_spots=50, genes=np.arange(10), auto_grid=[1e-2])
+    assert len(res.auto["spots"]) == 50
+    assert res.auto["scores"][int(np.argmin(res.auto["scores"]))] <= res.auto["scores"][0]

@@ -518,7 +518,7 @@ def _fit_independent(prob: _Counts, Z: np.ndarray, tol: float, max_iter: int, sp
     return Z, n_it, n_done == len(idx_all)
 
 
-def _global_grad(prob: _Counts, Z: np.ndarray, *, hess: bool):
+def _global_grad(prob: _Counts, Z: np.ndarray, *, hess: bool, exact: bool = True):
     """Data-term value (per spot), gradient, Hessian blocks and the mu-part of the gradient, all spots."""
     N, K = Z.shape
     f = np.empty(N)
@@ -528,10 +528,10 @@ def _global_grad(prob: _Counts, Z: np.ndarray, *, hess: bool):
     for a in range(0, N, prob.chunk):
         b = min(N, a + prob.chunk)
         Yc, sc = prob.rows(a, b), prob.s[a:b]
-        fa, ga, Ha, gl = prob.local(Yc, sc, Z[a:b], hess=hess)
+        fa, ga, Ha, gl = prob.local(Yc, sc, Z[a:b], hess=hess, exact=exact)
         f[a:b], g[a:b], glin[a:b] = fa, ga, gl
         if hess:
-            if prob.likelihood != "poisson":  # the exact NB Hessian where positive definite
+            if prob.likelihood != "poisson" and prob.H_exact is not None:  # the exact NB Hessian where PD
                 tr = np.maximum(np.einsum("nii->n", Ha), 1e-300)
                 lmin = np.linalg.eigvalsh(prob.H_exact)[:, 0]
                 use = np.isfinite(lmin) & (lmin > 1e-8 * tr)
@@ -556,14 +556,15 @@ class _QP(QuadraticData):
         return float(np.sum(Z * HZ) - 2.0 * np.sum(self.C * Z) + self.const) * self.scale
 
 
-def _fit_spatial(prob: _Counts, Z: np.ndarray, spatial: SpatialTerm, tol: float, max_iter: int):
+def _fit_spatial(prob: _Counts, Z: np.ndarray, spatial: SpatialTerm, tol: float, max_iter: int, exact_after=0):
     """lambda > 0: SQP with the exact spatial quadratic; returns (Z, n_iter, converged, relative KKT)."""
     w = 1.0 / (prob.N * prob.sbar)
     c = 2.0 * spatial.coef
     res = np.inf
     it = 0
     for it in range(1, max_iter + 1):
-        f, g, H, glin = _global_grad(prob, Z, hess=True)
+        # NB: the exact Hessian where PD, the Fisher information elsewhere
+        f, g, H, glin = _global_grad(prob, Z, hess=True, exact=it > exact_after)
         QZ = spatial.mul(Z)
         F = w * float(f.sum()) + spatial.coef * float(np.sum(Z * QZ))
         gfull = w * g + c * QZ
@@ -691,6 +692,7 @@ def fit_counts(
     random_state: int = 0,
     auto_grid=None,
     auto_folds: int = 2,
+    auto_spots: int = 5000,
     chunk_size: int = 4096,
     progress: bool = False,
     check: bool = True,
@@ -740,6 +742,10 @@ def fit_counts(
         around its minimizer by half a decade on each side.
     auto_folds
         Number of gene folds for ``'auto'``.
+    auto_spots
+        With more spots, ``'auto'`` scores the grid on a spatially contiguous window of this many spots
+        (breadth-first from a random spot on the graph of ``Q``, with ``Q`` restricted to it); the objective is
+        normalized per spot, so the chosen :math:`\lambda` applies to all spots.
     chunk_size
         Spots per dense chunk.
     progress
@@ -866,7 +872,18 @@ def fit_counts(
         if Q is None:
             msg = "`lambda_spatial='auto'` needs a precision `Q`."
             raise ValueError(msg)
-        lam, auto = _choose_lambda(prob, Z, Q, auto_grid, auto_folds, rng, tol, max_iter, progress)
+        if N > auto_spots:
+            win = _spatial_window(Q, auto_spots, rng)
+            Yw = prob.Y[win]
+            sub_prob = _Counts(sp.csr_matrix(Yw) if sp.issparse(Yw) else Yw, prob.S, s[win], likelihood, chunk_size)
+            sub_prob.sbar = prob.sbar
+            sub_prob.set_r(prob.r)
+            sub_prob.theta = prob.theta
+            Qw = sp.csr_matrix(Q)[win][:, win] if not isinstance(Q, list | tuple) else [q[win][:, win] for q in Q]
+            lam, auto = _choose_lambda(sub_prob, Z[win], Qw, auto_grid, auto_folds, rng, tol, max_iter, progress)
+            auto["spots"] = win
+        else:
+            lam, auto = _choose_lambda(prob, Z, Q, auto_grid, auto_folds, rng, tol, max_iter, progress)
     lam = float(lam)
     if lam < 0 or not np.isfinite(lam):
         msg = f"Expected `lambda_spatial` >= 0, found {lam}."
@@ -941,6 +958,26 @@ def _deviance(prob: _Counts, Z: np.ndarray, Ytest=None, s_test=None) -> float:
             t = np.where(pos, Yc * np.log(Yc / mu), 0.0)
         tot += 2.0 * float(np.sum(t - (Yc - mu)))
     return tot
+
+
+def _spatial_window(Q, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``m`` spots reached breadth-first on the graph of ``Q`` from random starts."""
+    from scipy.sparse.csgraph import breadth_first_order
+
+    A = sp.csr_matrix(Q[0] if isinstance(Q, list | tuple) else Q)
+    n = A.shape[0]
+    taken = np.zeros(n, dtype=bool)
+    out: list[np.ndarray] = []
+    count = 0
+    while count < m:
+        free = np.flatnonzero(~taken)
+        start = int(rng.choice(free))
+        order = breadth_first_order(A, start, directed=False, return_predecessors=False)
+        order = order[~taken[order]][: m - count]
+        taken[order] = True
+        out.append(order)
+        count += len(order)
+    return np.sort(np.concatenate(out))
 
 
 def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, progress, auto_tol=1e-4):
