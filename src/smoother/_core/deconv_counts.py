@@ -120,6 +120,11 @@ def check_counts(Y, *, name: str = "adata.X") -> None:
     vals = Y.data if sp.issparse(Y) else np.asarray(Y)
     if vals.size == 0:
         return
+    if vals.ndim == 2 and vals.size > 10_000_000:  # large dense input: check in row chunks (no full-size copies)
+        step = max(1, 10_000_000 // max(vals.shape[1], 1))
+        for a in range(0, vals.shape[0], step):
+            check_counts(vals[a : a + step], name=name)
+        return
     if not np.issubdtype(vals.dtype, np.number) or np.issubdtype(vals.dtype, np.complexfloating):
         msg = f"Expected `{name}` to hold numeric counts, found dtype {vals.dtype}."
         raise ValueError(msg)
