@@ -275,6 +275,9 @@ def test_argument_errors():
         fit_counts(Y, np.column_stack([S[:, 0], np.zeros(6)]))
     with pytest.raises(ValueError, match="library_size"):
         fit_counts(Y, S, library_size=np.ones(2))
+    for bad in (-1.0, np.nan, np.inf, "best", True):
+        with pytest.raises(ValueError, match="lambda_spatial"):
+            fit_counts(Y, S, lambda_spatial=bad)
 
 
 def test_auto_window_is_contiguous():

@@ -759,6 +759,16 @@ def fit_counts(
         Run :func:`check_counts` on ``Y``.
     """
     t0 = time.perf_counter()
+    if isinstance(lambda_spatial, str):
+        if lambda_spatial != "auto":
+            msg = f"Expected `lambda_spatial` to be a number >= 0 or 'auto', found {lambda_spatial!r}."
+            raise ValueError(msg)
+        if Q is None:
+            msg = "`lambda_spatial='auto'` needs a precision `Q`."
+            raise ValueError(msg)
+    elif isinstance(lambda_spatial, bool) or not np.isfinite(float(lambda_spatial)) or float(lambda_spatial) < 0:
+        msg = f"Expected `lambda_spatial` to be a finite number >= 0 or 'auto', found {lambda_spatial!r}."
+        raise ValueError(msg)
     if likelihood not in LIKELIHOODS:
         msg = f"Unknown likelihood {likelihood!r}: expected one of {list(LIKELIHOODS)}."
         raise ValueError(msg)
@@ -871,12 +881,6 @@ def fit_counts(
     auto = None
     lam = lambda_spatial
     if isinstance(lambda_spatial, str):
-        if lambda_spatial != "auto":
-            msg = f"Expected `lambda_spatial` to be a number >= 0 or 'auto', found {lambda_spatial!r}."
-            raise ValueError(msg)
-        if Q is None:
-            msg = "`lambda_spatial='auto'` needs a precision `Q`."
-            raise ValueError(msg)
         if N > auto_spots:
             win = _spatial_window(Q, auto_spots, rng)
             Yw = prob.Y[win]
@@ -890,9 +894,6 @@ def fit_counts(
         else:
             lam, auto = _choose_lambda(prob, Z, Q, auto_grid, auto_folds, rng, tol, max_iter, progress)
     lam = float(lam)
-    if lam < 0 or not np.isfinite(lam):
-        msg = f"Expected `lambda_spatial` >= 0, found {lam}."
-        raise ValueError(msg)
     # ---- stage 3: the final fit over all spots
     spatial = SpatialTerm(Q if lam > 0 else None, lam * K, 1.0, K, N)
     if spatial.active:
