@@ -140,14 +140,15 @@ def get_matrix(
     var_names = np.asarray(adata.var_names)
     if genes is not None:
         mask = _gene_mask(adata, genes)
-        X = X[:, mask]
+        X = X[:, np.flatnonzero(mask)] if hasattr(X, "compute") else X[:, mask]
         var_names = var_names[mask]
+    if hasattr(X, "compute"):  # dask array: the selected genes are loaded (scipy-sparse chunks stay sparse)
+        logger.info("    loading %d x %d values of a dask array into memory", X.shape[0], X.shape[1])
+        X = X.compute()
     if sp.issparse(X):
         X = X if isinstance(X, sp.csr_matrix) else sp.csr_matrix(X)
         values = X.data
     else:
-        if hasattr(X, "compute"):  # dask array
-            X = X.compute()
         if hasattr(X, "to_numpy"):  # DataFrame layer
             X = X.to_numpy()
         X = np.asarray(X)

@@ -19,7 +19,7 @@ from .. import _constants as K
 from .._anndata import check_adata, get_graph, get_matrix, get_prior_operator, save_result
 from .._core import deconv as core
 from .._core.precision import DENSE_WARN
-from .._settings import log_finish, log_start
+from .._settings import log_finish, log_start, logger
 from .._validation import (
     check_bool,
     check_choice,
@@ -675,6 +675,7 @@ def deconvolve(
     W = get_graph(adata, connectivity_key) if need_graph else None
     if betti_priors is not None and lam_topo > 0:
         _check_betti(adata, betti_priors, reference, groupby)
+    genes = _dask_genes(adata, layer, genes, reference)
     Y, var_names = get_matrix(adata, layer, genes=genes)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if counts:
@@ -1101,3 +1102,25 @@ def _build_toploss(adata, betti_priors, types):
     except (ImportError, NotImplementedError) as e:
         msg = f"The topological loss is not available in this installation ({e}); pass `top_loss=` a module instead."
         raise NotImplementedError(msg) from e
+
+
+def _dask_genes(adata, layer, genes, reference):
+    """Dask-backed data: load only the genes shared with the reference (sparse chunks stay sparse).
+
+    Deconvolution sees the data only through the genes it shares with the reference, so a dask-backed matrix is
+    reduced to those columns before anything is loaded; the solve then runs in memory on ``n_obs x n_shared``
+    (sparse counts of a Visium HD capture area fit easily). ``genes`` given by the user are kept.
+    """
+    from anndata import AnnData
+
+    from .._core.blockwise import is_dask
+
+    X = adata.X if layer is None else adata.layers[layer] if layer in adata.layers else None
+    if genes is not None or X is None or not is_dask(X):
+        return genes
+    ref_genes = reference.var_names if isinstance(reference, AnnData) else pd.Index(reference.index)
+    shared = adata.var_names[adata.var_names.isin(ref_genes.astype(str))]
+    if len(shared) == 0:
+        return None  # the shared-gene check below names the problem
+    logger.info("    dask input: %d genes shared with the reference are loaded into memory", len(shared))
+    return np.asarray(shared)
