@@ -41,7 +41,7 @@ lint: install-test
 
 test: install-test lint
 	# two xdist workers, one BLAS/torch/numba thread each: no oversubscription of the 2 cores
-	MPLBACKEND=agg OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15 --nbmake tests tutorials $(PYTEST_ARGS)
+	MPLBACKEND=agg OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15 --nbmake --doctest-modules tests tutorials src/smoother $(PYTEST_ARGS)
 
 docs: install-doc
 	$(VENV)/bin/sphinx-build -M html docs docs/_build -W --keep-going

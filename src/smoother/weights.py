@@ -329,10 +329,17 @@ class SpatialWeightMatrix:
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from smoother import SpatialWeightMatrix
+    >>> xx, yy = np.meshgrid(np.arange(10.0), np.arange(10.0))
+    >>> coords = np.column_stack([xx.ravel(), yy.ravel()])  # 100 spots on a grid
+    >>> expr = np.random.default_rng(0).poisson(5.0, size=(20, 100)).astype(float)  # num_gene x num_spot
     >>> swm = SpatialWeightMatrix()
-    >>> swm.calc_weights_knn(coords, k=6)
-    >>> swm.scale_by_expr(expr)  # expr: num_gene x num_spot
+    >>> swm.calc_weights_knn(coords, k=6, verbose=False)
+    >>> swm.scale_by_expr(expr, verbose=False)
     >>> Q = swm.get_inv_cov("icar", rho=0.99)
+    >>> tuple(Q.shape)
+    (100, 100)
     """
 
     def __init__(self) -> None:
