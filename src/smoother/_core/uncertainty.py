@@ -429,3 +429,33 @@ def ml_lambda(
     lams = np.array(sorted(evals))
     ll = np.array([evals[x] for x in lams])
     return float(lams[int(np.argmax(ll))]), lams, ll
+
+
+def count_fisher_blocks(
+    S: np.ndarray,
+    s: np.ndarray,
+    r: np.ndarray,
+    phi: np.ndarray | None,
+    z: np.ndarray,
+    *,
+    chunk: int = 4096,
+) -> np.ndarray:
+    r"""Per-spot Fisher information of the count model's shares, ``(n, K, K)``.
+
+    For :math:`\mu_{ng} = s_n r_g \sum_k S_{gk} z_{nk}` with variance :math:`v = \mu + \phi_g \mu^2` (Poisson:
+    :math:`\phi = 0`), the expected information of :math:`z_n` is
+    :math:`\sum_g (s_n r_g)^2 S_{g\cdot} S_{g\cdot}^T / v_{ng}` (``S`` restricted to the genes used).
+    """
+    S = np.asarray(S, dtype=np.float64)
+    B = S * np.asarray(r, dtype=np.float64)[:, None]
+    n, K = z.shape
+    out = np.empty((n, K, K))
+    ph = None if phi is None else np.asarray(phi, dtype=np.float64)[None, :]
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        sc = np.asarray(s[start:stop], dtype=np.float64)[:, None]
+        mu = sc * (np.asarray(z[start:stop], dtype=np.float64) @ B.T)
+        v = mu if ph is None else mu + ph * mu**2
+        w = np.where(v > 0, sc**2 / np.maximum(v, 1e-300), 0.0)
+        out[start:stop] = np.einsum("cg,gk,gl->ckl", w, B, B, optimize=True)
+    return out

@@ -474,6 +474,7 @@ def deconvolve(
     lr: float = 1e-2,
     max_epochs: int = 1000,
     auto_grid: np.ndarray | list[float] | None = None,
+    uncertainty: bool = False,
     random_state: int | None = 0,
     key_added: str = K.PROPS,
     copy: bool = False,
@@ -575,6 +576,13 @@ def deconvolve(
         5000 for the exact classic solver).
     lr, max_epochs
         Learning rate and epoch limit of the gradient loop (classic torch models).
+    uncertainty
+        Count models (``'nb'``, ``'poisson'``): standard errors of the proportions from the curvature of the
+        objective at the solution (Laplace approximation: the Fisher information of the likelihood per spot plus
+        the spatial term, inverted on the active set — coefficients at 0 are held there — by selected inversion,
+        never an ``nK x nK`` inverse; proportions by the delta method). Written to ``obsm[f'{key_added}_se']``,
+        with ``obsm[f'{key_added}_at_zero']`` flagging estimates on the boundary (their interval is one-sided).
+        The classic models give no uncertainty (a clear error).
     auto_grid
         Candidate values for ``lambda_spatial='auto'`` (0 is always added). Default: count models
         :data:`smoother._core.deconv_counts.DEFAULT_AUTO_GRID`; classic models 13 values on a log grid scaled
@@ -627,6 +635,13 @@ def deconvolve(
     prior = check_prior(prior)
     rho = check_rho(rho, prior)
     standardize = check_bool(standardize, "standardize")
+    uncertainty = check_bool(uncertainty, "uncertainty")
+    if uncertainty and not counts:
+        msg = (
+            f"`uncertainty=True` is available for the count models (model='nb' or 'poisson'); model={mdl!r} gives no "
+            "uncertainty. Pass uncertainty=False or use a count model."
+        )
+        raise ValueError(msg)
     if bias is not None:
         bias = check_bool(bias, "bias")
     if counts and bias:
@@ -764,10 +779,13 @@ def deconvolve(
         "tol": tol,
         "max_iter": max_iter,
         "random_state": random_state,
+        "uncertainty": uncertainty,
         "key_added": key_added,
     }
     if counts:
         fit = _run_counts(Y, Xsig, use, Q, lam, mdl, mkw, grid, tol, max_iter, random_state)
+        if uncertainty:
+            fit["se"], fit["at_zero"] = _count_se(fit, Xsig, Q)
     else:
         fit = _run_classic(
             Xsig, Y, Q, lam, mdl, bias, backend, device, mkw, top_module, lam_top_eff, grid, random_state, tol,
@@ -812,6 +830,10 @@ def deconvolve(
         obsm={
             key_added: pd.DataFrame(fit["props"], index=obs_index, columns=types),
             f"{key_added}_abundance": pd.DataFrame(fit["abundance"], index=obs_index, columns=types),
+            f"{key_added}_se": None if "se" not in fit else pd.DataFrame(fit["se"], index=obs_index, columns=types),
+            f"{key_added}_at_zero": (
+                None if "at_zero" not in fit else pd.DataFrame(fit["at_zero"], index=obs_index, columns=types)
+            ),
         },
         obs={
             f"{key_added}_bias": fit["bias"],
@@ -912,6 +934,7 @@ def _run_counts(Y, S, use, Q, lam, mdl, mkw, grid, tol, max_iter, random_state) 
                 stacklevel=3,
             )
     return {
+        "result": res,
         "genes": np.asarray(res.genes, dtype=bool),
         "props": res.proportions,
         "abundance": res.abundance,
@@ -931,6 +954,23 @@ def _run_counts(Y, S, use, Q, lam, mdl, mkw, grid, tol, max_iter, random_state) 
             "seconds": float(res.seconds),
         },
     }
+
+
+def _count_se(fit: dict, S, Q) -> tuple[np.ndarray, np.ndarray]:
+    """Laplace standard errors of the proportions of a count-model fit, and the boundary flags ``(n, K)``."""
+    from .._core.uncertainty import count_fisher_blocks, laplace_block_cov, proportion_se
+
+    res = fit["result"]
+    S = np.asarray(S, dtype=np.float64)
+    S = (S / S.sum(axis=0))[res.genes]
+    z = np.clip(np.asarray(res.shares, dtype=np.float64), 0.0, None)
+    H = count_fisher_blocks(S, res.library_size, res.gene_effect, res.dispersion, z)
+    scale = max(np.max(z, axis=1, keepdims=True).max(), 1e-300)
+    active = z > 1e-8 * scale
+    lam = float(res.lambda_spatial)
+    sbar = float(np.mean(res.library_size)) if np.mean(res.library_size) > 0 else 1.0
+    cov = laplace_block_cov(H, Q if lam > 0 else None, lam * sbar, active)
+    return proportion_se(z, cov), ~active
 
 
 # ----------------------------------------------------------------------------------------------------------------
