@@ -169,8 +169,10 @@ def test_panels_with_ax_is_refused(curves):
         sm.pl.corr_decay(curves, panels=True, ax=ax, show=False)
 
 
-@pytest.mark.parametrize("func", [sm.pl.corr_decay, sm.pl.similarity_cdf, sm.pl.uncertainty, sm.pl.intervals])
-def test_signature_has_show_and_annotated_return(func):
+@pytest.mark.parametrize(
+    "func", [sm.pl.corr_decay, sm.pl.similarity_cdf, sm.pl.uncertainty, sm.pl.intervals, sm.pl.props]
+)
+def test_signature_has_show_and_no_save(func):
     sig = inspect.signature(func)
     assert "show" in sig.parameters
     assert sig.parameters["show"].default is None
@@ -280,10 +282,9 @@ def with_props():
 
 
 def test_props_returns_the_figure_with_the_proportions(with_props, shows):
-    """As it is now: a Figure, one map per cell type (whatever ``show`` does; see the next test)."""
+    """A Figure (multi-panel), one map per cell type, coloured by the proportions."""
     a = with_props
-    kwargs = {"show": False} if "show" in inspect.signature(sm.pl.props).parameters else {}
-    fig = sm.pl.props(a, compare_truth=False, **kwargs)
+    fig = sm.pl.props(a, compare_truth=False, show=False)
     assert isinstance(fig, Figure)
     maps = [(ax.get_title(), c) for ax in fig.axes for c in ax.collections if isinstance(c, PathCollection)]
     assert [t for t, _ in maps] == ["A", "B", "C"]
@@ -299,3 +300,19 @@ def test_props_follows_show(with_props, shows):
         pytest.xfail("sm.pl.props does not take show= yet (issue 13)")
     assert sm.pl.props(with_props, compare_truth=False, show=True) is None
     assert shows == [1]
+
+
+def test_uncertainty_after_a_real_fit_draws_posterior_sd(shows):
+    """With ``sm.tl.smooth(uncertainty=True)``: the sd map equals ``sm.get.posterior_sd``, the estimate the layer."""
+    import warnings
+
+    adata = sm.datasets.simulate_field(n_spots=60, n_genes=3, seed=1)
+    sm.pp.spatial_graph(adata, n_neighs=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sm.tl.smooth(adata, lambda_spatial=1.0, uncertainty=True)
+    fig = sm.pl.uncertainty(adata, "gene_2", show=False)
+    maps = [c for ax in fig.axes for c in ax.collections if isinstance(c, PathCollection)]
+    np.testing.assert_allclose(maps[0].get_array(), adata.layers["smoothed"][:, 2], rtol=1e-5)
+    np.testing.assert_allclose(maps[1].get_array(), sm.get.posterior_sd(adata, "gene_2")["gene_2"], rtol=1e-5)
+    assert not shows
