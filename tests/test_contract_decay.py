@@ -453,7 +453,7 @@ def test_backed_adata(tmp_path, with_curves):
             check_rejects(func, backed, **kw, error=ValueError, names="to_memory()")
         check_rejects(sm.tl.corr_decay, backed, copy=True, error=ValueError, names="to_memory()")
         # the plots only read: a backed AnnData works, and its tables survived the h5ad round trip
-        ax = sm.pl.corr_decay(backed, "icar_rho0.9")
+        ax = sm.pl.corr_decay(backed, "icar_rho0.9", show=False)
         q = with_curves.uns["corr_decay"]["icar_rho0.9"]["quantiles"]
         np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), q["Q50"])
     finally:
