@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,6 +11,10 @@ from .. import _constants as K
 from .._anndata import check_adata, get_coords
 from .._validation import check_key, check_real
 from ._utils import check_ax_show, finish
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["intervals", "uncertainty"]
 
@@ -31,7 +36,7 @@ def uncertainty(
     size: float | None = None,
     figsize: tuple[float, float] | None = None,
     show: bool | None = None,
-):
+) -> Figure | None:
     """Map a gene's smoothed (or imputed) value next to its posterior standard deviation.
 
     Use after ``sm.tl.smooth(adata, uncertainty=True)`` (or on the AnnData returned by ``sm.tl.impute`` /
@@ -91,9 +96,9 @@ def intervals(
     key: str = K.SMOOTHED,
     level: float = 0.95,
     truth_layer: str | None = None,
-    ax=None,
+    ax: Axes | None = None,
     show: bool | None = None,
-):
+) -> Axes | None:
     """Credible intervals of one gene at chosen spots, with the observed (and optionally the true) values.
 
     Parameters
@@ -115,7 +120,7 @@ def intervals(
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes` when ``show=False``; else ``None``.
+    :class:`~matplotlib.axes.Axes` when ``show=False``; else ``None``. Save it with ``ax.figure.savefig(...)``.
     """
     import matplotlib.pyplot as plt
 
