@@ -278,27 +278,27 @@ def smooth(
     if criterion == "ml" and per_gene:
         msg = "`criterion='ml'` chooses one lambda for the dataset; use criterion='risk' with per_gene=True."
         raise ValueError(msg)
+    params = {
+        "prior": prior,
+        "rho": rho,
+        "lambda_spatial": lambda_spatial if isinstance(lambda_spatial, str) else float(lambda_spatial),
+        "lambda": None,  # the value used, set after the fit
+        "layer": layer,
+        "connectivity_key": connectivity_key,
+        "standardize": standardize,
+        "nonneg": nonneg,
+        "center": center,
+        "per_gene": per_gene,
+        "criterion": criterion,
+        "uncertainty": uncertainty,
+        "dtype": dt.name,
+        "random_state": random_state,
+        "key_added": key_added,
+    }
     if _is_dask_input(adata, layer):
         return _smooth_dask(
-            adata,
-            prior=prior,
-            rho=rho,
-            lam=lam,
-            lambda_spatial=lambda_spatial,
-            layer=layer,
-            connectivity_key=connectivity_key,
-            standardize=standardize,
-            nonneg=nonneg,
-            center=center,
-            per_gene=per_gene,
-            criterion=criterion,
-            gcv_grid=gcv_grid,
-            uncertainty=uncertainty,
-            dt=dt,
-            random_state=random_state,
-            key_added=key_added,
-            copy=copy,
-        )
+            adata, params, lam=lam, gcv_grid=gcv_grid, dt=dt, random_state=random_state, copy=copy
+        )  # fmt: skip
     Y, _ = get_matrix(adata, layer)
     _check_spots(Y.shape[0], "adata")
     W = get_graph(adata, connectivity_key)
@@ -372,38 +372,8 @@ def smooth(
         var_factor, sigma, unc = _posterior_factors(Y, X, op, lam_used, center, random_state, chunk_size)
 
     # ---- write
-    params = {
-        "prior": prior,
-        "rho": rho,
-        "lambda_spatial": lambda_spatial if isinstance(lambda_spatial, str) else float(lambda_spatial),
-        "lambda": lam_used,
-        "layer": layer,
-        "connectivity_key": connectivity_key,
-        "standardize": standardize,
-        "nonneg": nonneg,
-        "center": center,
-        "per_gene": per_gene,
-        "criterion": criterion,
-        "uncertainty": uncertainty,
-        "dtype": dt.name,
-        "random_state": random_state,
-        "key_added": key_added,
-    }
-    uns = {"lambda": lam_used}
-    if gcv_rec is not None:
-        uns["gcv"] = gcv_rec
-    if unc is not None:
-        uns["uncertainty"] = unc
-    out = save_result(
-        adata,
-        copy=copy,
-        uns_key=key_added,
-        params=params,
-        uns=uns,
-        layers={key_added: X},
-        obs={f"{key_added}_var_factor": var_factor},
-        var={f"{key_added}_lambda": var_lambda, f"{key_added}_sigma": sigma},
-    )
+    params["lambda"] = lam_used
+    out = _write_smoothed(adata, params, X, lam_used, gcv_rec, unc, var_factor, var_lambda, sigma, copy=copy)
     log_finish(start)
     return out
 
@@ -440,33 +410,15 @@ def _is_dask_input(adata, layer) -> bool:
     return isinstance(layer, str) and layer in adata.layers and is_dask(adata.layers[layer])
 
 
-def _smooth_dask(
-    adata,
-    *,
-    prior,
-    rho,
-    lam,
-    lambda_spatial,
-    layer,
-    connectivity_key,
-    standardize,
-    nonneg,
-    center,
-    per_gene,
-    criterion,
-    gcv_grid,
-    uncertainty,
-    dt,
-    random_state,
-    key_added,
-    copy,
-):
+def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, copy):
     """:func:`smooth` on a dask-backed matrix: a lazy result of gene blocks (see the docstring)."""
     import dask
-    import dask.array as da
 
     from .._core.blockwise import column_means, smooth_blocks
 
+    prior, rho, layer, center = params["prior"], params["rho"], params["layer"], params["center"]
+    nonneg, per_gene, uncertainty = params["nonneg"], params["per_gene"], params["uncertainty"]
+    connectivity_key, criterion = params["connectivity_key"], params["criterion"]
     if nonneg or per_gene or uncertainty:
         what = "nonneg=True" if nonneg else ("per_gene=True" if per_gene else "uncertainty=True")
         msg = (
@@ -484,7 +436,7 @@ def _smooth_dask(
     n, g = Yd.shape
     _check_spots(n, "adata")
     W = get_graph(adata, connectivity_key)
-    op = _operator(W, prior, rho, standardize)
+    op = _operator(W, prior, rho, params["standardize"])
     if op.Q is None:
         msg = "prior='sma' on dask input is not supported (its system is not a sparse matrix); use 'icar' or 'car'."
         raise ValueError(msg)
@@ -530,40 +482,30 @@ def _smooth_dask(
             n,
             tuple(len(c) for c in Yd.chunks),
         )
-    assert isinstance(X, da.Array)
-    params = {
-        "prior": prior,
-        "rho": rho,
-        "lambda_spatial": lambda_spatial if isinstance(lambda_spatial, str) else float(lambda_spatial),
-        "lambda": lam_used,
-        "layer": layer,
-        "connectivity_key": connectivity_key,
-        "standardize": standardize,
-        "nonneg": nonneg,
-        "center": center,
-        "per_gene": per_gene,
-        "criterion": criterion,
-        "uncertainty": uncertainty,
-        "dtype": dt.name,
-        "random_state": random_state,
-        "key_added": key_added,
-        "backend": "dask",
-    }
+    params = {**params, "lambda": lam_used, "backend": "dask"}
+    out = _write_smoothed(adata, params, X, lam_used, gcv_rec, None, None, None, None, copy=copy)
+    log_finish(start)
+    return out
+
+
+def _write_smoothed(adata, params, X, lam_used, gcv_rec, unc, var_factor, var_lambda, sigma, *, copy):
+    """The one write of :func:`smooth` (in memory or dask): every key listed, ``None`` removes a stale one."""
+    key = params["key_added"]
     uns = {"lambda": lam_used}
     if gcv_rec is not None:
         uns["gcv"] = gcv_rec
-    out = save_result(
+    if unc is not None:
+        uns["uncertainty"] = unc
+    return save_result(
         adata,
         copy=copy,
-        uns_key=key_added,
+        uns_key=key,
         params=params,
         uns=uns,
-        layers={key_added: X},
-        obs={f"{key_added}_var_factor": None},
-        var={f"{key_added}_lambda": None, f"{key_added}_sigma": None},
+        layers={key: X},
+        obs={f"{key}_var_factor": var_factor},
+        var={f"{key}_lambda": var_lambda, f"{key}_sigma": sigma},
     )
-    log_finish(start)
-    return out
 
 
 def _warn_edge(lam: float, grid: np.ndarray, prior: str, W: sp.csr_matrix, n_genes: str = "", edge="upper") -> None:
