@@ -314,3 +314,23 @@ def check_unique_names(index: Any, what: str) -> None:
         dup = list(idx[idx.duplicated()].unique()[:5].astype(str))
         msg = f"{what} are not unique (e.g. {dup}); call `.var_names_make_unique()` / `.obs_names_make_unique()` first."
         raise ValueError(msg)
+
+
+def accepts_random_state(func):
+    """Let a function whose seed argument is called ``seed`` also take scanpy's name ``random_state``.
+
+    ``random_state`` is the name every ``sm.tl`` function records in ``uns[key]['params']``; passing both is a
+    ``TypeError``.
+    """
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if "random_state" in kwargs:
+            if "seed" in kwargs:
+                msg = f"{func.__name__}() got both `seed` and `random_state`; pass one (they are the same)."
+                raise TypeError(msg)
+            kwargs["seed"] = kwargs.pop("random_state")
+        return func(*args, **kwargs)
+
+    return wrapper

@@ -18,7 +18,7 @@ from .._constants import (
     ZONE,
 )
 from .._settings import log_finish, log_start
-from .._validation import check_real
+from .._validation import accepts_random_state, check_real
 from ._fields import (
     LAYOUTS,
     check_choice,
@@ -196,6 +196,7 @@ def _add_count_noise(mean: np.ndarray, noise: str, dispersion: float, rng: np.ra
     return rng.poisson(mean).astype(np.float32)
 
 
+@accepts_random_state
 def simulate_field(
     n_spots: int = 2500,
     *,
@@ -257,6 +258,7 @@ def simulate_field(
         ``length_scale / 4`` covering the tissue: a length scale that would need more than 2^25 grid cells
         raises ``ValueError`` naming the smallest value that works.
     seed
+        Also accepted as ``random_state`` (scanpy's name, used in the recorded params).
         Seed of the local random generator; the same seed gives the same data. ``None`` draws a seed (recorded
         in ``uns['simulation']``).
 
@@ -349,6 +351,7 @@ def simulate_field(
     return adata
 
 
+@accepts_random_state
 def simulate_mixture(
     n_spots: int = 2500,
     *,
@@ -398,6 +401,7 @@ def simulate_mixture(
     length_scale
         Length scale of the proportion fields; default and smallest allowed value as in :func:`simulate_field`.
     seed
+        Also accepted as ``random_state`` (scanpy's name, used in the recorded params).
         Seed of the local random generator (``None`` draws one and records it).
 
     Returns

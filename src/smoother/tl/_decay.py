@@ -25,6 +25,7 @@ from .. import _constants as K
 from .._anndata import check_adata, get_coords, get_graph, get_matrix, save_result, symmetrize_for_prior
 from .._settings import logger
 from .._validation import (
+    accepts_random_state,
     check_bool,
     check_choice,
     check_int,
@@ -179,6 +180,7 @@ def _prior_entry(adata, W, coords, *, prior, rho, standardize, min_k, max_k, n_s
     return params, entry
 
 
+@accepts_random_state
 def corr_decay(
     adata,
     *,
@@ -238,6 +240,7 @@ def corr_decay(
     n_sample
         Number of spots whose correlations are used (see above).
     seed
+        Also accepted as ``random_state`` (scanpy's name, used in the recorded params).
         Seed of the spot sample (recorded as ``random_state``).
     key_added
         Entry name; default e.g. ``'icar_rho0.99'`` (``'icar_rho0.99_std'`` with ``standardize``).
@@ -359,6 +362,7 @@ def _representation(adata, use_rep: str, n_pcs: int | None, seed: int | None) ->
     return np.asarray(sc.pp.pca(X, n_comps=n_comps, random_state=seed or 0), dtype=np.float64)
 
 
+@accepts_random_state
 def similarity_decay(
     adata,
     *,
@@ -407,6 +411,7 @@ def similarity_decay(
     n_null
         Number of shuffles of the null.
     seed
+        Also accepted as ``random_state`` (scanpy's name, used in the recorded params).
         Seed of the shuffles (and of the PCA when it is computed); recorded as ``random_state``.
     key_added
         Entry name in ``adata.uns['corr_decay']``.
@@ -568,6 +573,7 @@ def fit_decay(adata, keys: str | Sequence[str] | None = None, *, quantile: str =
     return pd.DataFrame.from_dict(rows, orient="index", columns=["alpha", "beta", "theta", "degenerate", "note"])
 
 
+@accepts_random_state
 def scan_rho(
     adata,
     *,
