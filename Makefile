@@ -36,8 +36,8 @@ demo: install
 	$(PY) -m smoother demo
 
 lint: install-test
-	$(VENV)/bin/ruff check src tests benchmarks tutorials
-	$(VENV)/bin/ruff format --check src tests benchmarks tutorials
+	$(VENV)/bin/ruff check --no-cache src tests benchmarks tutorials
+	$(VENV)/bin/ruff format --no-cache --check src tests benchmarks tutorials
 
 test: install-test lint
 	# two xdist workers, one BLAS/torch/numba thread each: no oversubscription of the 2 cores
