@@ -50,3 +50,21 @@ print(sm.__version__)
     assert _run(code).count(".") >= 1
     out = subprocess.run([sys.executable, "-m", "smoother", "--version"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.startswith("smoother ")
+
+
+def test_main_paths_need_no_optional_dependency():
+    """The demo's path (graph, smooth, decay, deconvolution) runs on the required dependencies alone."""
+    code = """
+import sys
+import smoother as sm
+a = sm.datasets.simulate_field(n_spots=200, n_genes=5, random_state=0)
+sm.pp.spatial_graph(a)
+sm.tl.smooth(a, lambda_spatial=1.0)
+sm.tl.similarity_decay(a, max_k=4)
+sm.tl.corr_decay(a, max_k=4)
+mix, ref = sm.datasets.simulate_mixture(n_spots=200, random_state=0)
+sm.pp.spatial_graph(mix)
+sm.tl.deconvolve(mix, ref, groupby="cell_type", lambda_spatial=0.0)
+print(','.join(m for m in ('squidpy', 'scanpy', 'gudhi', 'scvi', 'cvxpy') if m in sys.modules))
+"""
+    assert _run(code) == "", "optional dependencies imported on a main path"

@@ -353,13 +353,15 @@ def _representation(adata, use_rep: str, n_pcs: int | None, seed: int | None) ->
         X = X.to_numpy() if hasattr(X, "to_numpy") else X
         X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
         return X if n_pcs is None else X[:, :n_pcs]
-    import scanpy as sc
+    from sklearn.decomposition import PCA
 
     n_comps = min(n_pcs or 50, adata.n_obs - 1, adata.n_vars - 1)
     logger.info("    computing %d principal components of adata.X (not stored)", n_comps)
     X = adata.X
-    X = X.astype(np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
-    return np.asarray(sc.pp.pca(X, n_comps=n_comps, random_state=seed or 0), dtype=np.float64)
+    X = sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
+    # centred PCA as scanpy's sc.pp.pca; ARPACK centres a sparse X implicitly (never densified)
+    pca = PCA(n_components=n_comps, svd_solver="arpack", random_state=seed or 0)
+    return np.asarray(pca.fit_transform(X), dtype=np.float64)
 
 
 @accepts_random_state
