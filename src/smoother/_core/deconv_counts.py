@@ -80,6 +80,7 @@ Solvers
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .deconv import ConvergenceWarning, QuadraticData, SpatialTerm, kkt_residual, solve_quadratic
+
+_log = logging.getLogger("smoother")
 
 __all__ = ["CountDeconvResult", "check_counts", "fit_counts", "select_genes"]
 
@@ -859,7 +862,7 @@ def fit_counts(
             prob.set_r(r_new)
             hist.append({"iter": outer, "nll": obj, "max_log_change_r": change, "newton_iter": it})
             if progress:
-                print(f"[fit_counts] platform step {outer}: max |log r change| = {change:.2e}")
+                _log.info("    fit_counts: platform step %d, max |log r change| = %.2e", outer, change)
             if change < 1e-4:
                 break
         if need_phi:
@@ -1033,7 +1036,9 @@ def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, prog
             sc[np.isnan(sc)] = np.inf
             total += sc
             if progress:
-                print(f"[fit_counts] auto fold {f}: held-out NLL {dict(zip(lams, np.round(sc, 1), strict=True))}")
+                _log.info(
+                    "    fit_counts: auto fold %d, held-out NLL %s", f, dict(zip(lams, np.round(sc, 1), strict=True))
+                )
         return total
 
     scores = evaluate(grid, True)
