@@ -334,15 +334,7 @@ def smooth(
         )
         if res.edge is not None:
             _warn_edge(float(res.lam), res.grid, prior, W, edge=res.edge)
-        gcv_rec = {
-            "lambda": res.grid,
-            "score": res.score,
-            "gcv": res.gcv,
-            "trace": res.trace,
-            "criterion": res.criterion,
-            "trace_method": res.trace_method,
-            "n_genes": res.n_genes_used,
-        }
+        gcv_rec = _gcv_record(res)
         if res.sigma2 is not None and not per_gene:
             gcv_rec["sigma2_mean"] = float(np.mean(res.sigma2))
         if per_gene:
@@ -459,15 +451,7 @@ def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, copy):
             if res.edge is not None:
                 _warn_edge(float(res.lam), res.grid, prior, W, edge=res.edge)
             lam_used = float(res.lam)
-            gcv_rec = {
-                "lambda": res.grid,
-                "score": res.score,
-                "gcv": res.gcv,
-                "trace": res.trace,
-                "criterion": res.criterion,
-                "trace_method": res.trace_method,
-                "n_genes": int(cols.size),
-            }
+            gcv_rec = _gcv_record(res, n_genes=int(cols.size))
         logger.info("    chose lambda = %.4g on %d genes in memory", lam_used, cols.size)
     else:
         lam_used = float(lam)
@@ -486,6 +470,19 @@ def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, copy):
     out = _write_smoothed(adata, params, X, lam_used, gcv_rec, None, None, None, None, copy=copy)
     log_finish(start)
     return out
+
+
+def _gcv_record(res, n_genes: int | None = None) -> dict:
+    """What ``uns[key]['gcv']`` records of a ``lambda_spatial='auto'`` search (a ``GCVResult``)."""
+    return {
+        "lambda": res.grid,
+        "score": res.score,
+        "gcv": res.gcv,
+        "trace": res.trace,
+        "criterion": res.criterion,
+        "trace_method": res.trace_method,
+        "n_genes": res.n_genes_used if n_genes is None else n_genes,
+    }
 
 
 def _write_smoothed(adata, params, X, lam_used, gcv_rec, unc, var_factor, var_lambda, sigma, *, copy):
@@ -736,15 +733,7 @@ def impute(
                 )
                 if res.edge is not None:
                     _warn_edge(float(res.lam), res.grid, prior, W, edge=res.edge)
-                gcv_rec = {
-                    "lambda": res.grid,
-                    "score": res.score,
-                    "gcv": res.gcv,
-                    "trace": res.trace,
-                    "criterion": res.criterion,
-                    "trace_method": res.trace_method,
-                    "n_genes": res.n_genes_used,
-                }
+                gcv_rec = _gcv_record(res)
                 lam_used = float(res.lam)
                 logger.info("    the %s criterion chose lambda = %.4g", criterion, lam_used)
         if lam_used is None or lam_used == 0:  # fixed observations (also the limit lambda -> 0 of the joint fit)
