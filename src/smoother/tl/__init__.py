@@ -2,8 +2,9 @@
 
 from ._decay import corr_decay, fit_decay, scan_rho, similarity_decay
 from ._deconv import deconvolve
+from ._impute import enhance, impute
 from ._reduction import spatial_pca, spatial_vae
-from ._smooth import enhance, impute, smooth
+from ._smooth import smooth
 
 __all__ = [
     "corr_decay",
