@@ -66,6 +66,10 @@ def spatial_graph(
 ):
     r"""Build the spatial graph of the spots, stored like :func:`squidpy.gr.spatial_neighbors` stores it.
 
+    The first step of every spatial analysis in smoother: the graph says which spots are neighbours, and every
+    ``sm.tl`` function turns it into the spatial prior. Only the coordinates are used (no expression). A graph
+    made by ``squidpy.gr.spatial_neighbors`` works as well; this function spares the squidpy dependency.
+
     Parameters
     ----------
     adata
@@ -361,7 +365,11 @@ def scale_by_expr(
     r"""Rescale every edge of the spatial graph by the expression similarity of its two spots.
 
     Edges between transcriptionally different spots (e.g. across a tissue boundary) are weakened, so smoothing
-    does not blur the boundary. The new weight of edge :math:`(i, j)` is :math:`w_{ij} s_{ij}` with
+    does not blur the boundary. Use it before :func:`smoother.tl.smooth` (with
+    ``connectivity_key='smoother'``) when the tissue has sharp borders and no annotation of them; the input is
+    log-normalized expression (raw counts work, but library size then counts as a difference between spots).
+
+    The new weight of edge :math:`(i, j)` is :math:`w_{ij} s_{ij}` with
 
     - ``metric='cosine'``: :math:`s_{ij} = \max(0, \cos(z_i, z_j))`; when :math:`z_i` or :math:`z_j` is the
       zero vector (an all-zero or constant profile; with PCA, a profile equal to the mean) the cosine is
@@ -457,7 +465,12 @@ def scale_by_identity(
     row_scale: bool = False,
     copy: bool = False,
 ):
-    """Rescale edges between spots of different labels (e.g. annotated regions) to ``boundary_connectivity``.
+    r"""Rescale edges between spots of different labels (e.g. annotated regions) to ``boundary_connectivity``.
+
+    Use it when the regions are known (a pathologist's annotation, cortical layers, clusters) and smoothing must
+    not mix them: the prior then acts within each region and only weakly (or not at all) across its border.
+    The new weight of edge :math:`(i, j)` is :math:`w_{ij}` when both spots carry the same label and
+    :math:`b\, w_{ij}` otherwise, :math:`b` = ``boundary_connectivity``.
 
     Parameters
     ----------
@@ -599,6 +612,9 @@ def scale_by_histology(
 ):
     r"""Rescale every edge by the histology similarity of its two spots (Visium H&E image).
 
+    Use it when the image shows tissue borders that expression alone does not resolve (e.g. few counts per
+    spot): edges between spots that look different on the stain are weakened, so smoothing respects them.
+
     Reads the image ``adata.uns['spatial'][library_id]['images'][img_key]`` (``H x W`` or ``H x W x C``) and the
     scale factors ``adata.uns['spatial'][library_id]['scalefactors']`` (``spot_diameter_fullres`` and
     ``tissue_{img_key}_scalef``) as scanpy/squidpy store Visium data; ``adata.obsm[spatial_key]`` holds
@@ -625,6 +641,26 @@ def scale_by_histology(
     ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` and
     ``adata.uns['{key_added}_neighbors']`` (``connectivities_key``, ``params``, ``n_nan_pixels``, ``n_zero_spots``,
     ``n_isolated``), replaced as a whole.
+
+    Examples
+    --------
+    A synthetic "H&E" image, dark on the left and bright on the right, cuts the edges that cross its boundary:
+
+    >>> import numpy as np
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(100, layout="square", n_genes=5, spacing=10.0, seed=0)
+    >>> img = np.zeros((100, 100, 3))
+    >>> img[:, 45:] = 1.0  # rows are y, columns are x (full-resolution pixels here)
+    >>> img += np.random.default_rng(0).normal(0, 0.05, img.shape)
+    >>> scalefactors = {"spot_diameter_fullres": 8.0, "tissue_hires_scalef": 1.0}
+    >>> adata.uns["spatial"] = {"slide": {"images": {"hires": img}, "scalefactors": scalefactors}}
+    >>> sm.pp.spatial_graph(adata, n_neighs=4)
+    >>> sm.pp.scale_by_histology(adata)  # -> adata.obsp["smoother_connectivities"]
+    >>> W = adata.obsp["smoother_connectivities"].tocoo()
+    >>> bright = adata.obsm["spatial"][:, 0] > 45
+    >>> cross = bright[W.row] != bright[W.col]
+    >>> bool(W.data[cross].mean() < 0.1 * W.data[~cross].mean())
+    True
     """
     _check_scale_common(adata, connectivity_key, key_added, row_scale, copy)
     if library_id is not None:
