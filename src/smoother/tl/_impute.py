@@ -41,6 +41,7 @@ from ._smooth import (
     _check_grid,
     _check_spots,
     _gcv_record,
+    _is_dask_input,
     _operator,
     _warn_edge,
 )
@@ -72,8 +73,10 @@ def impute(
     criterion: Literal["risk", "gcv"] = "risk",
     gcv_grid: np.ndarray | list[float] | None = None,
     random_state: int | None = 0,
+    uncertainty: bool = False,
     dtype: Literal["float32", "float64"] = "float32",
     chunk_size: int | None = None,
+    key_added: str = "impute",
 ):
     r"""Impute expression at new (unobserved) spots from the observed ones, exactly.
 
@@ -163,6 +166,9 @@ def impute(
     standardize = check_bool(standardize, "standardize")
     nonneg = check_bool(nonneg, "nonneg")
     center = check_bool(center, "center")
+    uncertainty = check_bool(uncertainty, "uncertainty")
+    _check_uncertainty(uncertainty, nonneg, prior)
+    check_key(key_added, "key_added")
     criterion = check_choice(criterion, "criterion", ("risk", "gcv"))
     gcv_grid = _check_grid(gcv_grid)
     random_state = check_random_state(random_state)
@@ -185,7 +191,11 @@ def impute(
         raise ValueError(msg)
     check_unique_names(adata.var_names, "`adata.var_names`")
     check_unique_names(adata.obs_names, "`adata.obs_names`")
-    Y, _ = get_matrix(adata, layer)
+    lazy = _is_dask_input(adata, layer)
+    if lazy:
+        Y = _check_dask_input(adata, layer, "impute", nonneg=nonneg, uncertainty=uncertainty, prior=prior)
+    else:
+        Y, _ = get_matrix(adata, layer)
     n_obs, n_new = c_obs.shape[0], c_new.shape[0]
     if graph_method == "knn" and n_obs + n_new < n_neighs + 1:
         msg = (
@@ -206,24 +216,19 @@ def impute(
     connected = core.reached(op, observed)
     sub = core.restrict(op, connected)  # the spots the data determine (whole components)
     obs_sub = observed[connected]
-    X = np.empty((n_obs + n_new, Y.shape[1]), dtype=dt)
-    src = Y.tocsc() if sp.issparse(Y) else np.asarray(Y)
+    n_fill = int(connected[n_obs:].sum())
     gcv_rec = None
     lam_used = None
+    var_factor = sigma = unc = None
     try:
         if not fixed_obs:
-            n_fill = int(connected[n_obs:].sum())
-            Yall = (
-                sp.vstack([sp.csr_matrix(Y), sp.csr_matrix((n_fill, Y.shape[1]))]).tocsr()
-                if sp.issparse(Y)
-                else np.vstack([np.asarray(Y, dtype=np.float64), np.zeros((n_fill, Y.shape[1]))])
-            )
             lam_used = lam
             if lam == "auto" and Y.shape[1] == 0:  # nothing to choose lambda from
                 lam_used = None
             elif lam == "auto":
+                Ysel = _auto_sample(Y, random_state) if lazy else Y
                 res = core.gcv(
-                    Yall,
+                    _pad_rows(Ysel, n_fill),
                     sub,
                     weights=obs_sub.astype(float),
                     grid=gcv_grid,
@@ -235,33 +240,21 @@ def impute(
                 )
                 if res.edge is not None:
                     _warn_edge(float(res.lam), res.grid, prior, W, edge=res.edge)
-                gcv_rec = _gcv_record(res)
+                gcv_rec = _gcv_record(res, n_genes=None if not lazy else int(Ysel.shape[1]))
                 lam_used = float(res.lam)
                 logger.info("    the %s criterion chose lambda = %.4g", criterion, lam_used)
-        if lam_used is None or lam_used == 0:  # fixed observations (also the limit lambda -> 0 of the joint fit)
-            cs = core._chunk_size(n_obs + n_new, Y.shape[1], chunk_size)
-            for s0 in range(0, Y.shape[1], cs):
-                Yc = core._dense_cols(src, s0, min(Y.shape[1], s0 + cs))
-                s1 = s0 + Yc.shape[1]
-                X[:n_obs, s0:s1] = Yc
-                block = np.empty((n_new, Yc.shape[1]))
-                block[connected[n_obs:]] = core.conditional_mean(sub, Yc, obs_sub, nonneg=nonneg, center=center)
-                block[~connected[n_obs:]] = Yc.mean(axis=0) if center else 0.0
-                X[n_obs:, s0:s1] = block
-        else:
-            Xc = core.smooth(
-                Yall,
-                sub,
-                float(lam_used),
-                weights=obs_sub.astype(float),
-                nonneg=nonneg,
-                dtype=np.float64,
-                chunk_size=chunk_size,
-                center=center,
+        joint = lam_used is not None and lam_used != 0
+        if lazy:
+            X = _impute_lazy(Y, sub, obs_sub, connected, n_obs, n_new, joint, lam_used, center, dt)
+        elif not joint:  # fixed observations (also the limit lambda -> 0 of the joint fit)
+            X, var_factor, sigma, unc = _impute_fixed(
+                Y, sub, obs_sub, connected, n_obs, n_new, nonneg, center, dt, chunk_size, uncertainty, random_state
             )
-            X[connected] = Xc
-            if not connected.all():
-                X[~connected] = np.asarray(Y.mean(axis=0), dtype=np.float64).ravel() if center else 0.0
+        else:
+            X, var_factor, sigma, unc = _impute_joint(
+                Y, sub, obs_sub, connected, n_obs, n_fill, float(lam_used), nonneg, center, dt, chunk_size,
+                uncertainty, random_state,
+            )  # fmt: skip
     except NotPositiveDefiniteError as e:  # only an indefinite 'car' precision gets here
         raise ValueError(not_pd_message(prior, rho, W)) from e
     n_lost = int((~connected).sum())
@@ -302,21 +295,196 @@ def impute(
         "nonneg": nonneg,
         "center": center,
         "criterion": criterion if lam == "auto" else None,
+        "uncertainty": uncertainty,
         "random_state": random_state,
         "dtype": dt.name,
+        "key_added": key_added,
+        **({"backend": "dask"} if lazy else {}),
         **{f"graph_{k}": v for k, v in graph_params.items()},
     }
+    uns = {} if gcv_rec is None else {"gcv": gcv_rec}
+    if unc is not None:
+        uns["uncertainty"] = unc
     save_result(
         out,
-        uns_key="impute",
+        uns_key=key_added,
         params=params,
-        uns={} if gcv_rec is None else {"gcv": gcv_rec},
-        obs={"observed": observed, "connected": connected},
+        uns=uns,
+        obs={"observed": observed, "connected": connected, f"{key_added}_var_factor": var_factor},
+        var={f"{key_added}_sigma": sigma},
         obsm={K.SPATIAL_KEY: coords},
         obsp={ck: W, dk: Dm},
     )
     log_finish(start)
     return out
+
+
+# the three fits of impute, in memory and lazily
+def _pad_rows(Y, n_fill: int):
+    """``Y`` with ``n_fill`` rows of zeros below (the unobserved spots of the joint fit; their weight is 0)."""
+    if sp.issparse(Y):
+        return sp.vstack([sp.csr_matrix(Y), sp.csr_matrix((n_fill, Y.shape[1]))]).tocsr()
+    return np.vstack([np.asarray(Y, dtype=np.float64), np.zeros((n_fill, Y.shape[1]))])
+
+
+def _impute_fixed(Y, sub, obs_sub, connected, n_obs, n_new, nonneg, center, dt, chunk_size, uncertainty, seed):
+    """Conditional means with the observations fixed, and (``uncertainty``) the conditional variances."""
+    from .._core.conditional import fixed_var_factor, reml_quadratic
+
+    g = Y.shape[1]
+    X = np.empty((n_obs + n_new, g), dtype=dt)
+    src = Y.tocsc() if sp.issparse(Y) else np.asarray(Y)
+    new_conn = connected[n_obs:]
+    vf = fixed_var_factor(sub.Q, obs_sub, center=center, seed=_seed(seed)) if uncertainty else None
+    q = np.zeros(g)
+    cs = core._chunk_size(n_obs + n_new, g, chunk_size)
+    for s0 in range(0, g, cs):
+        Yc = core._dense_cols(src, s0, min(g, s0 + cs))
+        s1 = s0 + Yc.shape[1]
+        X[:n_obs, s0:s1] = Yc
+        mu = Yc.mean(axis=0) if center else np.zeros(Yc.shape[1])
+        Xm = core.conditional_mean(sub, Yc, obs_sub, nonneg=nonneg, center=center)
+        block = np.empty((n_new, Yc.shape[1]))
+        block[new_conn] = Xm
+        block[~new_conn] = mu
+        X[n_obs:, s0:s1] = block
+        if vf is not None:
+            q[s0:s1] = reml_quadratic(sub.Q, np.vstack([Yc - mu, Xm - mu]), obs_sub, vf, center=center)
+    if vf is None:
+        return X, None, None, None
+    d = np.full(n_obs + n_new, np.nan)
+    d[:n_obs] = 0.0
+    d[n_obs:][new_conn] = vf.d
+    unc = {
+        "model": "fixed_obs",
+        "sigma": "prior_scale_reml",
+        "method": vf.method,
+        "max_rel_error": vf.max_rel_error,
+        "dof": vf.dof,
+    }
+    return X, d, np.sqrt(q / vf.dof), unc
+
+
+def _impute_joint(Y, sub, obs_sub, connected, n_obs, n_fill, lam, nonneg, center, dt, chunk_size, uncertainty, seed):
+    """Joint denoising and filling, and (``uncertainty``) the posterior variances."""
+    from .._core.conditional import joint_var_factor
+    from .._core.uncertainty import residual_sigma2
+
+    g = Y.shape[1]
+    Xc = core.smooth(
+        _pad_rows(Y, n_fill),
+        sub,
+        lam,
+        weights=obs_sub.astype(float),
+        nonneg=nonneg,
+        dtype=np.float64,
+        chunk_size=chunk_size,
+        center=center,
+    )
+    X = np.empty((connected.size, g), dtype=dt)
+    X[connected] = Xc
+    if not connected.all():
+        X[~connected] = np.asarray(Y.mean(axis=0), dtype=np.float64).ravel() if center else 0.0
+    if not uncertainty:
+        return X, None, None, None
+    vf = joint_var_factor(sub.Q, obs_sub.astype(float), lam, center=center, seed=_seed(seed))
+    src = Y.tocsc() if sp.issparse(Y) else np.asarray(Y)
+    rss = np.zeros(g)
+    cs = core._chunk_size(n_obs, g, chunk_size)
+    for s0 in range(0, g, cs):
+        Yc = core._dense_cols(src, s0, min(g, s0 + cs))
+        rss[s0 : s0 + Yc.shape[1]] = ((Yc - Xc[:n_obs, s0 : s0 + Yc.shape[1]]) ** 2).sum(axis=0)
+    d = np.full(connected.size, np.nan)
+    d[connected] = vf.d
+    unc = {
+        "model": "joint",
+        "sigma": "residual",
+        "method": vf.method,
+        "max_rel_error": vf.max_rel_error,
+        "trace": vf.trace,
+        "dof": vf.dof,
+    }
+    return X, d, np.sqrt(residual_sigma2(rss, n_obs, vf.trace)), unc
+
+
+def _impute_lazy(Y, sub, obs_sub, connected, n_obs, n_new, joint, lam, center, dt):
+    """A lazy dask result (gene blocks of every spot) of the fixed or joint fit."""
+    from .._core.conditional import lazy_fill
+
+    Q = sub.Q
+    if joint:
+        M = sp.diags(obs_sub.astype(float)) + lam * Q
+        R = sp.eye(int(connected.sum()), n_obs, format="csr")  # observed spots are the first connected ones
+        return lazy_fill(Y, M, R, sys_rows=np.flatnonzero(connected), copy_rows=None, n_out=n_obs + n_new,
+                         center=center, dtype=dt)  # fmt: skip
+    o, m = np.flatnonzero(obs_sub), np.flatnonzero(~obs_sub)
+    return lazy_fill(
+        Y,
+        Q[m][:, m],
+        -Q[m][:, o],
+        sys_rows=n_obs + np.flatnonzero(connected[n_obs:]),
+        copy_rows=np.arange(n_obs),
+        n_out=n_obs + n_new,
+        center=center,
+        dtype=dt,
+    )
+
+
+def _auto_sample(Yd, random_state, max_genes: int = 500):
+    """At most ``max_genes`` random genes of a dask matrix, loaded into memory (to choose lambda)."""
+    g = Yd.shape[1]
+    rng = np.random.default_rng(random_state)
+    cols = np.sort(rng.choice(g, size=min(g, max_genes), replace=False))
+    Ys = Yd[:, cols].compute()
+    return Ys.tocsr() if sp.issparse(Ys) else np.asarray(Ys)
+
+
+def _seed(seed) -> int:
+    return 0 if seed is None else int(seed)
+
+
+def _check_uncertainty(uncertainty: bool, nonneg: bool, prior: str) -> None:
+    """Options whose posterior is not the Gaussian one computed here: a clear error before any work."""
+    if not uncertainty:
+        return
+    if nonneg:
+        msg = (
+            "`uncertainty=True` is not available with nonneg=True (a truncated posterior); pass "
+            "uncertainty=False or nonneg=False."
+        )
+        raise ValueError(msg)
+    if prior == "sma":
+        msg = (
+            "`uncertainty=True` is not available with prior='sma' (its precision is dense); use prior='icar', "
+            "'car', 'sar' or 'isar', or uncertainty=False."
+        )
+        raise ValueError(msg)
+
+
+def _check_dask_input(adata, layer, what: str, *, nonneg: bool, uncertainty: bool, prior: str, nonneg_ok=False):
+    """The dask matrix of ``adata`` (``X`` or ``layer``), checked; options that need memory say what to do."""
+    Yd = adata.X if layer is None else adata.layers[layer]
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    todo = f"load the data first: `{where} = {where}.compute()` (or `adata = adata.to_memory()`)"
+    if uncertainty:
+        msg = f"`{what}(..., uncertainty=True)` needs the data in memory (one pass for every gene's sigma); {todo}."
+        raise ValueError(msg)
+    if nonneg and not nonneg_ok:
+        msg = f"`{what}(..., nonneg=True)` needs the data in memory (an iterative constrained solve); {todo}."
+        raise ValueError(msg)
+    if prior == "sma":
+        msg = (
+            f"prior='sma' on dask input is not supported by `{what}` (its precision is dense); use 'icar' or "
+            f"'car', or {todo}."
+        )
+        raise ValueError(msg)
+    if Yd.ndim != 2:
+        msg = f"Expected `{where}` to be a 2D dask array, found {Yd.ndim} dimensions."
+        raise ValueError(msg)
+    if not (np.issubdtype(Yd.dtype, np.number) or Yd.dtype == bool):
+        msg = f"Expected `{where}` to hold numeric data, found dtype {Yd.dtype}."
+        raise TypeError(msg)
+    return Yd
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -386,8 +554,10 @@ def enhance(
     n_neighs: int = 4,
     nonneg: bool = False,
     center: bool = True,
+    uncertainty: bool = False,
     dtype: Literal["float32", "float64"] = "float32",
     chunk_size: int | None = None,
+    key_added: str = "enhance",
 ):
     r"""Resolution enhancement: expression on a sub-spot lattice whose spot averages match the data.
 
@@ -451,6 +621,9 @@ def enhance(
     lam = check_real(lambda_spatial, "lambda_spatial", low=0.0, low_open=True, example="0.1")
     nonneg = check_bool(nonneg, "nonneg")
     center = check_bool(center, "center")
+    uncertainty = check_bool(uncertainty, "uncertainty")
+    _check_uncertainty(uncertainty, nonneg, prior)
+    check_key(key_added, "key_added")
     dt = _check_dtype(dtype)
     chunk_size = _check_chunk(chunk_size)
     check_key(spatial_key, "spatial_key")
@@ -463,7 +636,13 @@ def enhance(
     _check_distinct(coords, spatial_key)
     check_unique_names(adata.var_names, "`adata.var_names`")
     check_unique_names(adata.obs_names, "`adata.obs_names`")
-    Y, _ = get_matrix(adata, layer)
+    lazy = _is_dask_input(adata, layer)
+    if lazy:
+        Y = _check_dask_input(
+            adata, layer, "enhance", nonneg=nonneg, uncertainty=uncertainty, prior=prior, nonneg_ok=True
+        )  # fmt: skip
+    else:
+        Y, _ = get_matrix(adata, layer)
 
     # ---- work
     start = log_start(f"enhancing {adata.n_obs} spots by a factor of {factor}")
@@ -479,12 +658,26 @@ def enhance(
     A = sp.csr_matrix((1.0 / counts[parent], (parent, np.arange(n_sub))), shape=(adata.n_obs, n_sub))
     W, Dm = knn_graph(sub, n_neighs, symmetrize="mutual")
     op = _operator(W, prior, rho, False)
+    var_factor = sigma = unc = None
     try:
-        X = core.aggregate_solve(A, Y, op.Q, lam, dtype=dt, chunk_size=chunk_size, center=center)
+        if lazy:
+            from .._core.conditional import lazy_fill
+
+            X = lazy_fill(Y, A.T @ A + lam * op.Q, A.T, sys_rows=np.arange(n_sub), copy_rows=None, n_out=n_sub,
+                          center=center, dtype=dt)  # fmt: skip
+            if nonneg:
+                X = X.clip(0, None)
+        else:
+            X = core.aggregate_solve(
+                A, Y, op.Q, lam, dtype=np.float64 if uncertainty else dt, chunk_size=chunk_size, center=center
+            )
+            if nonneg:
+                np.maximum(X, 0, out=X)
+            if uncertainty:
+                var_factor, sigma, unc = _enhance_uncertainty(A, Y, X, op.Q, lam, center, chunk_size)
+                X = X.astype(dt, copy=False)
     except NotPositiveDefiniteError as e:
         raise ValueError(not_pd_message(prior, rho, W)) from e
-    if nonneg:
-        np.maximum(X, 0, out=X)
 
     # ---- write: a new AnnData
     names = np.asarray(adata.obs_names).astype(str)
@@ -503,18 +696,48 @@ def enhance(
         "n_neighs": n_neighs,
         "nonneg": nonneg,
         "center": center,
+        "uncertainty": uncertainty,
         "dtype": dt.name,
+        "key_added": key_added,
+        **({"backend": "dask"} if lazy else {}),
     }
     save_result(
         out,
-        uns_key="enhance",
+        uns_key=key_added,
         params=params,
-        obs={"parent_spot": pd.Categorical(names[parent], categories=names)},
+        uns={} if unc is None else {"uncertainty": unc},
+        obs={"parent_spot": pd.Categorical(names[parent], categories=names), f"{key_added}_var_factor": var_factor},
+        var={f"{key_added}_sigma": sigma},
         obsm={K.SPATIAL_KEY: sub},
         obsp={K.conn_key("spatial"): W, K.dist_key("spatial"): Dm},
     )
     log_finish(start)
     return out
+
+
+def _enhance_uncertainty(A, Y, X, Q, lam: float, center: bool, chunk_size):
+    """Sub-spot variance factor, per-gene noise sd and the record (``uncertainty`` in :func:`enhance`)."""
+    from .._core.conditional import enhance_var_factor
+    from .._core.uncertainty import residual_sigma2
+
+    vf = enhance_var_factor(A, Q, lam, center=center)
+    n_s, g = Y.shape
+    src = Y.tocsc() if sp.issparse(Y) else np.asarray(Y)
+    rss = np.zeros(g)
+    cs = core._chunk_size(n_s, g, chunk_size)
+    for s0 in range(0, g, cs):
+        Yc = core._dense_cols(src, s0, min(g, s0 + cs))
+        s1 = s0 + Yc.shape[1]
+        rss[s0:s1] = ((Yc - A @ X[:, s0:s1]) ** 2).sum(axis=0)
+    unc = {
+        "model": "aggregate",
+        "sigma": "residual",
+        "method": vf.method,
+        "max_rel_error": vf.max_rel_error,
+        "trace": vf.trace,
+        "dof": vf.dof,
+    }
+    return vf.d, np.sqrt(residual_sigma2(rss, n_s, vf.trace)), unc
 
 
 def _check_distinct(coords: np.ndarray, spatial_key: str) -> None:
