@@ -140,7 +140,8 @@ def corr_decay(
     Draws, for each stored curve, the median (Q50) against ``k`` with the Q25–Q75 and Q10–Q90 ranges: shaded
     bands (``kind='band'``), boxes with whiskers (``'box'``) or five lines (``'line'``). The data curve
     (:func:`smoother.tl.similarity_decay`) and prior curves (:func:`smoother.tl.corr_decay`) are overlaid on one
-    Axes (the main use: pick the prior whose decay matches the data's), or drawn one per panel.
+    Axes (the main use: pick the prior whose decay matches the data's), or drawn one per panel. A prior whose
+    curve lies below the data's decays too fast (raise ``rho``); above it, too slowly.
 
     Parameters
     ----------
@@ -183,6 +184,8 @@ def corr_decay(
     >>> ax = sm.pl.corr_decay(adata, show=False)
     >>> [line.get_label() for line in ax.get_lines()[:2]]
     ['data', 'icar_rho0.9']
+    >>> import matplotlib.pyplot as plt
+    >>> plt.close(ax.figure)  # after ax.figure.savefig("decay.pdf"), say
     """
     from .._validation import check_bool, check_choice
 
@@ -279,6 +282,18 @@ def similarity_cdf(
     -------
     The :class:`~matplotlib.axes.Axes` with ``show=False``, otherwise ``None``. Save it with
     ``sm.pl.similarity_cdf(adata, show=False).figure.savefig("cdf.pdf")`` (scanpy's ``save=`` is deprecated).
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=20, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.similarity_decay(adata, max_k=5)
+    >>> ax = sm.pl.similarity_cdf(adata, show=False)
+    >>> [line.get_label() for line in ax.get_lines()[:2]], ax.get_ylabel()
+    (['observed', 'shuffled'], 'Cumulative fraction of pairs')
+    >>> plt.close(ax.figure)
     """
     store = _store(adata, "sm.tl.similarity_decay")
     if not isinstance(key, str):

@@ -62,6 +62,9 @@ def props(
 ):
     """One spatial panel per cell type, coloured by its estimated proportion.
 
+    Use it after :func:`smoother.tl.deconvolve` to see where each cell type lies. On simulated data (or whenever
+    true proportions are known) it also draws the truth under each estimate and a truth-vs-estimate scatter.
+
     Parameters
     ----------
     adata
@@ -102,6 +105,20 @@ def props(
     TypeError, ValueError
         A bad argument (``types=[]``, non-unique names in ``types``, ``adata.obs_names`` or the table's columns,
         NaN coordinates, ...), checked before a figure is made.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> import smoother as sm
+    >>> adata, ref = sm.datasets.simulate_mixture(200, n_types=3, n_genes=30, n_cells_per_type=10, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.deconvolve(adata, ref, groupby="cell_type")  # -> adata.obsm["props"]
+    >>> fig = sm.pl.props(adata, show=False)  # estimates, truths, and truth vs estimate
+    >>> [ax.get_title() for ax in fig.axes[:4]]
+    ['type_0 (estimate)', 'type_1 (estimate)', 'type_2 (estimate)', 'type_0 (truth)']
+    >>> fig.axes[6].get_title().startswith("truth vs estimate (RMSE 0.0")
+    True
+    >>> plt.close(fig)
     """
     import matplotlib
     import matplotlib.pyplot as plt

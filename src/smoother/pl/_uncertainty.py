@@ -62,6 +62,18 @@ def uncertainty(
     -------
     :class:`~matplotlib.figure.Figure` with two panels (estimate, posterior sd), each with a colorbar, when
     ``show=False``; else ``None``. Save it with ``fig.savefig(...)``.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=5, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.smooth(adata, lambda_spatial=1.0, uncertainty=True)
+    >>> fig = sm.pl.uncertainty(adata, "gene_0", show=False)
+    >>> [ax.get_title() for ax in fig.axes[:2]]
+    ['gene_0: smoothed', 'gene_0: posterior sd']
+    >>> plt.close(fig)
     """
     import matplotlib.pyplot as plt
 
@@ -101,6 +113,10 @@ def intervals(
 ) -> Axes | None:
     """Credible intervals of one gene at chosen spots, with the observed (and optionally the true) values.
 
+    Use it after ``sm.tl.smooth(adata, uncertainty=True)`` (or ``sm.tl.impute`` / ``sm.tl.enhance`` with
+    ``uncertainty=True``) to check a few spots by eye: how wide the interval is, and whether it covers the
+    truth in a simulation. The intervals are those of :func:`smoother.get.interval`.
+
     Parameters
     ----------
     adata
@@ -121,6 +137,18 @@ def intervals(
     Returns
     -------
     :class:`~matplotlib.axes.Axes` when ``show=False``; else ``None``. Save it with ``ax.figure.savefig(...)``.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=5, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.smooth(adata, lambda_spatial=1.0, uncertainty=True)
+    >>> ax = sm.pl.intervals(adata, "gene_0", spots=[0, 1, 2, 3, 4], truth_layer="truth", show=False)
+    >>> len(ax.get_xticks()), ax.get_legend_handles_labels()[1]
+    (5, ['95% interval', 'smoothed', 'truth'])
+    >>> plt.close(ax.figure)
     """
     import matplotlib.pyplot as plt
 
