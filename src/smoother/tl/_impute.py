@@ -129,6 +129,32 @@ def impute(
         Coordinates in ``adata.obsm``.
     graph_method, n_neighs, mutual, radius, bandwidth
         Graph over all spots, as in :func:`smoother.pp.spatial_graph`.
+    uncertainty
+        Also compute posterior standard deviations, stored compactly as for :func:`smooth`: the sd of gene ``g`` at
+        spot ``i`` is :math:`\sigma_g \sqrt{d_i}` (``sm.get.posterior_sd(out, genes, key=key_added)``,
+        ``sm.get.interval``). The variance factor :math:`d` is shared by all genes:
+
+        - ``fixed_obs=True``: the field is :math:`x \sim N(\mu, \tau_g^2 Q^{-1})` observed without noise, so the
+          new spots' conditional covariance is :math:`\tau_g^2 Q_{mm}^{-1}` (the Schur complement of the observed
+          block of the prior covariance); :math:`d = \mathrm{diag}(Q_{mm}^{-1})` at new spots and 0 at observed
+          ones. There is no noise term, so :math:`\sigma_g` here is the **prior's scale** :math:`\tau_g`,
+          estimated from the observed values by restricted maximum likelihood (their marginal precision is
+          :math:`(Q_{oo} - Q_{om} Q_{mm}^{-1} Q_{mo}) / \tau_g^2`; the mean is profiled out with ``center``).
+        - ``fixed_obs=False``: :math:`y_o = x_o + \varepsilon`, :math:`x \sim N(\mu, \frac{\sigma_g^2}{\lambda}
+          Q^{-1})`; the posterior covariance is :math:`\sigma_g^2 (P + \lambda Q)^{-1}` at every spot and
+          :math:`\sigma_g^2 = \mathrm{RSS}_g / (n_{obs} - \mathrm{tr} H)` from the observed residuals (the
+          estimator of :func:`smooth`). When ``'auto'`` chooses :math:`\lambda = 0`, the fit and its uncertainty
+          are those of ``fixed_obs=True``.
+
+        With ``center=True`` the gene's mean is estimated too (a flat prior on it); its uncertainty is added to
+        :math:`d`. The diagonal is exact (selected inversion of a sparse factor, never a dense inverse) up to 2
+        million spots and estimated beyond with its measured error (``uns[key_added]['uncertainty']``). The
+        intervals are calibrated when the data follow the prior (a Gaussian field, plus noise for
+        ``fixed_obs=False``); on fields the prior does not describe (sharp layers) they can miss (see
+        ``benchmarks/results/impute_uncertainty.md``). Spots without a graph path to the data get ``NaN``. Not
+        available with ``nonneg=True`` (a truncated posterior) or ``prior='sma'`` (a dense precision).
+    key_added
+        Name of the result (``uns[key_added]`` and the uncertainty keys below).
 
     Returns
     -------
@@ -138,8 +164,32 @@ def impute(
     - ``obs['observed']`` — boolean; ``obs['connected']`` — boolean, ``False`` for new spots with no graph path to
       an observed spot (undetermined; see above); ``obsm['spatial']`` — all coordinates;
     - ``obsp['spatial_connectivities']``, ``obsp['spatial_distances']``, ``uns['spatial_neighbors']`` — the graph;
-    - ``uns['impute']['params']`` (``lambda`` is the value used, ``None`` with ``fixed_obs=True``); with
-      ``lambda_spatial='auto'`` also ``uns['impute']['gcv']`` as in :func:`smooth`.
+    - ``uns[key_added]['params']`` (``lambda`` is the value used, ``None`` with ``fixed_obs=True``); with
+      ``lambda_spatial='auto'`` also ``uns[key_added]['gcv']`` as in :func:`smooth`;
+    - with ``uncertainty=True``: ``obs[f'{key_added}_var_factor']`` (:math:`d`), ``var[f'{key_added}_sigma']``
+      (:math:`\sigma_g`) and ``uns[key_added]['uncertainty']`` (``model``, ``sigma`` — ``'prior_scale_reml'`` or
+      ``'residual'`` —, ``method`` and ``max_rel_error`` of the diagonal, ``dof``, and the hat matrix ``trace``
+      for ``fixed_obs=False``).
+
+    **Dask-backed data** (``adata.X`` or the layer is a :class:`dask.array.Array`): ``X`` of the result is a lazy
+    dask array of gene blocks holding every spot; computing it streams the blocks on the active Dask scheduler
+    and each worker factors the system once. ``lambda_spatial='auto'`` chooses on at most 500 random genes
+    loaded into memory. ``uncertainty=True``, ``nonneg=True`` and ``prior='sma'`` need the data in memory
+    (``adata = adata.to_memory()`` first).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=3, seed=0)
+    >>> held_out = np.arange(adata.n_obs) % 5 == 0
+    >>> observed = adata[~held_out].copy()
+    >>> out = sm.tl.impute(observed, adata.obsm["spatial"][held_out], uncertainty=True)
+    >>> out.shape, int(out.obs["observed"].sum())
+    ((400, 3), 320)
+    >>> sd = sm.get.posterior_sd(out, "gene_0", key="impute")
+    >>> bool((sd.loc[out.obs["observed"]] == 0).all().all()), bool((sd.loc[~out.obs["observed"]] > 0).all().all())
+    (True, True)
     """
     import anndata as ad
     import pandas as pd
@@ -595,6 +645,16 @@ def enhance(
         Clip negative sub-spot values at 0.
     center
         Centre the prior at each gene's mean (see above).
+    uncertainty
+        Also compute the sub-spots' posterior standard deviations, stored as for :func:`smooth`: with the noise
+        model :math:`Y = A X + \varepsilon`, :math:`\varepsilon \sim N(0, \sigma_g^2)`, and the prior
+        :math:`x_g \sim N(\mu_g, \frac{\sigma_g^2}{\lambda} Q^{-1})`, the posterior covariance of gene ``g`` is
+        :math:`\sigma_g^2 (A^T A + \lambda Q)^{-1}`; :math:`d` is its diagonal (plus the mean's uncertainty with
+        ``center``), exact by selected inversion, and :math:`\sigma_g^2 = \mathrm{RSS}_g / (n_{spots} -
+        \mathrm{tr} H)` from the spot residuals :math:`Y - A \hat X`. Not available with ``nonneg=True`` or on
+        dask-backed data.
+    key_added
+        Name of the result (``uns[key_added]`` and the uncertainty keys below).
 
     Returns
     -------
@@ -604,7 +664,23 @@ def enhance(
     - ``obs['parent_spot']`` — categorical, ``adata.obs_names`` of the parent spot;
     - ``obsm['spatial']`` — ``(n_sub, 2)`` sub-spot coordinates (same unit as the input);
     - ``obsp['spatial_connectivities']`` / ``['spatial_distances']`` — the sub-spot graph;
-    - ``uns['enhance']['params']``.
+    - ``uns[key_added]['params']``;
+    - with ``uncertainty=True``: ``obs[f'{key_added}_var_factor']``, ``var[f'{key_added}_sigma']`` and
+      ``uns[key_added]['uncertainty']`` (as :func:`impute`), so that
+      ``sm.get.posterior_sd(out, genes, key=key_added)`` gives every sub-spot's sd.
+
+    **Dask-backed data**: ``X`` of the result is a lazy dask array of gene blocks (each worker factors
+    :math:`A^T A + \lambda Q` once); ``uncertainty=True`` needs the data in memory.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=100, n_genes=2, seed=0)
+    >>> out = sm.tl.enhance(adata, factor=2, uncertainty=True)
+    >>> out.n_obs > 3 * adata.n_obs, out.obs["enhance_var_factor"].shape == (out.n_obs,)
+    (True, True)
+    >>> sm.get.posterior_sd(out, ["gene_0", "gene_1"], key="enhance").shape == (out.n_obs, 2)
+    True
     """
     import anndata as ad
     import pandas as pd
