@@ -641,6 +641,98 @@ def default_grid(n_points: int = 17, lo: float = 1e-3, hi: float = 1e3) -> np.nd
     return np.logspace(math.log10(lo), math.log10(hi), n_points)
 
 
+#: Up to this many spots the spectral search diagonalizes ``Q`` (dense, exact); beyond, Lanczos quadrature.
+DENSE_SPECTRUM_MAX = 500
+
+
+def auto_genes(n_spots: int, n_genes: int, *, spectral: bool = True) -> int:
+    """How many genes (a random subsample) the ``'auto'`` search of :func:`gcv` uses with ``max_genes='auto'``.
+
+    The factorization search and the dense spectral one (``n_spots <=`` :data:`DENSE_SPECTRUM_MAX`) use up to 500.
+    The Lanczos search costs about as much per gene as 15 solves with a Cholesky factor, so it takes one gene in
+    20 (at least 16, at most 500): its cost stays below the fit of all genes at a fixed lambda (one factorization
+    plus one solve per gene). ``benchmarks/auto_cost.py`` measures the cost and the error of the choice.
+    """
+    if not spectral or n_spots <= DENSE_SPECTRUM_MAX:
+        return min(n_genes, 500)
+    return int(min(n_genes, 500, max(16, math.ceil(n_genes / 20))))
+
+
+def _spectral_ok(op: PriorOperator, d: np.ndarray, per_gene: bool, trace_method: str) -> bool:
+    """Whether :class:`_Spectral` applies: :math:`S_\\lambda = (I + \\lambda Q)^{-1}` (unit weights, sparse
+    ``Q``), one dataset-wide lambda and traces left to the method."""
+    return op.Q is not None and not per_gene and trace_method == "auto" and bool(np.all(d == 1.0))
+
+
+class _Spectral:
+    r"""Every quantity of the criterion at every :math:`\lambda`, from the spectral measures of the genes and probes.
+
+    With unit weights :math:`S_\lambda = f_\lambda(Q)`, :math:`f_\lambda(x) = 1/(1 + \lambda x)`; with centring
+    the smoother is :math:`S^c = P + S P_\perp` (:math:`P = \mathbf 1 \mathbf 1^T / n`,
+    :math:`P_\perp = I - P`), so for a gene :math:`y` with centred values :math:`\tilde y = P_\perp y`
+
+    .. math::
+
+        \mathrm{RSS} = \tilde y^T (I - S)^2 \tilde y, \quad
+        \mathrm{tr}\, S^c = 1 + \mathrm{tr}(P_\perp S P_\perp), \quad
+        \lVert S^c \rVert_F^2 = 1 + \mathrm{tr}(P_\perp S^2 P_\perp),
+
+    all quadratic forms in :math:`Q` (without centring drop the 1 and :math:`P_\perp`). Up to
+    :data:`DENSE_SPECTRUM_MAX` spots :math:`Q` is diagonalized (exact); beyond, each gene and each of ``p``
+    Rademacher probes :math:`z` (centred with ``center``; :math:`E[z^T P_\perp S P_\perp z]` is the trace)
+    gets one Lanczos run (:func:`smoother._core.krylov.lanczos_rules`), which serves every :math:`\lambda`.
+    ``p = n_probes`` up to 10,000 spots and :math:`n_{probes} \sqrt{10^4 / n}` beyond (at least 4): the relative
+    error of the Hutchinson trace falls as :math:`1/\sqrt{p\,\mathrm{tr}\,S}`.
+    """
+
+    def __init__(self, Ysub, op: PriorOperator, *, center: bool, grid, n_probes: int, seed: int, tol: float):
+        n, m = Ysub.shape
+        self.n, self.center = n, bool(center)
+        Yd = _dense_cols(Ysub, 0, m)
+        if center:
+            Yd -= Yd.mean(axis=0)
+        Q = sp.csr_matrix(op.Q, dtype=np.float64)
+        if n <= DENSE_SPECTRUM_MAX:
+            q, U = np.linalg.eigh(Q.toarray())
+            ones = U.T @ np.ones(n)
+            C = U.T @ Yd
+            self.gene_nodes = np.broadcast_to(q, (m, n))
+            self.gene_weights = (C * C).T
+            w = 1.0 - ones**2 / n if center else np.ones(n)
+            self.probe_nodes, self.probe_weights = q[None, :], w[None, :]
+            self.trace_method = "exact"
+            self.steps = 0
+            return
+        from .krylov import lanczos_rules
+
+        p = int(max(4, min(n_probes, math.ceil(n_probes * math.sqrt(1e4 / n)))))
+        Z = np.random.default_rng(seed).choice(np.array([-1.0, 1.0]), size=(n, p))
+        if center:
+            Z -= Z.mean(axis=0)
+        lams = np.asarray(grid, dtype=np.float64)
+        lams = lams[lams > 0][None, None, :]
+
+        def check(theta):
+            f = 1.0 / (1.0 + lams * np.maximum(theta, 0.0)[..., None])
+            return np.concatenate([f, (1.0 - f) ** 2], axis=-1)
+
+        batch = max(4, CHUNK_BYTES // (8 * n))
+        rules = lanczos_rules(Q, np.hstack([Yd, Z]), check, tol=tol, batch=batch)
+        self.gene_nodes, self.gene_weights = rules.nodes[:m], rules.weights[:m]
+        self.probe_nodes, self.probe_weights = rules.nodes[m:], rules.weights[m:] / p
+        self.trace_method = "lanczos"
+        self.steps = int(rules.steps.max(initial=0))
+
+    def evaluate(self, lam: float) -> tuple[float, float, np.ndarray]:
+        """``(tr S, ||S||_F^2, RSS per gene)`` at ``lam > 0``."""
+        fq = 1.0 / (1.0 + lam * np.maximum(self.probe_nodes, 0.0))
+        t = float((self.probe_weights * fq).sum()) + self.center
+        t2 = float((self.probe_weights * fq * fq).sum()) + self.center
+        fg = lam * np.maximum(self.gene_nodes, 0.0)
+        rss = (self.gene_weights * (fg / (1.0 + fg)) ** 2).sum(axis=1)
+        return t, t2, rss
+
+
 def gcv(
     Y,
     op: PriorOperator,
@@ -650,7 +742,7 @@ def gcv(
     criterion: str = "risk",
     per_gene: bool = False,
     refine: bool = True,
-    max_genes: int | None = 500,
+    max_genes: int | str | None = "auto",
     n_probes: int = 32,
     trace_method: str = "auto",
     seed: int = 0,
@@ -660,6 +752,8 @@ def gcv(
     center: bool = False,
     include_zero: bool = True,
     graph: sp.spmatrix | None = None,
+    method: str = "auto",
+    tol: float = 1e-6,
 ) -> GCVResult:
     r"""Choose :math:`\lambda` from the data by GCV or by a GCV-calibrated unbiased risk estimate.
 
@@ -702,6 +796,9 @@ def gcv(
     if criterion not in ("risk", "gcv"):
         msg = f"Expected `criterion` to be 'risk' or 'gcv', found {criterion!r}."
         raise ValueError(msg)
+    if method not in ("auto", "spectral", "factor"):
+        msg = f"Expected `method` to be 'auto', 'spectral' or 'factor', found {method!r}."
+        raise ValueError(msg)
     n, g = Y.shape
     grid = np.asarray(default_grid() if grid is None else grid, dtype=np.float64)
     if grid.size == 0 or (grid < 0).any() or not np.isfinite(grid).all():
@@ -712,18 +809,31 @@ def gcv(
         seed = int(np.random.default_rng().integers(2**31))
     d = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     n_obs = float((d > 0).sum())
+    spectral = _spectral_ok(op, d, per_gene, trace_method) if method == "auto" else method == "spectral"
+    if spectral and not _spectral_ok(op, d, per_gene, "auto"):
+        msg = (
+            "method='spectral' needs unit weights, a sparse precision (not 'sma'), per_gene=False and "
+            "trace_method='auto'; use method='factor'."
+        )
+        raise ValueError(msg)
     src = _as_column_source(Y)
     rng = np.random.default_rng(seed)
-    if per_gene or max_genes is None or g <= max_genes:
+    m = auto_genes(n, g, spectral=spectral) if isinstance(max_genes, str) else max_genes
+    if per_gene or m is None or g <= m:
         cols = np.arange(g)
     else:
-        cols = np.sort(rng.choice(g, size=max_genes, replace=False))
+        cols = np.sort(rng.choice(g, size=m, replace=False))
     Ysub = src if cols.size == g else _as_column_source(src[:, cols])
     method = trace_method if trace_method != "auto" else ("exact" if n_obs <= EXACT_TRACE_MAX else "hutchinson")
+    if spectral:
+        spec = _Spectral(Ysub, op, center=center, grid=grid, n_probes=n_probes, seed=seed, tol=tol)
+        method = spec.trace_method
 
     def evaluate(lam: float, keep: bool):
         if lam == 0.0:  # no smoothing (the fixed-observation limit when some spots are unobserved)
             return n_obs, n_obs, np.zeros(cols.size), None
+        if spectral:
+            return (*spec.evaluate(lam), None)
         solver = SmoothSolver(op, lam, weights=d, center=center)
         tr, tr2 = _traces(solver, method, n_probes, seed)
         X = smooth(
@@ -740,9 +850,8 @@ def gcv(
         return tr, tr2, rss, (X if keep else None)
 
     recs: dict[float, tuple] = {}
-    for lam in progress(
-        grid, total=grid.size, desc="choosing lambda", disable=None if show_progress is None else not show_progress
-    ):
+    disable = True if spectral else (None if show_progress is None else not show_progress)
+    for lam in progress(grid, total=grid.size, desc="choosing lambda", disable=disable):
         tr, tr2, rss, _ = evaluate(float(lam), False)
         recs[float(lam)] = (tr, tr2, rss)
 
