@@ -304,6 +304,26 @@ def corr_decay(
     return _save_curve(adata, name, params, entry, copy=copy, start=start)
 
 
+def _check_in_memory(adata, use_rep: str) -> None:
+    """``use_rep='X'`` (or a PCA of ``X`` computed here) on a dask-backed ``adata.X``: say what to do, before work.
+
+    The similarities compare every spot's full vector with its neighbours', in random order for the null: the data
+    must be in memory. A representation already in ``adata.obsm`` (small: ``n_obs x n_comps``) needs nothing more.
+    """
+    from .._core.blockwise import is_dask
+
+    if not (use_rep == "X" or (use_rep == "X_pca" and use_rep not in adata.obsm)) or not is_dask(adata.X):
+        return
+    what = "`use_rep='X'`" if use_rep == "X" else "`use_rep='X_pca'` without `adata.obsm['X_pca']` (computed from X)"
+    msg = (
+        f"similarity_decay with {what} needs `adata.X` in memory, but it is a dask array. Either compute a small "
+        "representation first and pass it (e.g. `sm.tl.spatial_pca(adata)` works on dask data, then "
+        "`use_rep='X_spatial_pca'`), or load the data: `adata.X = adata.X.compute()` (or "
+        "`adata = adata.to_memory()`)."
+    )
+    raise ValueError(msg)
+
+
 def _check_representation(adata, use_rep: str, n_pcs: int | None) -> None:
     """Checks of the representation before any work: present, numeric, finite (NaN gives no cosine similarity)."""
     if use_rep == "X" or (use_rep == "X_pca" and use_rep not in adata.obsm):
@@ -427,12 +447,30 @@ def similarity_decay(
     observed, shuffled``, 101 rows), ``'decay_rate'`` (NaN for a degenerate fit), ``'decay_fit'``,
     ``'decay_degenerate'``, ``'decay_note'`` (see :func:`corr_decay`) and ``'params'`` (``'kind'`` = ``'data'``).
 
+    **Dask-backed data.** A representation in ``adata.obsm`` is all this function reads, so a dask-backed
+    ``adata.X`` needs nothing more when ``use_rep`` names one (e.g. the scores of ``sm.tl.spatial_pca``, which runs
+    on dask data). ``use_rep='X'``, or ``'X_pca'`` computed here from ``X``, needs ``adata.X`` in memory: a
+    dask-backed ``X`` is refused before any work, with what to do (``adata.X = adata.X.compute()``, or
+    ``adata = adata.to_memory()``).
+
     Raises
     ------
     TypeError, ValueError
-        A bad argument, or NaN/inf in the representation (checked before any work).
+        A bad argument, or NaN/inf in the representation (checked before any work), or ``use_rep`` reading a
+        dask-backed ``adata.X``.
     KeyError
         Missing coordinates or representation.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=10, pattern="gp", seed=0)
+    >>> sm.tl.similarity_decay(adata, use_rep="X", max_k=30, n_null=5)
+    >>> res = adata.uns["corr_decay"]["data"]
+    >>> res["quantiles"].shape, res["similarity_cdf"].shape
+    ((31, 6), (101, 3))
+    >>> bool(res["decay_rate"] > 0)
+    True
     """
     from .._core.decay import knn_indices, similarity_cdf_table, similarity_decay_quantiles
 
@@ -451,6 +489,7 @@ def similarity_decay(
     if cdf_k >= n:
         msg = f"Expected `cdf_k` ({cdf_k}) < the number of spots ({n}); use e.g. cdf_k={max(1, min(6, n - 1))}."
         raise ValueError(msg)
+    _check_in_memory(adata, use_rep)
     _check_representation(adata, use_rep, n_pcs)
 
     start = time.perf_counter()
