@@ -277,7 +277,10 @@ def check_device(device: Any, name: str = "device") -> str:
     """A torch device name that exists on this machine (``'cpu'``; ``'cuda'``/``'cuda:0'``/``'mps'`` when present).
 
     Checked before any work: ``'cuda'`` without a CUDA build or GPU raises ``ValueError`` naming ``'cpu'``.
+    ``'cpu'`` is accepted without importing torch (paths that never train need not pay its import).
     """
+    if isinstance(device, str) and device == "cpu":
+        return device
     import torch
 
     if isinstance(device, torch.device):
