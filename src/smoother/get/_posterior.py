@@ -60,7 +60,9 @@ def posterior_sd(adata, genes: str | Sequence[str] | None = None, *, key: str = 
 
     Returns
     -------
-    DataFrame ``(n_obs, n_genes)`` indexed by ``obs_names``, columns the genes.
+    DataFrame ``(n_obs, n_genes)`` indexed by ``obs_names``, columns the genes. For ``sm.tl.impute`` with the
+    observations fixed, :math:`\sigma_g` is the prior's scale (no noise term; see its ``uncertainty``), the
+    observed spots have sd 0 and spots with no graph path to the data NaN.
 
     Examples
     --------
@@ -104,6 +106,27 @@ def interval(
     Returns
     -------
     ``(lower, upper)``: two DataFrames ``(n_obs, n_genes)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=5, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.smooth(adata, lambda_spatial=1.0, uncertainty=True)
+    >>> lower, upper = sm.get.interval(adata, ["gene_0", "gene_1"], level=0.9)
+    >>> lower.shape, bool((lower.to_numpy() < upper.to_numpy()).all())
+    ((400, 2), True)
+
+    On the AnnData returned by ``sm.tl.impute`` the estimate is its ``X``; observed spots (held fixed) have
+    zero-width intervals:
+
+    >>> held_out = np.arange(adata.n_obs) % 5 == 0
+    >>> out = sm.tl.impute(adata[~held_out].copy(), adata.obsm["spatial"][held_out], uncertainty=True)
+    >>> lower, upper = sm.get.interval(out, "gene_0", key="impute", level=0.9)
+    >>> width = (upper - lower)["gene_0"]
+    >>> bool((width[out.obs["observed"]] == 0).all()), bool((width[~out.obs["observed"]] > 0).all())
+    (True, True)
     """
     from scipy.stats import norm
 
