@@ -9,8 +9,9 @@ The main loss is the quadratic form of a Gaussian random field prior with precis
 
 (the division by ``beta.numel() = G N`` when ``normalize=True``), the negative log density of the prior up to
 constants. :class:`SpatialLoss` builds :math:`Q_g` from :class:`~smoother.weights.SpatialWeightMatrix` objects
-through :func:`smoother._core.precision` (sparse for every prior but ``'sma'``) and keeps it in torch buffers, so
-``loss.to(device)`` moves it.
+(sparse for every prior but ``'sma'``; the same precision as the AnnData API's) and keeps it in torch buffers, so
+``loss.to(device)`` moves it. Add ``lambda * loss(beta)`` to any torch objective to make ``beta`` spatially
+smooth.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def _check_weights_shape(weights, n: int) -> None:
 def kl_loss_scipy(p, weights=None) -> float:
     r"""Mean pairwise KL divergence between the spots' distributions, with scipy.
 
-    :math:`KL_{ij} = \sum_g \tilde p_{gi} \log(\tilde p_{gi} / \tilde p_{gj})`, where :math:`\tilde p` is
-    ``p + 1e-20`` with columns renormalized to sum to 1 (as :func:`scipy.stats.entropy` does).
+    A numpy/scipy reference of :func:`kl_loss` (not differentiable): how different the spots' distributions
+    (e.g. cell-type proportions, one column per spot) are from each other, over all pairs or over neighbours.
 
     Parameters
     ----------
@@ -100,6 +101,19 @@ def kl_loss_scipy(p, weights=None) -> float:
     -------
     The mean of ``KL`` (or of ``weights * KL``) over all ``num_spot x num_spot`` pairs, computed without the
     pairwise matrix: in closed form without weights, on the nonzero weights otherwise.
+
+    Notes
+    -----
+    :math:`KL_{ij} = \sum_g \tilde p_{gi} \log(\tilde p_{gi} / \tilde p_{gj})`, where :math:`\tilde p` is
+    ``p + 1e-20`` with columns renormalized to sum to 1 (as :func:`scipy.stats.entropy` does).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from smoother.losses import kl_loss_scipy
+    >>> p = np.array([[0.5, 0.5, 0.9], [0.5, 0.5, 0.1]])  # 2 categories x 3 spots
+    >>> round(kl_loss_scipy(p), 4)
+    0.1953
     """
     from scipy.special import rel_entr, xlogy
 
@@ -125,8 +139,8 @@ def kl_loss_scipy(p, weights=None) -> float:
 def kl_loss(p, weights=None) -> torch.Tensor:
     r"""Mean pairwise KL divergence between the spots' distributions, with torch (differentiable).
 
-    :math:`KL_{ij} = \sum_g p_{gi} (\log p_{gi} - \log p_{gj})` with ``p + 1e-20`` (columns are not
-    renormalized).
+    The loss of ``SpatialLoss('kl')``: with spatial weights it penalizes neighbouring spots whose distributions
+    (e.g. cell-type proportions, one column per spot) differ. Use it on probabilities (columns summing to 1).
 
     Parameters
     ----------
@@ -140,6 +154,19 @@ def kl_loss(p, weights=None) -> torch.Tensor:
     -------
     Scalar tensor: the mean of ``KL`` over all pairs (without weights) or the weighted mean over the nonzero
     weights, computed in ``O(num_group * nnz)`` without the pairwise matrix.
+
+    Notes
+    -----
+    :math:`KL_{ij} = \sum_g p_{gi} (\log p_{gi} - \log p_{gj})` with ``p + 1e-20`` (columns are not
+    renormalized).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from smoother.losses import kl_loss
+    >>> p = torch.tensor([[0.5, 0.5, 0.9], [0.5, 0.5, 0.1]])  # 2 categories x 3 spots
+    >>> round(kl_loss(p).item(), 4)  # equals kl_loss_scipy(p) for normalized columns
+    0.1953
     """
     if not torch.is_tensor(p):
         p = torch.as_tensor(np.asarray(p))
@@ -208,7 +235,9 @@ def quadratic_loss(beta, inv_cov, group_scales, normalize=True) -> torch.Tensor:
     r"""Quadratic smoothing loss :math:`\sum_g s_g \beta_g^T Q_g \beta_g` (divided by ``beta.numel()``).
 
     The negative log density (up to constants) of a multivariate normal prior with precision ``inv_cov`` on
-    every row of ``beta``.
+    every row of ``beta``: small when ``beta`` varies smoothly over the spatial graph, large when it is rough.
+    :class:`SpatialLoss` calls it; use it directly with a precision from
+    :func:`smoother.weights.sparse_weights_to_inv_cov`.
 
     Parameters
     ----------
@@ -225,6 +254,27 @@ def quadratic_loss(beta, inv_cov, group_scales, normalize=True) -> torch.Tensor:
     Returns
     -------
     Scalar tensor, differentiable in ``beta``.
+
+    Notes
+    -----
+    :math:`L(\beta) = \frac{1}{G N} \sum_{g=1}^{G} s_g \, \beta_g^T Q_g \beta_g` for ``beta`` of shape
+    :math:`G \times N` (without the :math:`1/(GN)` when ``normalize=False``).
+
+    Examples
+    --------
+    A field that rises smoothly across the tissue costs far less than the same values shuffled over the spots:
+
+    >>> import torch
+    >>> import smoother as sm
+    >>> from smoother.losses import quadratic_loss
+    >>> from smoother.weights import coordinate_to_weights_knn_sparse, sparse_weights_to_inv_cov
+    >>> coords = sm.datasets.lattice(100, "square")
+    >>> W = coordinate_to_weights_knn_sparse(coords, k=4, row_scale=False)
+    >>> Q = sparse_weights_to_inv_cov(W, "icar", rho=0.99, return_sparse=True)
+    >>> smooth = torch.tensor(coords[:, 0], dtype=torch.float32)[None, :]  # 1 x 100: the x coordinate
+    >>> rough = smooth[:, torch.randperm(100, generator=torch.Generator().manual_seed(0))]
+    >>> round(quadratic_loss(smooth, Q, 1.0).item(), 2), round(quadratic_loss(rough, Q, 1.0).item(), 2)
+    (1.92, 28.13)
     """
     beta = _check_beta(beta)
     normalize = check_bool(normalize, "normalize")
@@ -239,6 +289,9 @@ def quadratic_loss(beta, inv_cov, group_scales, normalize=True) -> torch.Tensor:
 
 def sparse_quadratic_loss(beta, inv_cov_2d_sp, group_scales, normalize=True) -> torch.Tensor:
     r"""Quadratic smoothing loss with a sparse (block-diagonal) precision; see :func:`quadratic_loss`.
+
+    The same loss as :func:`quadratic_loss`, for a precision already in the 2D sparse layout (one block per
+    group): :math:`\frac{1}{GN} \sum_g s_g \beta_g^T Q_g \beta_g`.
 
     Parameters
     ----------
@@ -255,6 +308,19 @@ def sparse_quadratic_loss(beta, inv_cov_2d_sp, group_scales, normalize=True) -> 
     Returns
     -------
     Scalar tensor, differentiable in ``beta``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import smoother as sm
+    >>> from smoother.losses import sparse_quadratic_loss
+    >>> from smoother.weights import coordinate_to_weights_knn_sparse, sparse_weights_to_inv_cov
+    >>> coords = sm.datasets.lattice(100, "square")
+    >>> W = coordinate_to_weights_knn_sparse(coords, k=4, row_scale=False)
+    >>> Q = sparse_weights_to_inv_cov(W, "icar", rho=0.99, return_sparse=True)  # 100 x 100, sparse
+    >>> beta = torch.tensor(coords.T, dtype=torch.float32)  # 2 groups x 100 spots: the x and y coordinates
+    >>> round(sparse_quadratic_loss(beta, Q, torch.tensor([1.0, 1.0])).item(), 2)
+    1.91
     """
     beta = _check_beta(beta)
     normalize = check_bool(normalize, "normalize")
@@ -267,6 +333,10 @@ def sparse_quadratic_loss(beta, inv_cov_2d_sp, group_scales, normalize=True) -> 
 # --------------------------------------------------------------------------------------------------------------
 class SpatialLoss(nn.Module):
     r"""Spatial loss: the quadratic form of a Gaussian random field prior on a ``num_group x num_spot`` variable.
+
+    The building block of the classic API: add ``lambda_spatial * sp_loss(beta)`` to any torch objective so that
+    ``beta`` (regression coefficients, an embedding, imputed expression; one row per group, one column per spot)
+    varies smoothly over the tissue. The AnnData functions of ``sm.tl`` use the same prior.
 
     Parameters
     ----------
@@ -281,8 +351,7 @@ class SpatialLoss(nn.Module):
     use_sparse
         Keep the precision sparse (ignored for ``'sma'``, whose precision is dense).
     standardize_cov
-        Rescale the precision to unit implied variance at every spot (see
-        :func:`smoother._core.precision`).
+        Rescale the precision to unit implied variance at every spot.
 
     Attributes
     ----------
@@ -299,8 +368,27 @@ class SpatialLoss(nn.Module):
 
     Notes
     -----
+    The loss of ``coefs`` :math:`\beta` (``G x N``) is :math:`\frac{1}{GN} \sum_g s_g \beta_g^T Q_g \beta_g`
+    with :math:`Q_g` the prior's precision (see :mod:`smoother.weights`) and :math:`s_g` the :attr:`confidences`.
     The precisions are torch buffers (float32, not saved in ``state_dict``), so ``.to(device)`` and
     ``.double()`` convert them; :meth:`get_precision` returns the exact float64 scipy matrix for solvers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import smoother as sm
+    >>> coords = sm.datasets.lattice(100, "square")
+    >>> swm = sm.SpatialWeightMatrix()
+    >>> swm.calc_weights_knn(coords, k=4, verbose=False)
+    >>> sp_loss = sm.SpatialLoss("icar", swm, rho=0.99)
+    >>> smooth = torch.tensor(coords[:, 0], dtype=torch.float32)[None, :]  # 1 group x 100 spots
+    >>> rough = smooth[:, torch.randperm(100, generator=torch.Generator().manual_seed(0))]
+    >>> round(sp_loss(smooth).item(), 2), round(sp_loss(rough).item(), 2)
+    (1.92, 28.13)
+    >>> beta = torch.zeros(3, 100, requires_grad=True)  # it is differentiable: use it in any torch model
+    >>> sp_loss(beta + smooth).backward()
+    >>> tuple(beta.grad.shape)
+    (3, 100)
     """
 
     def __init__(
@@ -556,8 +644,8 @@ class SpatialLoss(nn.Module):
 
         Notes
         -----
-        Computed by :func:`smoother._core.decay.corr_decay_quantiles` from a sparse factorization (no dense
-        inverse); exact for up to 20,000 spots, above that from the exact correlations of 5,000 sampled spots.
+        The same computation as :func:`smoother.tl.corr_decay`: a sparse factorization (no dense inverse); exact
+        for up to 20,000 spots, above that from the exact correlations of 5,000 sampled spots.
         For 'sma' the covariance :math:`(I + \rho W)(I + \rho W)^T` is used directly.
         """
         if self.prior == "kl":
@@ -626,6 +714,12 @@ def _make_generator(random_state) -> torch.Generator:
 class ContrastiveSpatialLoss(SpatialLoss):
     r"""Contrastive spatial loss (Zhu, Sun & Koniusz, *Contrastive Laplacian eigenmaps*, NeurIPS 2021).
 
+    A :class:`SpatialLoss` that also rewards differences between random (non-neighbouring) pairs of spots, so an
+    embedding trained with it cannot collapse to a constant. Use it for representation learning (e.g. an
+    autoencoder's latent space); for smoothing or deconvolution the plain :class:`SpatialLoss` is the right one.
+
+    Notes
+    -----
     .. math::
 
         L(\beta) = \max\Big(L_Q(\beta) - r \frac{1}{K} \sum_{k=1}^K L_Q(\beta P_k), \; b\Big)
@@ -651,6 +745,20 @@ class ContrastiveSpatialLoss(SpatialLoss):
         Seed of the permutations: an int (reproducible sequence), a ``torch.Generator``, or None (fresh
         entropy). Stored as :attr:`generator`; ``forward(..., generator=g)`` overrides it for one call. The global
         torch RNG is never used.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import smoother as sm
+    >>> from smoother.losses import ContrastiveSpatialLoss
+    >>> coords = sm.datasets.lattice(100, "square")
+    >>> swm = sm.SpatialWeightMatrix()
+    >>> swm.calc_weights_knn(coords, k=4, verbose=False)
+    >>> cl = ContrastiveSpatialLoss(spatial_weights=swm, num_perm=5, random_state=0)
+    >>> smooth = torch.tensor(coords[:, 0], dtype=torch.float32)[None, :]
+    >>> rough = smooth[:, torch.randperm(100, generator=torch.Generator().manual_seed(0))]
+    >>> round(cl(smooth).item(), 2), round(cl(rough).item(), 2)  # a smooth field hits the lower bound -1
+    (-1.0, 3.52)
     """
 
     def __init__(
