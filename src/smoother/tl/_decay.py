@@ -6,9 +6,9 @@ does. :func:`corr_decay` computes the prior's curve, :func:`similarity_decay` th
 mono-exponential decay rate of each curve and :func:`scan_rho` the ``rho`` whose curve matches the data best.
 Results live in ``adata.uns['corr_decay'][name]``; :func:`smoother.pl.corr_decay` plots them.
 
-The prior of :func:`corr_decay` and :func:`scan_rho` is built by :func:`smoother._anndata.get_prior_operator`,
-the builder every fitting function (``smooth``, ``deconvolve``, ``spatial_pca``, ...) uses: the curve describes
-exactly the prior those functions fit with (for 'car'/'icar' an asymmetric graph, such as squidpy's directed kNN
+The prior of :func:`corr_decay` and :func:`scan_rho` is built by the same code that every fitting function
+(``smooth``, ``deconvolve``, ``spatial_pca``, ...) uses: the curve describes exactly the prior those functions
+fit with (for 'car'/'icar' an asymmetric graph, such as squidpy's directed kNN
 graph, is symmetrized with ``max(W, W.T)``).
 """
 
@@ -196,27 +196,16 @@ def corr_decay(
     key_added: str | None = None,
     copy: bool = False,
 ):
-    r"""Decay of the prior's implied correlation with neighbourhood degree.
+    r"""How fast the correlation that a spatial prior implies falls off with distance (in neighbours).
 
-    For every ``k`` in ``[min_k, max_k]``, the quantiles (Q10, Q25, Q50, Q75, Q90) over spots ``i`` of
+    Use it to choose the prior and its ``rho`` before smoothing, deconvolving or reducing: compute this curve for
+    a few priors, the data's own curve with :func:`similarity_decay`, and keep the prior whose curve follows the
+    data's (:func:`scan_rho` does the comparison, :func:`smoother.pl.corr_decay` draws the curves). It reads only
+    the spatial graph and the coordinates, not the expression.
 
-    .. math::
-
-        r_{ik} = \frac{\Sigma_{ij}}{\sqrt{\Sigma_{ii}\Sigma_{jj}}}, \qquad \Sigma = Q^{-1},
-
-    where ``j`` is the ``k``-th nearest spatial neighbour of ``i`` (``k = 0``: the spot itself; Euclidean
-    neighbours of ``adata.obsm[spatial_key]``), plus the quantiles of the variances :math:`\Sigma_{ii}`.
-    ``Q`` is the precision every fitting function of ``sm.tl`` uses on this graph (built by the same code; for
-    'car'/'icar' an asymmetric graph such as squidpy's directed kNN graph is symmetrized with ``max(W, W.T)``).
-    :math:`\Sigma` is never formed: ``Q`` is factored once (sparse :math:`LDL^T`), the variances are the exact
-    diagonal of :math:`Q^{-1}` (selected inversion) and each spot's ``max_k + 1`` covariances come from a sparse
-    solve. The SMA prior's covariance :math:`(I + \rho W)(I + \rho W)^T` is sparse and read directly.
-
-    Which estimate: with ``n_sample=None`` and at most 20,000 spots (or ``n_sample >= n``) every spot is used
-    and the table is exact. Otherwise the correlations of a uniform sample of ``n_sample`` spots (5,000 when
-    ``None``), drawn without replacement with ``seed``, are used: the quantiles are the empirical quantiles of
-    exact correlations of the sampled spots (error of order ``1 / sqrt(n_sample)``). The variance quantiles
-    always use all spots.
+    The result is, for every ``k`` in ``[min_k, max_k]``, the quantiles (Q10, Q25, Q50, Q75, Q90) over spots of
+    the prior correlation between a spot and its ``k``-th nearest neighbour (``k = 0``: the spot itself), plus the
+    quantiles of the prior variances; see Notes.
 
     Parameters
     ----------
@@ -268,8 +257,41 @@ def corr_decay(
         Missing graph or coordinates.
     ValueError
         A prior that is singular or not positive definite on this graph
-        (:class:`~smoother._core.linalg.NotPositiveDefiniteError`): the message names the admissible range of
-        ``rho`` on this graph, or the spots without a neighbour that make 'icar' improper at every ``rho``.
+        (``NotPositiveDefiniteError``, a ``ValueError``): the message names the admissible range of ``rho`` on this
+        graph, or the spots without a neighbour that make 'icar' improper at every ``rho``.
+
+    Notes
+    -----
+    For spot :math:`i` and its ``k``-th nearest spatial neighbour :math:`j` (Euclidean, on
+    ``adata.obsm[spatial_key]``), the implied correlation is
+
+    .. math::
+
+        r_{ik} = \frac{\Sigma_{ij}}{\sqrt{\Sigma_{ii}\Sigma_{jj}}}, \qquad \Sigma = Q^{-1},
+
+    with :math:`Q` the precision every fitting function of ``sm.tl`` uses on this graph (for 'car'/'icar' an
+    asymmetric graph such as squidpy's directed kNN graph is symmetrized with ``max(W, W.T)``). :math:`\Sigma` is
+    never formed: :math:`Q` is factored once (sparse :math:`LDL^T`), the variances are the exact diagonal of
+    :math:`Q^{-1}` (selected inversion) and each spot's ``max_k + 1`` covariances come from a sparse solve. The
+    SMA prior's covariance :math:`(I + \rho W)(I + \rho W)^T` is sparse and read directly.
+
+    Which estimate: with ``n_sample=None`` and at most 20,000 spots (or ``n_sample >= n``) every spot is used
+    and the table is exact. Otherwise the correlations of a uniform sample of ``n_sample`` spots (5,000 when
+    ``None``), drawn without replacement with ``seed``, are used: the quantiles are the empirical quantiles of
+    exact correlations of the sampled spots (error of order :math:`1 / \sqrt{n_{sample}}`). The variance
+    quantiles always use all spots.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(400, pattern="gp", n_genes=20, noise_level=0.2, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.corr_decay(adata, prior="icar", rho=0.99, max_k=30)  # -> adata.uns["corr_decay"]["icar_rho0.99"]
+    >>> entry = adata.uns["corr_decay"]["icar_rho0.99"]
+    >>> entry["quantiles"].shape, round(entry["decay_rate"], 2)
+    ((31, 6), 0.07)
+    >>> entry["quantiles"].loc[1, ["k", "Q50"]].round(2).tolist()  # median correlation with the nearest neighbour
+    [1.0, 0.56]
     """
     check_adata(adata, copy=copy)
     prior = check_prior(prior)
@@ -559,16 +581,16 @@ def _entries(adata, keys) -> list[str]:
 
 
 def fit_decay(adata, keys: str | Sequence[str] | None = None, *, quantile: str = "Q50") -> pd.DataFrame:
-    r"""Mono-exponential decay rate of stored decay curves.
+    r"""One number per decay curve: how fast it falls (the rate of an exponential fitted to it).
 
-    Fits :math:`y(k) = \alpha e^{-\beta k} + \theta` by least squares to the ``quantile`` column over ``k >= 1``
-    of each curve in ``adata.uns['corr_decay']`` (``k = 0`` is 1 for every curve and is left out). Pick the
-    prior whose ``beta`` is closest to the data's (see also :func:`scan_rho`).
+    Use it to compare the curves of :func:`corr_decay` (priors) and :func:`similarity_decay` (the data) by one
+    number each: pick the prior whose rate ``beta`` is closest to the data's (:func:`scan_rho` does this over a
+    grid of ``rho``). It reads the stored curves only.
 
     A fit is *degenerate* — no decay rate, ``beta`` is NaN, a warning says why — when the curve is flat or
     rising, too short (fewer than 3 points), decays too slowly to identify over its range (a near-straight line
     fitted as a huge slow exponential: ``beta`` near 0 with ``alpha`` and ``theta`` large and of opposite sign),
-    or is fitted poorly (R^2 < 0.5); see :func:`smoother._core.decay.decay_fit_problem`.
+    or is fitted poorly (:math:`R^2 < 0.5`).
 
     Parameters
     ----------
@@ -582,9 +604,24 @@ def fit_decay(adata, keys: str | Sequence[str] | None = None, *, quantile: str =
     Returns
     -------
     ``pandas.DataFrame`` indexed by entry name, columns ``alpha, beta, theta`` (the fit; ``beta`` NaN when
-    degenerate), ``degenerate`` (bool) and ``note`` (why, ``''`` for a usable fit). Also replaces, through
-    :func:`smoother._anndata.save_result`, ``adata.uns['corr_decay'][name]``'s ``'decay_rate'``, ``'decay_fit'``,
-    ``'decay_degenerate'`` and ``'decay_note'`` for each entry (everything else of the entry is kept).
+    degenerate), ``degenerate`` (bool) and ``note`` (why, ``''`` for a usable fit). Also replaces
+    ``adata.uns['corr_decay'][name]``'s ``'decay_rate'``, ``'decay_fit'``, ``'decay_degenerate'`` and
+    ``'decay_note'`` for each entry (everything else of the entry is kept).
+
+    Notes
+    -----
+    Fits :math:`y(k) = \alpha e^{-\beta k} + \theta` by least squares to the ``quantile`` column over
+    :math:`k \ge 1` of each curve (:math:`k = 0` is 1 for every curve and is left out).
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(400, pattern="gp", n_genes=20, noise_level=0.2, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.similarity_decay(adata, max_k=30)  # the data's curve, entry 'data'
+    >>> sm.tl.corr_decay(adata, prior="icar", rho=0.99, max_k=30)  # a prior's curve
+    >>> sm.tl.fit_decay(adata).loc[["data", "icar_rho0.99"], "beta"].round(2).tolist()
+    [0.02, 0.07]
     """
     from .._core.decay import QUANTILE_COLUMNS
 
@@ -627,15 +664,34 @@ def scan_rho(
     n_sample: int | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Scan a grid of ``rho`` for a prior and report which matches the data's similarity decay best.
+    r"""Find the ``rho`` whose prior correlation decays like the data's similarity: try a grid, rank by error.
 
-    For each ``rho`` computes the curve of :func:`corr_decay` (same prior builder, same ``k`` range as the data
+    Use it after :func:`similarity_decay` to pick ``rho`` for :func:`smoother.tl.smooth` and the other fitting
+    functions when there is no better reason for a value.
+
+    For each ``rho`` it computes the curve of :func:`corr_decay` (same prior builder, same ``k`` range as the data
     curve ``data_key``; written to ``adata.uns['corr_decay']`` under the default names once all are computed, so
     :func:`smoother.pl.corr_decay` can overlay them) and compares its median curve with the data's over
-    ``k >= 1``: ``mae`` is the mean absolute difference of the medians, ``rate_diff`` the difference of the
-    fitted decay rates. Values of ``rho`` that do not give a proper prior on this graph are skipped with a
-    warning. A degenerate decay-rate fit (see :func:`fit_decay`) gives ``decay_rate``/``rate_diff`` NaN and
-    ``degenerate=True``; ``best`` depends on ``mae`` only.
+    ``k >= 1``: ``mae`` is the mean absolute difference of the medians (see Notes), ``rate_diff`` the difference
+    of the fitted decay rates (:func:`fit_decay`). Values of ``rho`` that do not give a proper prior on this graph
+    are skipped with a warning. A degenerate decay-rate fit (see :func:`fit_decay`) gives ``decay_rate`` and
+    ``rate_diff`` NaN and ``degenerate=True``; ``best`` depends on ``mae`` only.
+
+    Parameters
+    ----------
+    adata
+        AnnData with the data curve ``adata.uns['corr_decay'][data_key]`` (from :func:`similarity_decay`), a
+        spatial graph in ``adata.obsp[connectivity_key]`` and coordinates in ``adata.obsm[spatial_key]``.
+    prior
+        ``'sma'``, ``'sar'``, ``'isar'``, ``'car'`` or ``'icar'``.
+    rhos
+        The values of ``rho`` to try, each in ``[0, 1]``.
+    data_key
+        Entry name of the data curve.
+    standardize, connectivity_key, spatial_key, n_sample
+        As in :func:`corr_decay`.
+    seed
+        Seed of the spot sample of :func:`corr_decay`; also accepted as ``random_state``.
 
     Returns
     -------
@@ -648,6 +704,26 @@ def scan_rho(
     TypeError, ValueError, KeyError
         A bad argument, a missing data curve, graph or coordinates (checked before any work); spots without a
         neighbour under 'icar' (improper at every ``rho``); no ``rho`` of the grid gives a proper prior.
+
+    Notes
+    -----
+    With :math:`m_k` the data's median similarity and :math:`r_k(\rho)` the prior's median correlation at the
+    ``k``-th neighbour, :math:`\mathrm{mae}(\rho) = \frac{1}{K} \sum_{k=1}^{K} |r_k(\rho) - m_k|`.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(400, pattern="gp", n_genes=20, noise_level=0.2, seed=0)
+    >>> sm.pp.spatial_graph(adata)
+    >>> sm.tl.similarity_decay(adata, max_k=30)
+    >>> res = sm.tl.scan_rho(adata, prior="icar", rhos=[0.9, 0.99, 0.999])
+    >>> res[["name", "mae", "best"]].round(2)
+                name   mae   best
+    0    icar_rho0.9  0.54  False
+    1   icar_rho0.99  0.29  False
+    2  icar_rho0.999  0.09   True
+    >>> sorted(adata.uns["corr_decay"])  # the curves, ready for sm.pl.corr_decay(adata)
+    ['data', 'icar_rho0.9', 'icar_rho0.99', 'icar_rho0.999']
     """
     from .._core.linalg import NotPositiveDefiniteError
 
