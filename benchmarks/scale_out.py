@@ -184,7 +184,15 @@ def smooth_supports_dask() -> bool:
 
 
 def run_one(
-    n_target: int, g: int, steps: list[str], tmp: Path, rates: dict, chunk: int, spca_standardize: bool = True
+    n_target: int,
+    g: int,
+    steps: list[str],
+    tmp: Path,
+    rates: dict,
+    chunk: int,
+    spca_standardize: bool = True,
+    bin_um: int = 2,
+    solver: str = "auto",
 ) -> dict:
     import dask.array as da
     import scipy.sparse as sp
@@ -196,14 +204,14 @@ def run_one(
     from smoother.datasets._visium_hd import visium_hd
 
     side = round(math.sqrt(n_target))
-    area = side * 2 / 1000
-    rec: dict = {"bins_target": n_target, "genes": g, "bin_um": 2, "load_before": os.getloadavg()}
+    area = side * bin_um / 1000
+    rec: dict = {"bins_target": n_target, "genes": g, "bin_um": bin_um, "load_before": os.getloadavg()}
     store = tmp / f"hd_{n_target}_{g}.zarr"
-    print(f"  {side}x{side} 2 um bins x {g} genes", flush=True)
+    print(f"  {side}x{side} {bin_um} um bins x {g} genes", flush=True)
     adata = step(
         rec,
         "simulate_to_zarr",
-        lambda: visium_hd(2, area_mm=area, n_genes=g, chunk_size=chunk, store=store, random_state=0),
+        lambda: visium_hd(bin_um, area_mm=area, n_genes=g, chunk_size=chunk, store=store, random_state=0),
     )
     n = adata.n_obs
     rec["bins"] = n
@@ -435,6 +443,8 @@ def main(argv=None):
     p.add_argument("--genes", nargs="+", type=int, default=[100, 1000])
     p.add_argument("--steps", nargs="+", default=["smooth", "spca"], choices=["smooth", "spca", "graph"])
     p.add_argument("--chunk", type=int, default=2**18, help="bins per dask chunk")
+    p.add_argument("--bin-um", type=int, default=2, choices=[2, 8, 16], help="bin size of the simulated data")
+    p.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"], help="sm.tl.smooth(solver=)")
     p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--cluster-check", nargs=2, type=float, metavar=("BINS", "GENES"), default=None)
     p.add_argument(
@@ -470,7 +480,17 @@ def main(argv=None):
     try:
         for n in [] if args.skip_table else args.bins:
             for g in args.genes:
-                rec = run_one(int(n), g, args.steps, tmp, rates, args.chunk, not args.spca_unstandardized)
+                rec = run_one(
+                    int(n),
+                    g,
+                    args.steps,
+                    tmp,
+                    rates,
+                    args.chunk,
+                    not args.spca_unstandardized,
+                    bin_um=args.bin_um,
+                    solver=args.solver,
+                )
                 rows[(rec["bins_target"], g)] = rec
                 write(path_json, machine, rows, checks)
         write(path_json, machine, rows, checks)

@@ -6,10 +6,11 @@ from :func:`dask.array.map_blocks` / :func:`dask.array.blockwise` tasks, and wha
 clusters alike).
 
 - **Smoothing** (:func:`smooth_blocks`): the matrix :math:`A = I + \lambda Q` travels once as a single graph key
-  (each worker fetches it once); the Cholesky factor cannot be pickled, so each worker *process* factors ``A`` the
-  first time it needs it and keeps the factor in a per-process cache keyed by the token of ``A``
-  (:func:`cached_factor`); every gene block then costs two triangular solves. Gene blocks hold all spots
-  (rows unchunked), ``genes_per_block`` columns each.
+  (each worker fetches it once); neither a Cholesky factor nor an AMG hierarchy is shipped: each worker *process*
+  builds its solver (:func:`~smoother._core.linalg.spd_solver`: the Cholesky factor, or preconditioned conjugate
+  gradients when the factor does not fit) the first time it needs it and keeps it in a per-process cache keyed by
+  the token of ``A`` and the method (:func:`cached_solver`); every gene block then costs two triangular solves or
+  one block CG solve. Gene blocks hold all spots (rows unchunked), ``genes_per_block`` columns each.
 - **Sparse-times-blocked products** (:func:`sparse_matmul`): :math:`Q X` for a row-chunked ``X`` with one task
   per non-zero block of ``Q`` (few when spots are stored in spatial order), summed per row block.
 - **Gram matrices** (:func:`gram`): :math:`X^T (I - \lambda Q) X` reduced over spot blocks into a small
@@ -24,9 +25,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-_FACTORS: dict[str, Any] = {}
+_FACTORS: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
 _MAX_CACHED = 4
+#: Genes per block for the Cholesky solves (two triangular solves read the factor once per block).
+CHOLESKY_GENES_PER_BLOCK = 16
+#: Bytes of one ``n x genes`` float64 block for conjugate gradients, which holds ~5 such blocks per task (right-hand
+#: side, solution, residual, direction, product): 512 MiB gives 6 genes at 10^7 spots, 16 below 4.2 million.
+CG_BLOCK_BYTES = 2**29
 
 
 def is_dask(x: Any) -> bool:
@@ -40,18 +46,32 @@ def is_dask(x: Any) -> bool:
     return isinstance(x, da.Array)
 
 
-def cached_factor(token: str, A: sp.spmatrix):
-    """The :class:`~smoother._core.linalg.SPDFactor` of ``A``, built once per process and kept under ``token``."""
-    from .linalg import SPDFactor
+def cached_solver(token: str, A: sp.spmatrix, solver: str = "cholesky", tol: float | None = None):
+    """The solver of ``A`` (:func:`~smoother._core.linalg.spd_solver`: ``'cholesky'`` or ``'cg'``), built once per
+    process and kept under ``(token, solver, tol)``."""
+    from .linalg import spd_solver
 
+    key = (token, solver, tol)
     with _LOCK:
-        fac = _FACTORS.get(token)
+        fac = _FACTORS.get(key)
         if fac is None:
-            fac = SPDFactor(A)
+            fac = spd_solver(A, solver, tol=tol)
             if len(_FACTORS) >= _MAX_CACHED:
                 _FACTORS.pop(next(iter(_FACTORS)))
-            _FACTORS[token] = fac
+            _FACTORS[key] = fac
     return fac
+
+
+def cached_factor(token: str, A: sp.spmatrix):
+    """The :class:`~smoother._core.linalg.SPDFactor` of ``A``, built once per process and kept under ``token``."""
+    return cached_solver(token, A, "cholesky")
+
+
+def solver_info(token: str) -> list[dict]:
+    """The ``info`` of every solver this process has cached for ``token`` (for conjugate gradients: iterations
+    and the largest achieved relative residual of the blocks solved here so far)."""
+    with _LOCK:
+        return [fac.info for key, fac in _FACTORS.items() if key[0] == token]
 
 
 def clear_cache() -> None:
@@ -68,16 +88,27 @@ def _dense(block) -> np.ndarray:
     return np.asarray(block)
 
 
-def _solve_block(Yb, A, token: str, shift, dtype, diag_scale):
-    fac = cached_factor(token, A)
-    Y = _dense(Yb).astype(np.float64)
+def _solve_block(Yb, A, token: str, shift, dtype, diag_scale, solver="cholesky", tol=None):
+    fac = cached_solver(token, A, solver, tol)
+    # a float64 copy we own (shifted and scaled in place), made once
+    Y = Yb.astype(np.float64).toarray() if sp.issparse(Yb) else np.array(_dense(Yb), dtype=np.float64, order="C")
     if shift is not None:
-        Y = Y - shift[None, :]
-    rhs = Y if diag_scale is None else diag_scale[:, None] * Y
-    X = fac.solve(rhs)
+        Y -= shift[None, :]
+    if diag_scale is not None:
+        Y *= diag_scale[:, None]
+    X = fac.solve(Y)
+    del Y
     if shift is not None:
-        X = X + shift[None, :]
+        X += shift[None, :]
     return X.astype(dtype, copy=False)
+
+
+def default_genes_per_block(n: int, solver: str) -> int:
+    """Genes per block: :data:`CHOLESKY_GENES_PER_BLOCK` for the factor, for CG as many as fit
+    :data:`CG_BLOCK_BYTES` of float64 (1 to 16)."""
+    if solver == "cg":
+        return int(max(1, min(16, CG_BLOCK_BYTES // (8 * max(n, 1)))))
+    return CHOLESKY_GENES_PER_BLOCK
 
 
 def column_blocks(Y, genes_per_block: int):
@@ -94,10 +125,12 @@ def smooth_blocks(
     A: sp.spmatrix,
     *,
     token: str,
-    genes_per_block: int = 16,
+    genes_per_block: int | None = None,
     means: np.ndarray | None = None,
     diag_scale: np.ndarray | None = None,
     dtype=np.float32,
+    solver: str = "cholesky",
+    tol: float | None = None,
 ):
     r"""Lazy :math:`\hat X = A^{-1} (D (Y - 1 m^T)) + 1 m^T` for a dask array ``Y`` (``n x G``).
 
@@ -108,13 +141,20 @@ def smooth_blocks(
     A
         The sparse SPD system matrix ``(n, n)`` (e.g. ``I + lambda Q``).
     token
-        A name unique to ``A`` (e.g. ``dask.base.tokenize(A)``): the per-process factor cache key.
+        A name unique to ``A`` (e.g. ``dask.base.tokenize(A)``): the per-process solver cache key.
+    genes_per_block
+        Genes per task (``None``: :func:`default_genes_per_block`).
     means
         ``(G,)`` per-gene means removed before and added back after the solve (``None``: none).
     diag_scale
         ``(n,)`` diagonal ``D`` applied to the right-hand side (``None``: identity).
     dtype
         Result dtype.
+    solver
+        ``'cholesky'`` or ``'cg'`` (conjugate gradients to the relative residual ``tol`` per gene; a block that does
+        not reach it raises :class:`~smoother._core.iterative.ConvergenceError` when computed).
+    tol
+        Relative residual tolerance of ``'cg'`` (``None``: :data:`~smoother._core.iterative.DEFAULT_TOL`).
 
     Returns
     -------
@@ -123,6 +163,11 @@ def smooth_blocks(
     import dask
     import dask.array as da
 
+    if solver not in ("cholesky", "cg"):
+        msg = f"Unknown solver `{solver!r}`: expected 'cholesky' or 'cg'."
+        raise ValueError(msg)
+    if genes_per_block is None:
+        genes_per_block = default_genes_per_block(Y.shape[0], solver)
     Yc = column_blocks(Y, genes_per_block)
     A_key = dask.delayed(sp.csr_matrix(A), pure=True)
     scale_key = None if diag_scale is None else dask.delayed(np.asarray(diag_scale, dtype=np.float64), pure=True)
@@ -136,7 +181,14 @@ def smooth_blocks(
     blocks = []
     for j in range(len(Yc.chunks[1])):
         part = dask.delayed(_solve_block, pure=True)(
-            Yc.blocks[0, j], A_key, token, None if shifts is None else shifts[j], np.dtype(dtype), scale_key
+            Yc.blocks[0, j],
+            A_key,
+            token,
+            None if shifts is None else shifts[j],
+            np.dtype(dtype),
+            scale_key,
+            solver,
+            tol,
         )
         blocks.append(da.from_delayed(part, shape=(Yc.shape[0], Yc.chunks[1][j]), dtype=np.dtype(dtype)))
     return da.concatenate(blocks, axis=1)

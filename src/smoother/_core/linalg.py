@@ -20,6 +20,7 @@ selected inversion).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -132,17 +133,17 @@ class SPDFactor:
                 backend = "superlu"
         self.backend = backend
         if backend == "cholmod":
-            import torch
             from cholespy import CholeskySolverD, MatrixType
 
+            # cholespy takes numpy arrays directly (no torch import on the exact paths)
             C = A.tocoo()
             try:
                 with quiet_cholmod():
                     self._solver = CholeskySolverD(
                         self.n,
-                        torch.from_numpy(C.row.astype(np.int32)),
-                        torch.from_numpy(C.col.astype(np.int32)),
-                        torch.from_numpy(C.data.astype(np.float64)),
+                        np.ascontiguousarray(C.row, dtype=np.int32),
+                        np.ascontiguousarray(C.col, dtype=np.int32),
+                        np.ascontiguousarray(C.data, dtype=np.float64),
                         MatrixType.COO,
                     )
             except ValueError as e:
@@ -157,6 +158,11 @@ class SPDFactor:
             msg = f"Unknown backend `{backend!r}`: expected 'auto', 'cholmod' or 'superlu'."
             raise ValueError(msg)
 
+    @property
+    def info(self) -> dict:
+        """``{'method': 'cholesky', 'backend': ...}`` (the same record as :attr:`CGSolver.info` has)."""
+        return {"method": "cholesky", "backend": self.backend}
+
     def solve(self, B: np.ndarray) -> np.ndarray:
         """Return ``A^{-1} B`` for ``B`` of shape ``(n,)`` or ``(n, k)`` (float64)."""
         B = np.asarray(B, dtype=np.float64)
@@ -167,14 +173,80 @@ class SPDFactor:
             return B.copy()
         if self.backend == "superlu":
             return self._lu.solve(B)
-        import torch
-
-        b = torch.from_numpy(np.ascontiguousarray(B))
-        x = torch.zeros_like(b)
         if B.ndim == 2 and B.shape[1] == 0:
             return B.copy()
+        b = np.ascontiguousarray(B)
+        x = np.zeros_like(b)
         self._solver.solve(b, x)
-        return x.numpy()
+        return x
+
+
+#: Share of the available memory that the estimated Cholesky factor (with its factorization workspace) may take
+#: before ``solver='auto'`` switches to conjugate gradients.
+FACTOR_MEMORY_SHARE = 0.5
+#: Bytes per non-zero of the factor (value + row index) times the factorization's peak over the factor (CHOLMOD
+#: supernodal workspace, the matrix and its permuted copy).
+_FACTOR_BYTES_PER_NNZ = 12 * 1.5
+
+
+def factor_nnz_estimate(A: sp.spmatrix) -> float:
+    r"""Estimated non-zeros of the Cholesky factor of ``A`` (spatial graphs: planar, fill-reducing order).
+
+    Nested dissection of a 2D grid with 4 neighbours gives :math:`\mathrm{nnz}(L) \approx \tfrac{31}{8} n \log_2 n`
+    (George, 1973); denser graphs scale it by their mean number of neighbours over 4.
+    """
+    n = A.shape[0]
+    if n < 2:
+        return float(n)
+    per_row = max(1.0, (A.nnz - n) / n)
+    return 31 / 8 * n * math.log2(n) * max(1.0, per_row / 4)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (psutil when installed, else ``/proc/meminfo``)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with distributed
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 8 * 2**30
+
+
+def choose_solver(A: sp.spmatrix, solver: str = "auto", *, memory: int | None = None) -> str:
+    """``'cholesky'`` or ``'cg'`` for ``A``: as asked, or (``'auto'``) the Cholesky factor unless its estimated
+    memory (:func:`factor_nnz_estimate`, 18 bytes per non-zero at the peak) exceeds :data:`FACTOR_MEMORY_SHARE` of
+    ``memory`` (default: :func:`available_memory`).
+
+    Measured on this machine (4-neighbour grid, ICAR rho 0.99, lambda 1, float64): at 10^6 spots the factor solves
+    a gene in ~0.08 s after a 13 s factorization, Jacobi-CG (20 iterations to 1e-6) in ~0.23 s CPU; the factor is
+    faster whenever it fits, and at 10^7 spots it does not (est. 16 GiB at the peak).
+    """
+    if solver in ("cholesky", "cg"):
+        return solver
+    if solver != "auto":
+        msg = f"Unknown solver `{solver!r}`: expected 'auto', 'cholesky' or 'cg'."
+        raise ValueError(msg)
+    need = _FACTOR_BYTES_PER_NNZ * factor_nnz_estimate(A)
+    avail = available_memory() if memory is None else memory
+    return "cholesky" if need <= FACTOR_MEMORY_SHARE * avail else "cg"
+
+
+def spd_solver(A: sp.spmatrix, solver: str = "cholesky", *, tol: float | None = None, preconditioner: str = "auto"):
+    """The one way to get something with ``.solve(B)`` for a sparse SPD ``A``: an :class:`SPDFactor`
+    (``'cholesky'``) or a :class:`~smoother._core.iterative.CGSolver` (``'cg'``, relative residual ``tol``)."""
+    method = choose_solver(A, solver)
+    if method == "cholesky":
+        return SPDFactor(A)
+    from .iterative import DEFAULT_TOL, CGSolver
+
+    return CGSolver(A, tol=DEFAULT_TOL if tol is None else tol, preconditioner=preconditioner)
 
 
 def superlu_symmetric(A: sp.spmatrix):

@@ -21,6 +21,7 @@ from .._anndata import (
     save_result,
 )
 from .._core import smooth as core
+from .._core.iterative import JACOBI_MAX_KAPPA
 from .._core.linalg import NotPositiveDefiniteError
 from .._core.precision import not_pd_message
 from .._settings import log_finish, log_start, logger
@@ -103,11 +104,13 @@ def smooth(
     uncertainty: bool = False,
     dtype: Literal["float32", "float64"] = "float32",
     chunk_size: int | None = None,
+    solver: Literal["auto", "cholesky", "cg"] = "auto",
+    tol: float = 1e-6,
     random_state: int = 0,
     key_added: str = K.SMOOTHED,
     copy: bool = False,
 ):
-    r"""Denoise every gene with a Gaussian random field prior, exactly.
+    r"""Denoise every gene with a Gaussian random field prior, exactly (or to a stated residual tolerance).
 
     For the expression :math:`Y` (``n_obs x n_vars``) and the prior's precision :math:`Q` on the spatial graph,
     computes
@@ -117,7 +120,9 @@ def smooth(
         \hat X = \arg\min_X \; \lVert Y - X \rVert_F^2 + \lambda\, \mathrm{tr}(X^T Q X)
         = (I + \lambda Q)^{-1} Y,
 
-    one sparse Cholesky factorization of :math:`I + \lambda Q` solved for all genes in chunks.
+    one sparse Cholesky factorization of :math:`I + \lambda Q` solved for all genes in chunks — or, where that
+    factor would not fit in memory (~10^7 spots), preconditioned conjugate gradients to a relative residual
+    ``tol`` per gene (``solver``).
 
     **Each gene's level is not shrunk** (``center=True``, default). A prior with mean zero pulls every gene
     towards 0, its level as well as its spatial noise. By default the prior is centred at each gene's mean
@@ -206,6 +211,20 @@ def smooth(
         ``'float32'`` (default) or ``'float64'`` for the result (the solve is always float64).
     chunk_size
         Genes per solve (default: about 256 MiB of float64 per chunk).
+    solver
+        How :math:`(I + \lambda Q) X = Y - \mathbf 1 m^T` is solved for the final :math:`\lambda`: ``'cholesky'``
+        (exact: a sparse Cholesky factor), ``'cg'`` (conjugate gradients, block of genes at once, Jacobi
+        preconditioner when :math:`I + \lambda Q` is well conditioned — its condition number is at most
+        :math:`(1 + \lambda(1+\rho) d) / (1 + \lambda(1-\rho) d)` for ICAR on a graph of degree :math:`d` — else
+        pyamg's smoothed-aggregation AMG; memory: the matrix and a few ``n x genes`` blocks, no factor) or
+        ``'auto'`` (default): the factor unless its estimated size (:math:`\mathrm{nnz}(L) \approx \tfrac{31}{8}
+        n \log_2 n` on a planar graph) exceeds half the available memory — conjugate gradients then (at 10^7 spots
+        on a 24 GiB machine). ``nonneg``, ``uncertainty``, ``per_gene`` and the ``'auto'`` search of
+        :math:`\lambda` always use the factor.
+    tol
+        Relative residual tolerance of ``solver='cg'``: every gene's solution satisfies
+        :math:`\lVert r\rVert_2 \le \mathrm{tol}\, \lVert b\rVert_2` for its true residual (else
+        :class:`smoother._core.iterative.ConvergenceError`); the achieved value is recorded (see Returns).
     random_state
         Seed of the GCV gene subsample and trace probes.
     key_added
@@ -228,6 +247,12 @@ def smooth(
       ``'risk'``): the evaluated values (0 included), the criterion minimized and the GCV score at each (inf at 0,
       where GCV is 0/0; ``(n_grid, n_vars)`` per gene);
     - with ``per_gene=True``: ``adata.var[f'{key_added}_lambda']``;
+    - ``adata.uns[key_added]['params']['solver']`` — the method used (``'cholesky'`` or ``'cg'``), and ``'tol'``;
+    - with ``'cg'``: ``adata.uns[key_added]['solver']`` — ``method``, ``preconditioner``, ``tol``,
+      ``kappa_bound`` (the Gershgorin bound on the Jacobi-scaled condition number), and in memory
+      ``iterations_max`` and ``residual_max``, the largest achieved relative residual of any gene (on dask input
+      they are known only once the blocks are computed: every block raises unless each gene reaches ``tol``, and
+      ``token`` names the solver in ``smoother._core.blockwise.solver_info``);
     - with ``uncertainty=True``: ``adata.obs[f'{key_added}_var_factor']`` (``d``, ``(n_obs,)``),
       ``adata.var[f'{key_added}_sigma']`` (``(n_vars,)``) and ``adata.uns[key_added]['uncertainty']``
       (``method``, ``max_rel_error`` of the diagonal, ``trace`` of the hat matrix, ``dof``).
@@ -235,9 +260,12 @@ def smooth(
     **Dask-backed data** (``adata.X`` or the layer is a :class:`dask.array.Array`, e.g. from
     ``anndata.experimental.read_lazy``): ``adata.layers[key_added]`` becomes a lazy dask array of gene blocks that
     hold every spot; computing it (or ``adata.write_zarr``) streams the blocks on the active Dask scheduler, each
-    worker process factors :math:`I + \lambda Q` once and reuses it. ``'auto'`` chooses :math:`\lambda` on a
-    subsample of at most 500 genes loaded into memory; per-gene means (``center=True``) take one pass over the
-    data. ``nonneg``, ``per_gene`` and ``uncertainty`` need in-memory data (call ``.compute()`` first).
+    worker process builds its solver of :math:`I + \lambda Q` once (the factor, or the CG preconditioner) and
+    reuses it; with ``'cg'`` the progress of a process is in
+    ``smoother._core.blockwise.solver_info(adata.uns[key_added]['solver']['token'])``. ``'auto'`` chooses
+    :math:`\lambda` on a subsample of at most 500 genes loaded into memory; per-gene means (``center=True``) take
+    one pass over the data. ``nonneg``, ``per_gene`` and ``uncertainty`` need in-memory data (call
+    ``.compute()`` first).
 
     Examples
     --------
@@ -264,6 +292,12 @@ def smooth(
     gcv_grid = _check_grid(gcv_grid)
     random_state = check_random_state(random_state)
     uncertainty = check_bool(uncertainty, "uncertainty")
+    solver = check_choice(solver, "solver", ("auto", "cholesky", "cg"))
+    tol = check_real(tol, "tol", low=0.0, high=1.0, low_open=True, high_open=True, example="1e-6")
+    if solver == "cg" and (nonneg or uncertainty or per_gene):
+        what = "nonneg=True" if nonneg else ("uncertainty=True" if uncertainty else "per_gene=True")
+        msg = f"`{what}` needs the Cholesky factor; pass solver='cholesky' (or 'auto') or drop that option."
+        raise ValueError(msg)
     if per_gene and lam != "auto":
         msg = "`per_gene=True` needs `lambda_spatial='auto'` (a lambda chosen per gene)."
         raise ValueError(msg)
@@ -288,12 +322,15 @@ def smooth(
         "criterion": criterion,
         "uncertainty": uncertainty,
         "dtype": dt.name,
+        "solver": solver,  # the method used, set before the fit
+        "tol": None,  # the tolerance of 'cg'
         "random_state": random_state,
         "key_added": key_added,
     }
     if _is_dask_input(adata, layer):
         return _smooth_dask(
-            adata, params, lam=lam, gcv_grid=gcv_grid, dt=dt, random_state=random_state, copy=copy
+            adata, params, lam=lam, gcv_grid=gcv_grid, dt=dt, random_state=random_state, solver=solver, tol=tol,
+            copy=copy,
         )  # fmt: skip
     Y, _ = get_matrix(adata, layer)
     _check_spots(Y.shape[0], "adata")
@@ -350,20 +387,84 @@ def smooth(
             logger.info("    GCV chose lambda = %.4g", lam_used)
     else:
         lam_used = float(lam)
+    method, solver_rec = "cholesky", {"method": "cholesky"}
     if var_lambda is None and lam_used is not None:
+        method = _resolve_solver(solver, op, lam_used, nonneg or uncertainty)
         try:
-            X = core.smooth(Y, op, lam_used, nonneg=nonneg, dtype=dt, chunk_size=chunk_size, center=center)
+            if method == "cg":
+                X, solver_rec = _smooth_cg(Y, op, lam_used, center=center, dt=dt, chunk_size=chunk_size, tol=tol)
+            else:
+                X = core.smooth(Y, op, lam_used, nonneg=nonneg, dtype=dt, chunk_size=chunk_size, center=center)
         except NotPositiveDefiniteError as e:
             raise ValueError(not_pd_message(prior, rho, W)) from e
+    params["solver"], params["tol"] = method, (tol if method == "cg" else None)
     var_factor = sigma = unc = None
     if uncertainty and lam_used is not None:
         var_factor, sigma, unc = _posterior_factors(Y, X, op, lam_used, center, random_state, chunk_size)
 
     # ---- write
     params["lambda"] = lam_used
-    out = _write_smoothed(adata, params, X, lam_used, gcv_rec, unc, var_factor, var_lambda, sigma, copy=copy)
+    out = _write_smoothed(
+        adata, params, X, lam_used, gcv_rec, unc, var_factor, var_lambda, sigma, solver_rec, copy=copy
+    )
     log_finish(start)
     return out
+
+
+def _system(op, lam: float) -> sp.csr_matrix:
+    r""":math:`I + \lambda Q` (CSR, float64)."""
+    n = op.Q.shape[0]
+    return (sp.identity(n, format="csr") + lam * op.Q).tocsr()
+
+
+def _resolve_solver(solver: str, op, lam: float, needs_factor: bool) -> str:
+    """``'cholesky'`` or ``'cg'``: as asked, else the factor unless its estimate does not fit (see ``solver``)."""
+    from .._core.linalg import choose_solver
+
+    if solver != "auto":
+        return solver
+    if needs_factor or op.Q is None or lam == 0:
+        return "cholesky"
+    method = choose_solver(_system(op, lam))
+    if method == "cg":
+        logger.info("    the Cholesky factor would not fit in memory: conjugate gradients instead")
+    return method
+
+
+def _smooth_cg(Y, op, lam: float, *, center: bool, dt, chunk_size, tol: float) -> tuple[np.ndarray, dict]:
+    """In-memory smoothing by block conjugate gradients (``solver='cg'``): the result and the solver's record."""
+    from .._core.blockwise import default_genes_per_block
+    from .._core.iterative import CGSolver
+
+    if op.Q is None:
+        msg = "solver='cg' needs a sparse precision; prior='sma' is solved with solver='cholesky'."
+        raise ValueError(msg)
+    n, g = Y.shape
+    cg = CGSolver(_system(op, lam), tol=tol)
+    src = Y.tocsc() if sp.issparse(Y) else np.asarray(Y)
+    means = np.asarray(src.mean(axis=0, dtype=np.float64)).ravel() if center else np.zeros(g)
+    X = np.empty((n, g), dtype=dt)
+    step = chunk_size or max(default_genes_per_block(n, "cg"), 1)
+    for start in range(0, g, step):
+        stop = min(g, start + step)
+        Yc = src[:, start:stop]
+        Yc = Yc.toarray() if sp.issparse(Yc) else Yc
+        B = np.array(Yc, dtype=np.float64, order="C") - means[start:stop]
+        X[:, start:stop] = cg.solve(B) + means[start:stop]
+    info = cg.info
+    logger.info(
+        "    conjugate gradients (%s): at most %d iterations, relative residual <= %.2g",
+        info["preconditioner"],
+        info["iterations_max"],
+        info["residual_max"],
+    )
+    return X, _solver_record(info)
+
+
+def _solver_record(info: dict) -> dict:
+    """What ``uns[key]['solver']`` records of a solver's ``info``."""
+    keys = ("method", "preconditioner", "tol", "kappa_bound", "iterations_max", "residual_max")
+    return {k: info.get(k) for k in keys if k in info}
 
 
 def _posterior_factors(Y, X, op, lam: float, center: bool, seed, chunk_size) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -398,7 +499,7 @@ def _is_dask_input(adata, layer) -> bool:
     return isinstance(layer, str) and layer in adata.layers and is_dask(adata.layers[layer])
 
 
-def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, copy):
+def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, solver, tol, copy):
     """:func:`smooth` on a dask-backed matrix: a lazy result of gene blocks (see the docstring)."""
     import dask
 
@@ -452,9 +553,23 @@ def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, copy):
     else:
         lam_used = float(lam)
     means = column_means(Yd) if center else None
-    A = (sp.identity(n, format="csr") + lam_used * op.Q).tocsr()
+    A = _system(op, lam_used)
+    method = _resolve_solver(solver, op, lam_used, False)
     token = "smooth-" + dask.base.tokenize(A.data, A.indices, A.indptr)
-    X = smooth_blocks(Yd, A, token=token, means=means, dtype=dt)
+    X = smooth_blocks(Yd, A, token=token, means=means, dtype=dt, solver=method, tol=tol if method == "cg" else None)
+    if method == "cg":
+        from .._core.iterative import jacobi_condition_bound
+
+        kappa = jacobi_condition_bound(A)
+        solver_rec = {
+            "method": "cg",
+            "preconditioner": "jacobi" if kappa <= JACOBI_MAX_KAPPA else "amg",
+            "tol": tol,
+            "kappa_bound": kappa,
+            "token": token,  # iterations and residuals: known once the lazy blocks are computed
+        }
+    else:
+        solver_rec = {"method": "cholesky"}
     if X.chunks[0] != Yd.chunks[0] or X.chunks[1] != Yd.chunks[1]:
         logger.info(
             "    gene blocks of %d genes holding all %d spots (input chunks %s)",
@@ -462,8 +577,8 @@ def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, copy):
             n,
             tuple(len(c) for c in Yd.chunks),
         )
-    params = {**params, "lambda": lam_used, "backend": "dask"}
-    out = _write_smoothed(adata, params, X, lam_used, gcv_rec, None, None, None, None, copy=copy)
+    params = {**params, "lambda": lam_used, "backend": "dask", "solver": method, "tol": tol if method == "cg" else None}
+    out = _write_smoothed(adata, params, X, lam_used, gcv_rec, None, None, None, None, solver_rec, copy=copy)
     log_finish(start)
     return out
 
@@ -481,10 +596,12 @@ def _gcv_record(res, n_genes: int | None = None) -> dict:
     }
 
 
-def _write_smoothed(adata, params, X, lam_used, gcv_rec, unc, var_factor, var_lambda, sigma, *, copy):
+def _write_smoothed(adata, params, X, lam_used, gcv_rec, unc, var_factor, var_lambda, sigma, solver_rec, *, copy):
     """The one write of :func:`smooth` (in memory or dask): every key listed, ``None`` removes a stale one."""
     key = params["key_added"]
     uns = {"lambda": lam_used}
+    if solver_rec is not None and solver_rec.get("method") == "cg":
+        uns["solver"] = solver_rec
     if gcv_rec is not None:
         uns["gcv"] = gcv_rec
     if unc is not None:
