@@ -1,9 +1,8 @@
 r"""Spatial weight matrices from coordinates, expression and histology (classic API of smoother-omics 1.1.0).
 
-Everything here is a thin layer over :mod:`smoother._core`: graphs come from
-:func:`smoother._core.knn_graph` / :func:`smoother._core.radius_graph`, precision matrices from
-:func:`smoother._core.precision`. The classic API hands out torch tensors (sparse COO, float32, as smoother-omics
-1.1.0 did); internally the weights are kept as scipy CSR float64. The ``*_dense`` functions densify the sparse
+The graphs and precision matrices are the same as those of the AnnData API (:func:`smoother.pp.spatial_graph`,
+``sm.tl.*``'s priors). The classic API hands out torch tensors (sparse COO, float32, as smoother-omics 1.1.0
+did); internally the weights are kept as scipy CSR float64. The ``*_dense`` functions densify the sparse
 result (they exist for backward compatibility; use them on small problems only).
 
 Spatial process models (``W`` = weights clipped at 0, ``D = diag(row sums of W)``):
@@ -95,6 +94,9 @@ def _warn_zero_vectors(n_zero: int) -> None:
 def normalize_minmax(x, min_zero: bool = True, return_scale: bool = False):
     """Shift columns to start at 0 (``min_zero``) and divide by the global largest absolute value.
 
+    The classic helper that brings coordinates (spots x dimensions) into ``[0, 1]`` while keeping their aspect
+    ratio (one scale for all columns).
+
     Parameters
     ----------
     x
@@ -107,6 +109,14 @@ def normalize_minmax(x, min_zero: bool = True, return_scale: bool = False):
     Returns
     -------
     The normalized data as a torch tensor (and the scale, a 0-d tensor, when ``return_scale``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from smoother.weights import normalize_minmax
+    >>> coords = np.array([[10.0, 100.0], [30.0, 300.0]])
+    >>> normalize_minmax(coords).tolist()  # both columns divided by 200
+    [[0.0, 0.0], [0.1, 1.0]]
     """
     t = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
     t = t - t.min(dim=0, keepdim=True).values if min_zero else t.clone()
@@ -164,6 +174,9 @@ def _dist_csr(coords, scale_coords, radius_cutoff, band_width, dist_metric, row_
 def coordinate_to_weights_knn_sparse(coords, k=6, symmetric=True, row_scale=True) -> torch.Tensor:
     """Binary k-nearest-neighbour spatial weights (no self edges).
 
+    The classic way to build the spatial graph from coordinates; the AnnData equivalent is
+    :func:`smoother.pp.spatial_graph`. Use ``k=6`` on Visium's hexagonal lattice and ``k=4`` on a square grid.
+
     Parameters
     ----------
     coords
@@ -179,6 +192,15 @@ def coordinate_to_weights_knn_sparse(coords, k=6, symmetric=True, row_scale=True
     -------
     Sparse COO float32 tensor, ``num_spot x num_spot``. A spot left without neighbours gets a self edge of
     weight 1.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> from smoother.weights import coordinate_to_weights_knn_sparse
+    >>> coords = sm.datasets.lattice(9, "square")  # a 3 x 3 grid
+    >>> W = coordinate_to_weights_knn_sparse(coords, k=4, row_scale=False)
+    >>> tuple(W.shape), W.to_dense()[4].nonzero().ravel().tolist()  # the centre's 4 neighbours
+    ((9, 9), [1, 3, 5, 7])
     """
     return _to_torch(_knn_csr(coords, k, symmetric, row_scale))
 
@@ -188,7 +210,8 @@ def coordinate_to_weights_dist_sparse(
 ) -> torch.Tensor:
     r"""Gaussian spatial weights between spots closer than ``radius_cutoff`` (no self edges).
 
-    The weight of a pair at distance :math:`d` is :math:`\exp(-d^2 / (2 h^2))` with :math:`h` = ``band_width``.
+    Use it instead of kNN weights when spots are irregularly spaced (e.g. single-cell resolution data), so that
+    closer spots interact more strongly.
 
     Parameters
     ----------
@@ -210,12 +233,41 @@ def coordinate_to_weights_dist_sparse(
     Returns
     -------
     Sparse COO float32 tensor, ``num_spot x num_spot``; isolated spots get a self edge of weight 1.
+
+    Notes
+    -----
+    The weight of a pair at distance :math:`d \le` ``radius_cutoff`` is :math:`\exp(-d^2 / (2 h^2))` with
+    :math:`h` = ``band_width``.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> from smoother.weights import coordinate_to_weights_dist_sparse
+    >>> coords = sm.datasets.lattice(9, "square")  # a 3 x 3 grid, spacing 1
+    >>> W = coordinate_to_weights_dist_sparse(
+    ...     coords, scale_coords=False, radius_cutoff=1.5, band_width=1.0, row_scale=False
+    ... )
+    >>> W.to_dense()[4].double().numpy().round(3).tolist()  # the centre: exp(-1/2) to its 4 sides, exp(-1) diagonally
+    [0.368, 0.607, 0.368, 0.607, 0.0, 0.607, 0.368, 0.607, 0.368]
     """
     return _to_torch(_dist_csr(coords, scale_coords, radius_cutoff, band_width, dist_metric, row_scale))
 
 
 def coordinate_to_weights_knn_dense(coords, k=6, symmetric=True, row_scale=True) -> torch.Tensor:
-    """Dense version of :func:`coordinate_to_weights_knn_sparse` (the same matrix, densified)."""
+    """Dense version of :func:`coordinate_to_weights_knn_sparse` (the same matrix, densified).
+
+    Kept for backward compatibility; it holds ``num_spot^2`` numbers, so use it on small problems only.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import smoother as sm
+    >>> from smoother.weights import coordinate_to_weights_knn_dense, coordinate_to_weights_knn_sparse
+    >>> coords = sm.datasets.lattice(100, "square")
+    >>> W = coordinate_to_weights_knn_dense(coords, k=4)
+    >>> W.layout, torch.equal(W, coordinate_to_weights_knn_sparse(coords, k=4).to_dense())
+    (torch.strided, True)
+    """
     W = _knn_csr(coords, k, symmetric, row_scale)
     _warn_dense(W.shape[0], "coordinate_to_weights_knn_dense")
     return torch.from_numpy(W.toarray()).float()
@@ -233,6 +285,15 @@ def coordinate_to_weights_dist_dense(
     Returns
     -------
     Dense float32 tensor, ``num_spot x num_spot``.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> from smoother.weights import coordinate_to_weights_dist_dense
+    >>> coords = sm.datasets.lattice(100, "square")
+    >>> W = coordinate_to_weights_dist_dense(coords, q_threshold=0.05, row_scale=False)
+    >>> tuple(W.shape), round((W > 0).sum(1).float().mean().item(), 1)  # neighbours per spot
+    ((100, 100), 4.4)
     """
     from scipy.spatial.distance import pdist
 
@@ -255,6 +316,10 @@ def coordinate_to_weights_dist_dense(
 def sparse_weights_to_inv_cov(weights, model, rho=1, standardize=False, return_sparse=False) -> torch.Tensor:
     """Precision (inverse covariance) matrix of a spatial process model from spatial weights.
 
+    The matrix :math:`Q` whose quadratic form :math:`\beta^T Q \beta` is the spatial loss; the formula of each
+    model is in the table of :mod:`smoother.weights`. Prefer ``return_sparse=True``: every model but ``'sma'``
+    is sparse.
+
     Parameters
     ----------
     weights
@@ -272,6 +337,15 @@ def sparse_weights_to_inv_cov(weights, model, rho=1, standardize=False, return_s
     Returns
     -------
     float32 tensor ``num_spot x num_spot``.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> from smoother.weights import coordinate_to_weights_knn_sparse, sparse_weights_to_inv_cov
+    >>> W = coordinate_to_weights_knn_sparse(sm.datasets.lattice(9, "square"), k=4, row_scale=False)
+    >>> Q = sparse_weights_to_inv_cov(W, "icar", rho=0.9, return_sparse=True)  # D - 0.9 W
+    >>> Q.to_dense()[4].double().numpy().round(2).tolist()  # the centre: 4 neighbours
+    [0.0, -0.9, 0.0, -0.9, 4.0, -0.9, 0.0, -0.9, 0.0]
     """
     Q = precision(weights, model, rho, standardize=standardize)
     if return_sparse:
@@ -286,11 +360,21 @@ def weights_to_inv_cov(weights, model, rho=1, standardize=False) -> torch.Tensor
     """Dense precision matrix of a spatial process model (see :func:`sparse_weights_to_inv_cov`).
 
     Like smoother-omics 1.1.0, warns when the precision of a proper model is not positive definite (checked
-    below 5,000 spots).
+    below 5,000 spots). Dense: for small problems; :func:`sparse_weights_to_inv_cov` scales.
 
     Returns
     -------
     Dense float32 tensor ``num_spot x num_spot``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import smoother as sm
+    >>> from smoother.weights import coordinate_to_weights_knn_sparse, weights_to_inv_cov
+    >>> W = coordinate_to_weights_knn_sparse(sm.datasets.lattice(9, "square"), k=4, row_scale=False)
+    >>> Q = weights_to_inv_cov(W, "car", rho=0.2)  # I - 0.2 W
+    >>> Q.diagonal().tolist() == [1.0] * 9, bool(torch.linalg.eigvalsh(Q).min() > 0)  # positive definite
+    (True, True)
     """
     model = check_prior(model)
     rho = check_rho(rho, model)
@@ -314,6 +398,12 @@ def weights_to_inv_cov(weights, model, rho=1, standardize=False) -> torch.Tensor
 class SpatialWeightMatrix:
     """Spatial weight matrix of one sample: which spots interact, and how strongly.
 
+    The classic object that carries the spatial graph: build it from coordinates (:meth:`calc_weights_knn`,
+    :meth:`calc_weights_dist`), optionally weaken edges across boundaries (:meth:`scale_by_expr` on
+    log-normalized or count expression, :meth:`scale_by_histology`, :meth:`scale_by_identity`), then pass it to
+    :class:`smoother.SpatialLoss` or ask it for a precision matrix (:meth:`get_inv_cov`). The AnnData API does the
+    same with :mod:`smoother.pp`.
+
     Attributes
     ----------
     swm
@@ -329,17 +419,16 @@ class SpatialWeightMatrix:
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from smoother import SpatialWeightMatrix
-    >>> xx, yy = np.meshgrid(np.arange(10.0), np.arange(10.0))
-    >>> coords = np.column_stack([xx.ravel(), yy.ravel()])  # 100 spots on a grid
-    >>> expr = np.random.default_rng(0).poisson(5.0, size=(20, 100)).astype(float)  # num_gene x num_spot
-    >>> swm = SpatialWeightMatrix()
-    >>> swm.calc_weights_knn(coords, k=6, verbose=False)
-    >>> swm.scale_by_expr(expr, verbose=False)
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(100, layout="square", n_genes=20, noise="poisson", seed=0)
+    >>> swm = sm.SpatialWeightMatrix()
+    >>> swm.calc_weights_knn(adata.obsm["spatial"], k=4, verbose=False)
+    >>> swm.scale_by_expr(adata.X.T, verbose=False)  # the classic API is num_gene x num_spot
+    >>> swm
+    SpatialWeightMatrix(num_spot=100, nnz=362, method=knn, scaled_by=expression)
     >>> Q = swm.get_inv_cov("icar", rho=0.99)
-    >>> tuple(Q.shape)
-    (100, 100)
+    >>> tuple(Q.shape), Q.layout
+    ((100, 100), torch.sparse_coo)
     """
 
     def __init__(self) -> None:
@@ -751,7 +840,7 @@ class SpatialWeightMatrix:
     def get_precision(self, model, rho=1, standardize=False):
         """Precision matrix of ``model`` on the scaled weights as scipy CSR float64 (dense ndarray for 'sma').
 
-        Not cached. See :func:`smoother._core.precision`.
+        Not cached. The formulas are in the table of :mod:`smoother.weights`.
         """
         self._require()
         return precision(self._W_scaled, model, rho, standardize=standardize)
