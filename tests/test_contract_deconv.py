@@ -55,7 +55,7 @@ def no_deconv_work():
     with pytest.MonkeyPatch.context() as mp:
         for name in ("solve_quadratic", "solve_torch", "quadratic_data", "deconvolve_quadratic"):
             mp.setattr(core, name, boom)
-        for name in ("fit_counts", "solve_quadratic"):
+        for name in ("fit_counts", "_solve_block_qp", "_newton_chunk"):
             mp.setattr(dc, name, boom)
         yield
 

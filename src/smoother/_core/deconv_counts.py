@@ -56,8 +56,8 @@ Solvers
   :math:`O(n\,|\mathcal G|\,K^2)` in BLAS calls on dense row chunks; no ``n x G`` copy of sparse data.
 - :math:`\lambda > 0`: sequential quadratic programming. The likelihood is replaced by its second-order
   expansion (per-spot ``K x K`` blocks), the resulting quadratic with the exact spatial term and
-  :math:`Z \ge 0` is solved by :func:`smoother._core.deconv.solve_quadratic` (FISTA with KKT stopping), and a
-  backtracking search on :math:`F` accepts the step. Stops on the KKT residual of :math:`F` itself.
+  :math:`Z \ge 0` is solved by FISTA (Jacobi scaling, Gershgorin step, KKT stopping: :func:`_solve_block_qp`),
+  and a backtracking search on :math:`F` accepts the step. Stops on the KKT residual of :math:`F` itself.
 - Platform effect: block-coordinate descent, alternating the :math:`Z` problem above with the exact
   minimization over :math:`r` for fixed :math:`Z` (closed form up to the Lagrange multiplier of the
   normalization, found by a 1-D Newton search). Each block step decreases :math:`F`; with more than
@@ -88,7 +88,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .deconv import ConvergenceWarning, QuadraticData, SpatialTerm, kkt_residual, solve_quadratic
+from .deconv import ConvergenceWarning, SpatialTerm, kkt_residual
 
 _log = logging.getLogger("smoother")
 
@@ -424,24 +424,71 @@ class _Counts:
         return tot
 
 
+def _pd_blocks(H: np.ndarray, tr: np.ndarray) -> np.ndarray:
+    """Which ``K x K`` blocks of ``H`` are safely positive definite: every pivot of their LDL^T factorization
+    exceeds ``1e-8 tr`` (vectorized over the blocks; ``O(n K^3)``, several times cheaper than ``eigvalsh``).
+
+    A pivot is a diagonal entry of a Schur complement, so it is at least the smallest eigenvalue: every block
+    whose smallest eigenvalue exceeds ``1e-8 tr`` passes.
+    """
+    A = np.array(H, dtype=np.float64)
+    K = A.shape[1]
+    thr = 1e-8 * tr
+    ok = np.isfinite(A).all(axis=(1, 2))
+    A[~ok] = 0.0
+    for j in range(K):
+        d = A[:, j, j]
+        ok &= d > thr
+        dinv = np.divide(1.0, d, out=np.zeros_like(d), where=ok)
+        if j + 1 < K:
+            col = A[:, j + 1 :, j]
+            A[:, j + 1 :, j + 1 :] -= (col * dinv[:, None])[:, :, None] * col[:, None, :]
+    return ok
+
+
 def _proj_grad(Z: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.where(Z > 0, g, np.minimum(g, 0.0))
 
 
 def _newton_chunk(prob: _Counts, Yc, sc, Z, tol, max_iter):
-    """Projected Newton for independent spots (lambda = 0). Returns (Z, n_iter, converged mask)."""
+    """Projected Newton for independent spots (lambda = 0). Returns (Z, n_iter, converged mask).
+
+    The first trial point of each line search is evaluated with its gradient and curvature: when it is
+    accepted (nearly always), they are those of the next iterate, so an iteration costs one evaluation.
+    """
     n, K = Z.shape
     active = np.ones(n, dtype=bool)
     it = 0
     eye = np.eye(K)
     done = np.zeros(n, dtype=bool)
     stalled = 0
+    # cache of (f, g, H, H_exact, glin) per spot, valid where `have` (evaluated at the current Z)
+    cf = np.empty(n)
+    cg = np.empty((n, K))
+    cgl = np.empty((n, K))
+    cH = np.empty((n, K, K))
+    cHx = np.empty((n, K, K)) if prob.likelihood != "poisson" else None
+    have = np.zeros(n, dtype=bool)
+    cex = np.zeros(n, dtype=bool)  # the cached H_exact is the exact Hessian (not None)
+
+    def evaluate(ids, Zi, exact):
+        f, g, H, glin = prob.local(Yc[ids], sc[ids], Zi, hess=True, exact=exact)
+        cf[ids], cg[ids], cH[ids], cgl[ids] = f, g, H, glin
+        if cHx is not None:
+            if prob.H_exact is not None:
+                cHx[ids] = prob.H_exact
+            cex[ids] = prob.H_exact is not None
+        have[ids] = True
+
     for it in range(1, max_iter + 1):  # noqa: B007 (returned)
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        Ya, sa, Za = Yc[idx], sc[idx], Z[idx]
-        f, g, H, glin = prob.local(Ya, sa, Za, hess=True, exact=it > 5)
+        miss = idx[~have[idx]]
+        if miss.size:
+            evaluate(miss, Z[miss], it > 5)
+        Za = Z[idx]
+        f, g, H, glin = cf[idx], cg[idx], cH[idx], cgl[idx]
         pg = _proj_grad(Za, g)
         ref = np.maximum(np.linalg.norm(glin, axis=1), 1e-300)
         ok = np.linalg.norm(pg, axis=1) <= tol * ref
@@ -451,7 +498,7 @@ def _newton_chunk(prob: _Counts, Yc, sc, Z, tol, max_iter):
         if not keep.any():
             active[idx] = False
             break
-        idx, Ya, sa, Za, f, g, H = idx[keep], Ya[keep], sa[keep], Za[keep], f[keep], g[keep], H[keep]
+        idx, Za, f, g, H = idx[keep], Za[keep], f[keep], g[keep], H[keep]
         dH = np.einsum("nii->ni", H)
         tr = np.maximum(dH.sum(axis=1), 1e-300)
         dH = np.maximum(dH, 1e-12 * tr[:, None])
@@ -462,11 +509,11 @@ def _newton_chunk(prob: _Counts, Yc, sc, Z, tol, max_iter):
         free = ~bound
         ff = free[:, :, None] & free[:, None, :]
         Hm = H * ff + eye * np.where(free, 1e-10 * tr[:, None], dH)[:, None, :]
-        if prob.likelihood != "poisson" and prob.H_exact is not None:
-            Ho = prob.H_exact[np.flatnonzero(keep)] * ff + eye * np.where(free, 1e-10 * tr[:, None], dH)[:, None, :]
-            lmin = np.linalg.eigvalsh(Ho)[:, 0]
-            use = np.isfinite(lmin) & (lmin > 1e-8 * tr)
-            Hm[use] = Ho[use]
+        if cHx is not None and cex[idx].any():  # NB: the exact Hessian where it is positive definite
+            ex = np.flatnonzero(cex[idx])
+            Ho = cHx[idx[ex]] * ff[ex] + eye * np.where(free[ex], 1e-10 * tr[ex, None], dH[ex])[:, None, :]
+            pdm = _pd_blocks(Ho, tr[ex])
+            Hm[ex[pdm]] = Ho[pdm]
         d = -np.linalg.solve(Hm, g[:, :, None])[:, :, 0]
         # a Newton decrement below the rounding of f: nothing left to gain at this precision
         tiny = -np.einsum("nk,nk->n", g, d) <= 1e-20 * np.maximum(np.abs(f), 1.0)
@@ -476,20 +523,26 @@ def _newton_chunk(prob: _Counts, Yc, sc, Z, tol, max_iter):
             nt = ~tiny
             if not nt.any():
                 break
-            idx, Ya, sa, Za, f, g, d = idx[nt], Ya[nt], sa[nt], Za[nt], f[nt], g[nt], d[nt]
-        # Armijo search along the projection arc
-        alpha = np.ones(len(idx))
-        pend = np.ones(len(idx), dtype=bool)
+            idx, Za, f, g, d = idx[nt], Za[nt], f[nt], g[nt], d[nt]
+        # Armijo search along the projection arc; the full step is evaluated with its derivatives (cached)
+        Zt = np.maximum(Za + d, 0.0)
+        evaluate(idx, Zt, it + 1 > 5)
+        ft = cf[idx]
+        slack = 1e-12 * np.maximum(np.abs(f), 1.0)
+        acc = ft <= f + 1e-4 * np.einsum("nk,nk->n", g, Zt - Za) + slack
         Znew = Za.copy()
-        for _ in range(40):
+        Znew[acc] = Zt[acc]
+        pend = ~acc
+        have[idx[pend]] = False  # their cache now holds the rejected point: re-evaluated at their new iterate
+        alpha = np.full(len(idx), 0.5)
+        for _ in range(39):
             p = np.flatnonzero(pend)
             if p.size == 0:
                 break
             Zt = np.maximum(Za[p] + alpha[p, None] * d[p], 0.0)
-            ft = prob.value(Ya[p], sa[p], Zt)
+            ft = prob.value(Yc[idx[p]], sc[idx[p]], Zt)
             # Armijo, with a slack at the rounding level of f (near the optimum f cannot resolve the decrease)
-            slack = 1e-12 * np.maximum(np.abs(f[p]), 1.0)
-            acc = ft <= f[p] + 1e-4 * np.einsum("nk,nk->n", g[p], Zt - Za[p]) + slack
+            acc = ft <= f[p] + 1e-4 * np.einsum("nk,nk->n", g[p], Zt - Za[p]) + slack[p]
             Znew[p[acc]] = Zt[acc]
             pend[p[acc]] = False
             alpha[p[~acc]] *= 0.5
@@ -541,8 +594,7 @@ def _global_grad(prob: _Counts, Z: np.ndarray, *, hess: bool, exact: bool = True
         if hess:
             if prob.likelihood != "poisson" and prob.H_exact is not None:  # the exact NB Hessian where PD
                 tr = np.maximum(np.einsum("nii->n", Ha), 1e-300)
-                lmin = np.linalg.eigvalsh(prob.H_exact)[:, 0]
-                use = np.isfinite(lmin) & (lmin > 1e-8 * tr)
+                use = _pd_blocks(prob.H_exact, tr)
                 Ha[use] = prob.H_exact[use]
             H[a:b] = Ha
     return f, g, H, glin
@@ -556,12 +608,57 @@ def _data_value(prob: _Counts, Z: np.ndarray) -> float:
     return tot
 
 
-class _QP(QuadraticData):
-    """A quadratic model whose value may be negative (no clipping at 0)."""
+def _solve_block_qp(Hr, Cq, Z0, spatial: SpatialTerm, w: float, tol: float, max_iter: int = 5000):
+    r"""Minimize :math:`w \sum_n (\tfrac12 z_n^T H_n z_n - c_n^T z_n) + \text{spatial}(Z)` over :math:`Z \ge 0`.
 
-    def model_loss(self, Z, HZ=None):
-        HZ = self.hess_mul(Z) if HZ is None else HZ
-        return float(np.sum(Z * HZ) - 2.0 * np.sum(self.C * Z) + self.const) * self.scale
+    FISTA with Jacobi scaling and gradient-based restart, as :func:`smoother._core.deconv.solve_quadratic`, but
+    with the step from the Gershgorin bound of the scaled Hessian (guaranteed, within ~15 % of the largest
+    eigenvalue on these problems) instead of ~30 power iterations per call, and the same stopping rule: the
+    KKT residual below ``tol`` times the norm of the gradient at ``Z = 0``. Returns ``(Z, n_iter, residual)``.
+    """
+    c = 2.0 * spatial.coef
+    Q = spatial.Qs[0] if len(spatial.Qs) == 1 else None
+
+    def hess(Z):
+        h = w * np.einsum("nij,nj->ni", Hr, Z)
+        h += c * spatial.mul(Z)
+        return h
+
+    d = w * np.einsum("nii->ni", Hr) + c * spatial.diag()
+    d = np.maximum(d, max(1e-300, 1e-8 * float(d.max())) if d.size else 1.0)
+    isd = 1.0 / np.sqrt(d)
+    rows = w * np.einsum("nij,nj->ni", np.abs(Hr), isd) * isd
+    if Q is not None:
+        aq = abs(Q) if sp.issparse(Q) else np.abs(Q)
+        rows += c * (aq @ isd) * isd * np.abs(spatial.s)
+    else:
+        for k, q in enumerate(spatial.Qs):
+            aq = abs(q) if sp.issparse(q) else np.abs(q)
+            rows[:, k] += c * abs(spatial.s[k]) * (aq @ isd[:, k]) * isd[:, k]
+    step = 1.0 / (max(float(rows.max()), 1e-300) * d)
+    wC = w * Cq
+    scale = max(float(np.linalg.norm(wC)), 1e-300)
+    Z = np.maximum(Z0, 0.0)
+    Yp = Z.copy()
+    t = 1.0
+    res = np.inf
+    it = 0
+    for it in range(1, max_iter + 1):
+        Zn = Yp - step * (hess(Yp) - wC)
+        np.maximum(Zn, 0.0, out=Zn)
+        if np.sum((Yp - Zn) * (Zn - Z)) > 0:  # gradient-based adaptive restart (O'Donoghue & Candes 2015)
+            t = 1.0
+            Yp = Zn.copy()
+        else:
+            tn = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+            Yp = Zn + ((t - 1.0) / tn) * (Zn - Z)
+            t = tn
+        Z = Zn
+        if it % 5 == 0:
+            res = kkt_residual(Z, hess(Z) - wC, True) / scale
+            if res <= tol:
+                break
+    return Z, it, res
 
 
 def _fit_spatial(prob: _Counts, Z: np.ndarray, spatial: SpatialTerm, tol: float, max_iter: int, exact_after=0):
@@ -582,20 +679,9 @@ def _fit_spatial(prob: _Counts, Z: np.ndarray, spatial: SpatialTerm, tol: float,
             return Z, it - 1, True, res
         tr = np.maximum(np.einsum("nii->n", H), 1e-300)
         Hr = H + (1e-10 * tr)[:, None, None] * np.eye(prob.K)
-        Cq = 0.5 * (np.einsum("nij,nj->ni", Hr, Z) - g)
-        qp = _QP(H=0.5 * Hr, C=Cq, const=0.0, scale=w, bias=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            sol = solve_quadratic(
-                qp,
-                spatial,
-                nonneg=True,
-                tol=max(0.1 * tol, min(1e-2, 0.1 * res)),
-                max_iter=5000,
-                z0=Z,
-                show_progress=False,
-            )
-        D = sol.coef - Z
+        Cq = np.einsum("nij,nj->ni", Hr, Z) - g
+        Zq, _, _ = _solve_block_qp(Hr, Cq, Z, spatial, w, tol=max(0.1 * tol, min(1e-2, 0.1 * res)))
+        D = Zq - Z
         slope = float(np.sum(gfull * D))
         if slope >= 0:
             return Z, it, res <= tol, res
@@ -994,7 +1080,8 @@ def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, prog
 
     Without a grid: a coarse grid (0 and powers of 10 from 1e-4 to 1), then the two half-decade neighbours
     of its minimizer. Along increasing lambda each fit starts from the previous one, and a fold stops once its
-    score has risen twice in a row past its minimum (skipped values score +inf).
+    score rises past its minimum (skipped values score +inf); the two refinement fits start from the fit at the
+    coarse minimizer.
     """
     refine = grid is None
     grid = sorted(set([0.0] + [float(g) for g in (COARSE_AUTO_GRID if grid is None else grid)]))
@@ -1017,14 +1104,19 @@ def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, prog
 
     folds = [(part(np.flatnonzero(fold_of != f)), part(np.flatnonzero(fold_of == f))) for f in range(n_folds)]
 
-    def evaluate(lams, early_stop):
+    sols: list[dict] = [{} for _ in folds]  # fold -> {lambda: shares}, warm starts of the refinement
+
+    def evaluate(lams, early_stop, start=None):
         total = np.zeros(len(lams))
         for f, (train, test) in enumerate(folds):
-            Z = Z0.copy()
+            Z = (Z0 if start is None else sols[f][start]).copy()
             sc = np.full(len(lams), np.nan)
             for i, lam in enumerate(lams):
-                if early_stop and i >= 3 and sc[i - 1] > sc[i - 2] > np.nanmin(sc[: i - 2]):
+                # the criterion is unimodal along the path in every run we made: stop once it rises
+                if early_stop and i >= 2 and sc[i - 1] > sc[i - 2] and sc[i - 2] <= np.nanmin(sc[: i - 1]):
                     break
+                if start is not None:
+                    Z = sols[f][start].copy()
                 spatial = SpatialTerm(Q if lam > 0 else None, lam * K, 1.0, K, N)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -1032,6 +1124,7 @@ def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, prog
                         Z, *_ = _fit_spatial(train, Z, spatial, max(tol, auto_tol), max_iter)
                     else:
                         Z, *_ = _fit_independent(train, Z, max(tol, auto_tol), max_iter)
+                sols[f][lam] = Z
                 sc[i] = test.nll(np.maximum(Z, 0.0), floor=True)
             sc[np.isnan(sc)] = np.inf
             total += sc
@@ -1048,7 +1141,7 @@ def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, prog
         extra = [x for x in extra if x not in grid]
         if extra:
             grid = grid + extra
-            scores = np.concatenate([scores, evaluate(extra, False)])
+            scores = np.concatenate([scores, evaluate(extra, False, start=b)])
             order = np.argsort(grid)
             grid, scores = [grid[i] for i in order], scores[order]
     best = int(np.argmin(scores))

@@ -654,7 +654,8 @@ def deconvolve(
     key_added = check_key(key_added, "key_added")
     check_key(connectivity_key, "connectivity_key")
     backend = check_choice(backend, "backend", ("auto", "torch", "cvxpy"))
-    device = check_device(device)
+    # 'cpu' is always valid: no torch import (1.5 CPU s) for the count models and the exact solvers
+    device = "cpu" if isinstance(device, str) and device == "cpu" else check_device(device)
     tol = check_real(tol, "tol", low=0.0, low_open=True, example="1e-6")
     lr = check_real(lr, "lr", low=0.0, low_open=True, example="0.01")
     if max_iter is None:
