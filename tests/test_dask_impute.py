@@ -44,6 +44,7 @@ def _lazy(a, sparse_chunks: bool, layer=None):
         ({"fixed_obs": False, "lambda_spatial": 0.5}, True),
         ({"fixed_obs": False, "lambda_spatial": 0.5, "center": False}, False),
         ({"fixed_obs": False, "lambda_spatial": "auto"}, False),
+        ({"fixed_obs": False, "lambda_spatial": "auto", "criterion": "ml"}, True),
     ],
 )
 def test_impute_on_dask_is_lazy_and_equals_memory(split, kwargs, sparse_chunks):

@@ -195,6 +195,8 @@ def test_fixed_obs_intervals_are_calibrated_on_fields_from_the_prior():
         ({"uncertainty": 1}, TypeError, "uncertainty"),
         ({"key_added": ""}, ValueError, "key_added"),
         ({"key_added": 3}, TypeError, "key_added"),
+        ({"criterion": "ml", "prior": "sma", "fixed_obs": False, "lambda_spatial": "auto"}, ValueError, ("ml", "sma")),
+        ({"criterion": "bayes", "fixed_obs": False, "lambda_spatial": "auto"}, ValueError, "criterion"),
     ],
 )
 def test_impute_uncertainty_rejects(kwargs, error, names):
@@ -213,3 +215,52 @@ def test_impute_uncertainty_rejects(kwargs, error, names):
 def test_enhance_uncertainty_rejects(kwargs, error, names):
     a, _ = _split(seed=7, n_side=4, frac_missing=0.0)
     check_rejects(sm.tl.enhance, a, error=error, names=names, **kwargs)
+
+
+def test_joint_loglik_differences_equal_the_dense_gaussian_likelihood():
+    from smoother._core.conditional import joint_loglik
+
+    rng = np.random.default_rng(8)
+    a, c_new = _split(seed=8, n_genes=4)
+    out = sm.tl.impute(a, c_new)
+    Q = _Q(out.obsp["spatial_connectivities"], 0.9)
+    obs = out.obs["observed"].to_numpy()
+    o = np.flatnonzero(obs)
+    Yo = rng.normal(size=(len(o), 4))
+    S = np.linalg.inv(Q)[np.ix_(o, o)]
+
+    def dense(lam):  # profile log-likelihood of N(0, s^2 (I + S / lam)), s^2 maximized per gene
+        C = np.eye(len(o)) + S / lam
+        s2 = np.einsum("ij,ij->j", Yo, np.linalg.solve(C, Yo)) / len(o)
+        return float(-0.5 * len(o) * np.log(s2).sum() - 0.5 * Yo.shape[1] * np.linalg.slogdet(C)[1])
+
+    got = [joint_loglik(Yo, sp.csr_matrix(Q), obs, lam) for lam in (0.1, 1.0, 7.0)]
+    ref = [dense(lam) for lam in (0.1, 1.0, 7.0)]
+    np.testing.assert_allclose(np.diff(got), np.diff(ref), rtol=1e-8)
+
+
+def test_joint_ml_recovers_lambda_and_its_intervals_are_calibrated():
+    from smoother._anndata import get_prior_operator
+    from smoother._core.graph import knn_graph
+    from smoother._core.uncertainty import sample_gmrf
+
+    rng = np.random.default_rng(9)
+    coords = _grid(36)
+    held = rng.random(len(coords)) < 0.3
+    c_obs, c_new = coords[~held], coords[held]
+    W, _ = knn_graph(np.vstack([c_obs, c_new]), 6, symmetrize="mutual")  # the graph impute builds (its order)
+    lam, sigma = 2.0, 0.5
+    Q = get_prior_operator(W, "icar", 0.99, False).Q
+    T = 1.0 + sigma / np.sqrt(lam) * sample_gmrf(Q, 30, seed=9)
+    n_o = len(c_obs)
+    a = ad.AnnData(T[:n_o] + rng.normal(scale=sigma, size=(n_o, 30)))
+    a.obsm["spatial"] = c_obs
+    out = sm.tl.impute(a, c_new, fixed_obs=False, lambda_spatial="auto", criterion="ml", uncertainty=True,
+                       dtype="float64")  # fmt: skip
+    assert out.uns["impute"]["gcv"]["criterion"] == "ml"
+    assert abs(np.log(out.uns["impute"]["params"]["lambda"] / lam)) < np.log(1.3)
+    assert abs(np.median(out.var["impute_sigma"]) / sigma - 1) < 0.05
+    sd = sm.get.posterior_sd(out, key="impute").to_numpy()
+    cov = _coverage(out.X, sd, T)
+    for lv, c in cov.items():
+        assert abs(c - lv) < 0.03, cov

@@ -54,6 +54,8 @@ __all__ = [
     "VarFactor",
     "enhance_var_factor",
     "fixed_var_factor",
+    "joint_loglik",
+    "joint_ml_lambda",
     "joint_var_factor",
     "lazy_fill",
     "reml_quadratic",
@@ -311,3 +313,99 @@ def lazy_fill(
     if not blocks:
         return da.zeros((n_out, 0), dtype=dt)
     return da.concatenate(blocks, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choosing lambda of the joint fit by marginal likelihood (empirical Bayes)
+# ----------------------------------------------------------------------------------------------------------------
+def joint_loglik(Yo: np.ndarray, Q: sp.spmatrix, observed: np.ndarray, lam: float, *, null_dim: int = 0) -> float:
+    r"""Profile log marginal likelihood of :math:`\lambda` for joint filling (each gene's :math:`\sigma_g` maximized).
+
+    Model: :math:`x_g \sim N(0, \frac{\sigma_g^2}{\lambda} Q^{-1})`, :math:`y_{o,g} = x_{o,g} + \varepsilon`,
+    :math:`\varepsilon \sim N(0, \sigma_g^2 I)`. With :math:`S_o` the selection of the observed rows and
+    :math:`D = S_o^T S_o`, :math:`\det(I + S_o (\lambda Q)^{-1} S_o^T) = \det(D + \lambda Q) / \det(\lambda Q)`
+    (determinant lemma) and :math:`(I + S_o (\lambda Q)^{-1} S_o^T)^{-1} = I - S_o (D + \lambda Q)^{-1} S_o^T`
+    (Woodbury), so up to constants
+
+    .. math::
+
+        \ell(\lambda) = -\frac{n_o}{2}\sum_g \log \hat\sigma_g^2
+        - \frac{G}{2}\left[\log\det(D + \lambda Q) - r \log\lambda\right],
+        \qquad \hat\sigma_g^2 = y_{o,g}^T (y_{o,g} - \hat y_{o,g}) / n_o,
+
+    :math:`\hat y = (D + \lambda Q)^{-1} D y` and :math:`r` the rank of :math:`Q`. ``Yo`` is ``(n_o, G)``, rows in
+    the order of ``np.flatnonzero(observed)`` (centred when the mean is estimated).
+    """
+    from .linalg import superlu_symmetric
+
+    observed = np.asarray(observed, dtype=bool)
+    n = observed.size
+    o = np.flatnonzero(observed)
+    M = _sym(sp.diags(observed.astype(float)) + lam * sp.csr_matrix(Q)).tocsc()
+    lu = superlu_symmetric(M)
+    diag_u = lu.U.diagonal()
+    if not (diag_u > 0).all():
+        return -np.inf
+    rhs = np.zeros((n, Yo.shape[1]))
+    rhs[o] = Yo
+    fit = lu.solve(rhs)[o]
+    q = np.maximum(np.einsum("ij,ij->j", Yo, Yo - fit), 1e-300)
+    r = n - null_dim
+    logdet = float(np.log(diag_u).sum())
+    return float(-0.5 * o.size * np.log(q / o.size).sum() - 0.5 * Yo.shape[1] * (logdet - r * np.log(lam)))
+
+
+def joint_ml_lambda(
+    Y,
+    Q: sp.spmatrix,
+    observed: np.ndarray,
+    *,
+    center: bool = True,
+    lo: float = 1e-3,
+    hi: float = 1e3,
+    n_grid: int = 9,
+    n_refine: int = 10,
+    max_genes: int = 500,
+    seed: int = 0,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    r"""The :math:`\lambda` maximizing :func:`joint_loglik` (log grid, then golden section in :math:`\log\lambda`).
+
+    ``Y`` is ``(n_o, G)`` (dense or sparse), the observed rows; up to ``max_genes`` random genes enter (constant
+    ones carry no information and are dropped). Returns ``(lam, lambdas, loglik)``.
+    """
+    rng = np.random.default_rng(seed)
+    g = Y.shape[1]
+    cols = np.sort(rng.choice(g, size=min(g, max_genes), replace=False))
+    Ys = Y[:, cols]
+    Ys = np.asarray(Ys.toarray() if sp.issparse(Ys) else Ys, dtype=np.float64)
+    if center:
+        Ys = Ys - Ys.mean(axis=0, keepdims=True)
+    Ys = Ys[:, np.einsum("ij,ij->j", Ys, Ys) > 0]
+    if Ys.shape[1] == 0:
+        return 1.0, np.array([1.0]), np.array([0.0])
+    Q = _sym(Q)
+    null = _n_null(Q)
+    evals: dict[float, float] = {}
+
+    def f(log_lam: float) -> float:
+        lam = float(np.exp(log_lam))
+        if lam not in evals:
+            evals[lam] = joint_loglik(Ys, Q, observed, lam, null_dim=null)
+        return evals[lam]
+
+    grid = np.linspace(np.log(lo), np.log(hi), n_grid)
+    vals = np.array([f(x) for x in grid])
+    i = int(np.argmax(vals))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, n_grid - 1)]
+    gr = (np.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - gr * (b - a), a + gr * (b - a)
+    for _ in range(n_refine):
+        if f(c) >= f(d):
+            b, d = d, c
+            c = b - gr * (b - a)
+        else:
+            a, c = c, d
+            d = a + gr * (b - a)
+    lams = np.array(sorted(evals))
+    ll = np.array([evals[x] for x in lams])
+    return float(lams[int(np.argmax(ll))]), lams, ll
