@@ -1,8 +1,9 @@
 """Classic utilities of smoother-omics: data-driven dependency checks for the correlation-decay plots.
 
 Classic orientation: ``features`` are ``num_feature x num_spot`` and ``coords`` ``num_spot x 2``. All functions are
-vectorized over spots and share the engine of :mod:`smoother.tl` (``smoother._core.decay``); k-th neighbours are
-scikit-learn Euclidean nearest neighbours (``k = 0``: the spot itself).
+vectorized over spots and compute what :func:`smoother.tl.similarity_decay`, :func:`smoother.tl.corr_decay` and
+:func:`smoother.tl.fit_decay` compute on AnnData; k-th neighbours are scikit-learn Euclidean nearest neighbours
+(``k = 0``: the spot itself).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def _to_numpy(x) -> np.ndarray:
 def normalize_minmax(x, min_zero: bool = True, return_scale: bool = False):
     """Scale data to ``[0, 1]`` (or ``[-1, 1]``).
 
+    The classic helper for coordinates or features: one scale for all columns, so the aspect ratio of
+    coordinates is kept.
+
     Parameters
     ----------
     x
@@ -64,6 +68,17 @@ def normalize_minmax(x, min_zero: bool = True, return_scale: bool = False):
         ``x`` is not numeric, or ``min_zero``/``return_scale`` is not a bool.
     ValueError
         ``x`` is empty or contains NaN or inf.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from smoother.utils import normalize_minmax
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> normalize_minmax(x).tolist()  # columns shifted to start at 0, then divided by 20
+    [[0.0, 0.0], [0.1, 1.0]]
+    >>> x_norm, scale = normalize_minmax(x, min_zero=False, return_scale=True)
+    >>> scale.item(), x_norm[1].tolist()
+    (30.0, [0.1, 1.0])
     """
     import torch
 
@@ -137,7 +152,12 @@ def _check_features(features, coords):
 def quantile_feature_similarity_decay(
     features, coords, max_k: int = 50, topk: bool = False, reduce: str = "pca", dim: int = 20
 ) -> pd.DataFrame:
-    """Quantiles of the cosine similarity of features between ``k``-th nearest spatial neighbours.
+    r"""Quantiles of the cosine similarity of features between ``k``-th nearest spatial neighbours.
+
+    The data's own decay curve (the classic counterpart of :func:`smoother.tl.similarity_decay`): how alike the
+    expression of a spot and of its ``k``-th nearest neighbour is, for growing ``k``. Compare it with a prior's
+    curve (:meth:`smoother.SpatialLoss.calc_corr_decay_stats`) to choose ``rho``. ``features`` are best
+    log-normalized expression (or any per-spot representation with ``reduce='none'``).
 
     Parameters
     ----------
@@ -157,6 +177,21 @@ def quantile_feature_similarity_decay(
     Returns
     -------
     ``pandas.DataFrame`` with one row per ``k = 0..max_k`` and columns ``Q10, Q25, Q50, Q75, Q90, k``.
+
+    Notes
+    -----
+    With :math:`z_i` the representation of spot :math:`i` (PCA scores or the features) and :math:`j` its
+    ``k``-th nearest neighbour, the table holds quantiles over :math:`i` of
+    :math:`\cos(z_i, z_j) = z_i^T z_j / (\lVert z_i \rVert \lVert z_j \rVert)`.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> from smoother.utils import quantile_feature_similarity_decay
+    >>> adata = sm.datasets.simulate_field(400, pattern="gp", n_genes=20, noise_level=0.2, seed=0)
+    >>> df = quantile_feature_similarity_decay(adata.X.T, adata.obsm["spatial"], max_k=10)
+    >>> df.shape, df.loc[[1, 10], "Q50"].round(2).tolist()  # neighbours are alike, farther spots less so
+    ((11, 6), [0.9, 0.78])
     """
     max_k = check_int(max_k, "max_k", low=0, example="50")
     topk = check_bool(topk, "topk")
@@ -174,13 +209,36 @@ def quantile_feature_similarity_neighbor(
 ) -> pd.DataFrame:
     """Quantiles of the cosine similarity between each spot and its ``k`` nearest neighbours, and of a null.
 
-    The null shuffles both ends of those neighbour pairs independently, ``n_null`` times (at most 2,000,000 null
-    pairs in all), with ``seed``.
+    Tells whether the data have spatial dependency at all: when neighbouring spots are no more alike than random
+    pairs, a spatial prior has nothing to use. The null shuffles both ends of those neighbour pairs
+    independently, ``n_null`` times (at most 2,000,000 null pairs in all), with ``seed``. The classic
+    counterpart of the ``similarity_cdf`` table of :func:`smoother.tl.similarity_decay`.
+
+    Parameters
+    ----------
+    features, coords, reduce, dim
+        As in :func:`quantile_feature_similarity_decay`.
+    k
+        Number of nearest neighbours of each spot whose pairs are used.
+    n_null
+        Number of shuffles for the null.
+    seed
+        Seed of the shuffles.
 
     Returns
     -------
     Long ``pandas.DataFrame`` with columns ``Quantile`` (0, 0.01, ..., 1), ``Data`` (``'Observed'`` or
     ``'Shuffled'``) and ``CumulativeDensity`` (the similarity at that quantile), 202 rows.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> from smoother.utils import quantile_feature_similarity_neighbor
+    >>> adata = sm.datasets.simulate_field(400, pattern="gp", n_genes=20, noise_level=0.2, seed=0)
+    >>> cdf = quantile_feature_similarity_neighbor(adata.X.T, adata.obsm["spatial"], k=6, n_null=5)
+    >>> median = cdf[cdf["Quantile"] == 0.5].set_index("Data")["CumulativeDensity"]
+    >>> cdf.shape, median.round(2).to_dict()  # neighbours are far more alike than shuffled pairs
+    ((202, 3), {'Observed': 0.9, 'Shuffled': -0.03})
     """
     k = check_int(k, "k", low=1, example="6")
     reduce = check_choice(reduce, "reduce", ("pca", "none"))
@@ -197,7 +255,11 @@ def quantile_feature_similarity_neighbor(
 
 
 def get_neighbor_quantile_value_by_k(sq_mat, coords, min_k: int = 0, max_k: int = 50) -> pd.DataFrame:
-    """Quantiles of ``sq_mat[i, j]`` over spots ``i`` with ``j`` the ``k``-th nearest neighbour of ``i``.
+    r"""Quantiles of ``sq_mat[i, j]`` over spots ``i`` with ``j`` the ``k``-th nearest neighbour of ``i``.
+
+    Reads any spot x spot quantity (a correlation or covariance matrix, distances) along the neighbour
+    structure, e.g. to draw the decay of a covariance you computed yourself. Only ``num_spot * (max_k + 1)``
+    entries are read.
 
     Parameters
     ----------
@@ -211,6 +273,18 @@ def get_neighbor_quantile_value_by_k(sq_mat, coords, min_k: int = 0, max_k: int 
     Returns
     -------
     ``pandas.DataFrame`` with one row per ``k`` and columns ``Q10, Q25, Q50, Q75, Q90, k``.
+
+    Examples
+    --------
+    On a hexagonal (Visium-like) lattice the 6 nearest spots lie at distance 1, the 7th at :math:`\sqrt{3}`:
+
+    >>> import smoother as sm
+    >>> from scipy.spatial.distance import cdist
+    >>> from smoother.utils import get_neighbor_quantile_value_by_k
+    >>> coords = sm.datasets.lattice(400, "hex")
+    >>> D = cdist(coords, coords)  # small example; any (sparse) spot x spot matrix works
+    >>> get_neighbor_quantile_value_by_k(D, coords, min_k=1, max_k=7)["Q50"].round(3).tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.732]
     """
     coords = check_coords(coords)
     n = coords.shape[0]
@@ -238,6 +312,10 @@ def get_neighbor_quantile_value_by_k(sq_mat, coords, min_k: int = 0, max_k: int 
 def estimate_decay_rate(x, y, return_all_params: bool = False):
     r"""Decay rate of a mono-exponential fit :math:`y = \alpha e^{-\beta x} + \theta`.
 
+    One number per decay curve (e.g. the ``Q50`` column of :func:`quantile_feature_similarity_decay` against
+    ``k``), so curves of the data and of priors can be compared; :func:`smoother.tl.fit_decay` does the same on
+    AnnData.
+
     Parameters
     ----------
     x, y
@@ -249,8 +327,22 @@ def estimate_decay_rate(x, y, return_all_params: bool = False):
     -------
     ``beta`` (float), or the array ``[alpha, beta, theta]``, as fitted (the classic result). A degenerate fit —
     a flat or rising curve, a near-straight line fitted as a huge slow exponential (``beta`` near 0), a poor fit —
-    gives a ``UserWarning`` saying why (see :func:`smoother._core.decay.decay_fit_problem`): that ``beta`` is not
-    a decay rate.
+    gives a ``UserWarning`` saying why: that ``beta`` is not a decay rate.
+
+    Notes
+    -----
+    Least squares over :math:`(\alpha, \beta, \theta)` of :math:`\sum_i (y_i - \alpha e^{-\beta x_i} -
+    \theta)^2`. The fit is degenerate when the curve is flat or rising, when :math:`\beta` is near 0 with
+    :math:`\alpha` and :math:`\theta` large and of opposite sign, or when :math:`R^2 < 0.5`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from smoother.utils import estimate_decay_rate
+    >>> k = np.arange(1, 31.0)
+    >>> y = 0.8 * np.exp(-0.2 * k) + 0.1
+    >>> round(estimate_decay_rate(k, y), 3), estimate_decay_rate(k, y, return_all_params=True).round(3).tolist()
+    (0.2, [0.8, 0.2, 0.1])
     """
     import warnings
 
