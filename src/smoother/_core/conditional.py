@@ -228,24 +228,23 @@ def _aggregate_trace_exact(A: sp.csr_matrix, M: sp.csr_matrix) -> float:
     from .selinv import LDLFactor
 
     A = sp.csr_matrix(A)
-    n_sub = A.shape[1]
+    A.sort_indices()
+    n_s, n_sub = A.shape
     counts = np.diff(A.indptr)
     width = int(counts.max(initial=1))
-    # for each sub-spot (source): its siblings as targets, padded with itself (masked out)
-    parent = np.empty(n_sub, dtype=np.int64)
+    # each sub-spot has one parent spot (one non-zero per column of A)
+    Acsc = sp.csc_matrix(A)
+    has = np.diff(Acsc.indptr) > 0
+    src = np.flatnonzero(has)
+    parent = Acsc.indices[Acsc.indptr[src]]
     weight = np.zeros(n_sub)
-    Acsc = A.tocsc()
-    for j in range(n_sub):  # each sub-spot has exactly one parent spot
-        lo, hi = Acsc.indptr[j], Acsc.indptr[j + 1]
-        parent[j] = Acsc.indices[lo] if hi > lo else -1
-        weight[j] = Acsc.data[lo] if hi > lo else 0.0
-    src = np.flatnonzero(parent >= 0)
-    tgt = np.tile(src[:, None], (1, width))
-    valid = np.zeros((src.size, width), dtype=bool)
-    for r, j in enumerate(src):
-        kids = A.indices[A.indptr[parent[j]] : A.indptr[parent[j] + 1]]
-        tgt[r, : kids.size] = kids
-        valid[r, : kids.size] = True
+    weight[src] = Acsc.data[Acsc.indptr[src]]
+    # the children of every spot, padded: kids[s, :counts[s]]
+    kids = np.zeros((n_s, width), dtype=np.int64)
+    slot = np.arange(A.nnz) - np.repeat(A.indptr[:-1], counts)
+    kids[np.repeat(np.arange(n_s), counts), slot] = A.indices
+    valid = np.arange(width)[None, :] < counts[parent][:, None]
+    tgt = np.where(valid, kids[parent], src[:, None])  # siblings as targets, padded with the source itself
     vals = LDLFactor(M).inv_entries(src, tgt)
     return float((weight[src][:, None] * np.where(valid, weight[tgt] * vals, 0.0)).sum())
 
