@@ -68,3 +68,21 @@ sm.tl.deconvolve(mix, ref, groupby="cell_type", lambda_spatial=0.0)
 print(','.join(m for m in ('squidpy', 'scanpy', 'gudhi', 'scvi', 'cvxpy') if m in sys.modules))
 """
     assert _run(code) == "", "optional dependencies imported on a main path"
+
+
+def test_exact_paths_do_not_import_torch():
+    """Smoothing (with uncertainty) and the count and quadratic deconvolution never train, so never load torch
+    (its import costs seconds)."""
+    code = """
+import sys
+import smoother as sm
+a = sm.datasets.simulate_field(n_spots=200, n_genes=5, random_state=0)
+sm.pp.spatial_graph(a)
+sm.tl.smooth(a, lambda_spatial=1.0, uncertainty=True)
+mix, ref = sm.datasets.simulate_mixture(n_spots=200, random_state=0)
+sm.pp.spatial_graph(mix)
+sm.tl.deconvolve(mix, ref, groupby="cell_type", model="nnls", lambda_spatial=1.0, device="cpu")
+sm.tl.deconvolve(mix, ref, groupby="cell_type", lambda_spatial=0.0)
+print("torch" in sys.modules)
+"""
+    assert _run(code) == "False"
