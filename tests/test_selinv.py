@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from smoother._core.graph import fill_isolated, knn_graph
 from smoother._core.linalg import NotPositiveDefiniteError
 from smoother._core.precision import precision
-from smoother._core.selinv import LDLFactor, inv_diag_exact, nested_dissection
+from smoother._core.selinv import LDLFactor, SupernodalFactor, inv_diag_exact, nested_dissection
 
 
 def _random_spd(n, density, rng):
@@ -91,3 +91,28 @@ def test_standardize_precision_uses_exact_diagonal(rng):
     Q = precision(W, "icar", 0.9)
     Qs = standardize_precision(Q)
     np.testing.assert_allclose(np.diag(np.linalg.inv(Qs.toarray())), 1.0, rtol=1e-9)
+
+
+def test_supernodal_factor_matches_dense_and_the_scalar_recurrences(rng):
+    """Supernodal selected inversion (dense blocks) against the dense inverse and the scalar Takahashi path."""
+    xx, yy = np.meshgrid(np.arange(45.0), np.arange(40.0))
+    W, _ = knn_graph(np.column_stack([xx.ravel(), yy.ravel()]), 4)
+    mats = [precision(W, "icar", 0.99), _random_spd(300, 0.02, rng)] + [precision(G, "icar", 0.9) for G in _graphs(rng)]
+    for A in mats:
+        F = SupernodalFactor(A)
+        assert F.n_supernodes < A.shape[0]  # some columns were merged into dense blocks
+        d = F.inv_diag()
+        np.testing.assert_allclose(d, np.diag(np.linalg.inv(A.toarray())), rtol=1e-9)
+        np.testing.assert_allclose(d, LDLFactor(A).inv_diag(), rtol=1e-10)
+        with pytest.raises(RuntimeError, match="already"):
+            F.inv_diag()  # the factor was overwritten by the inverse
+
+
+def test_supernodal_factor_rejects_singular_and_indefinite(rng):
+    xx, yy = np.meshgrid(np.arange(8.0), np.arange(8.0))
+    W, _ = knn_graph(np.column_stack([xx.ravel(), yy.ravel()]), 4)
+    with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
+        SupernodalFactor(sp.diags(np.asarray(W.sum(1)).ravel()) - W)  # graph Laplacian (icar, rho = 1)
+    with pytest.raises(NotPositiveDefiniteError):
+        SupernodalFactor(sp.diags([1.0, -1.0, 2.0]))
+    assert inv_diag_exact(sp.csr_matrix((0, 0))).shape == (0,)

@@ -476,6 +476,357 @@ class LDLFactor:
         return out
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# supernodal multifrontal Cholesky and supernodal selected inversion (dense blocks, BLAS)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _postorder(n, parent):
+    """Postorder of the forest ``parent`` (children before parents, each subtree contiguous)."""
+    head = np.full(n, -1, dtype=np.int64)
+    nxt = np.full(n, -1, dtype=np.int64)
+    for j in range(n - 1, -1, -1):
+        p = parent[j]
+        if p != -1:
+            nxt[j] = head[p]
+            head[p] = j
+    post = np.empty(n, dtype=np.int64)
+    stack = np.empty(n, dtype=np.int64)
+    k = 0
+    for root in range(n):
+        if parent[root] != -1:
+            continue
+        top = 0
+        stack[0] = root
+        while top >= 0:
+            v = stack[top]
+            c = head[v]
+            if c == -1:
+                top -= 1
+                post[k] = v
+                k += 1
+            else:
+                head[v] = nxt[c]
+                top += 1
+                stack[top] = c
+    return post
+
+
+@njit(cache=True)
+def _supernode_partition(n, parent, Lp):
+    """Fundamental supernodes of a postordered elimination tree: column ``j`` joins ``j - 1`` when ``j`` is its
+    parent and ``struct(j - 1) = {j} U struct(j)``. Returns (start (nsn + 1,), snode (n,), sparent (nsn,))."""
+    start = np.empty(n + 1, dtype=np.int64)
+    nsn = 0
+    for j in range(n):
+        if j == 0 or not (parent[j - 1] == j and (Lp[j] - Lp[j - 1]) == (Lp[j + 1] - Lp[j]) + 1):
+            start[nsn] = j
+            nsn += 1
+    start[nsn] = n
+    start = start[: nsn + 1].copy()
+    snode = np.empty(n, dtype=np.int64)
+    for s in range(nsn):
+        for j in range(start[s], start[s + 1]):
+            snode[j] = s
+    sparent = np.full(nsn, -1, dtype=np.int64)
+    for s in range(nsn):
+        p = parent[start[s + 1] - 1]
+        if p != -1:
+            sparent[s] = snode[p]
+    return start, snode, sparent
+
+
+@njit(cache=True)
+def _supernode_rows(n, start, sparent, Lp, Alp, Ali):
+    """Row structure below each supernode (sorted), as (Rp, Ri), and the block offsets of the factor storage."""
+    nsn = start.shape[0] - 1
+    Rp = np.zeros(nsn + 1, dtype=np.int64)
+    for s in range(nsn):
+        f = start[s]
+        ns = start[s + 1] - f
+        Rp[s + 1] = Rp[s] + (Lp[f + 1] - Lp[f]) - (ns - 1)
+    Ri = np.empty(Rp[nsn], dtype=np.int64)
+    head = np.full(nsn, -1, dtype=np.int64)
+    nxt = np.full(nsn, -1, dtype=np.int64)
+    for s in range(nsn - 1, -1, -1):
+        p = sparent[s]
+        if p != -1:
+            nxt[s] = head[p]
+            head[p] = s
+    mark = np.full(n, -1, dtype=np.int64)
+    for s in range(nsn):
+        f = start[s]
+        last = start[s + 1]
+        cnt = Rp[s]
+        for j in range(f, last):
+            for p in range(Alp[j], Alp[j + 1]):
+                i = Ali[p]
+                if i >= last and mark[i] != s:
+                    mark[i] = s
+                    Ri[cnt] = i
+                    cnt += 1
+        c = head[s]
+        while c != -1:
+            for q in range(Rp[c], Rp[c + 1]):
+                i = Ri[q]
+                if i >= last and mark[i] != s:
+                    mark[i] = s
+                    Ri[cnt] = i
+                    cnt += 1
+            c = nxt[c]
+        Ri[Rp[s] : cnt] = np.sort(Ri[Rp[s] : cnt])
+    Bp = np.zeros(nsn + 1, dtype=np.int64)
+    for s in range(nsn):
+        ns = start[s + 1] - start[s]
+        Bp[s + 1] = Bp[s] + (ns + Rp[s + 1] - Rp[s]) * ns
+    return Rp, Ri, Bp
+
+
+@njit(cache=True)
+def _stack_peak(start, sparent, Rp):
+    """Largest total size of the pending update matrices of the multifrontal factorization."""
+    nsn = start.shape[0] - 1
+    owner = np.empty(nsn, dtype=np.int64)
+    top = 0
+    used = 0
+    peak = 0
+    for s in range(nsn):
+        while top > 0 and sparent[owner[top - 1]] == s:
+            c = owner[top - 1]
+            mc = Rp[c + 1] - Rp[c]
+            used -= mc * mc
+            top -= 1
+        ms = Rp[s + 1] - Rp[s]
+        if ms > 0:
+            owner[top] = s
+            top += 1
+            used += ms * ms
+            if used > peak:
+                peak = used
+    return peak
+
+
+@njit(cache=True)
+def _lower_inverse(F, ns):
+    """Cholesky factor of the leading ``ns x ns`` block of ``F`` (lower part used) and its inverse; ok flag."""
+    A = np.empty((ns, ns))
+    for a in range(ns):
+        for b in range(a + 1):
+            A[a, b] = F[a, b]
+            A[b, a] = F[a, b]
+    for a in range(ns):
+        if not (A[a, a] > 0.0):
+            return A, A, False
+    try:
+        L = np.linalg.cholesky(A)
+    except Exception:  # noqa: BLE001 - numba: LinAlgError of a non positive definite block
+        return A, A, False
+    d = np.empty(ns)
+    for a in range(ns):
+        d[a] = L[a, a]
+    Linv = np.linalg.inv(L)
+    for a in range(ns):
+        for b in range(a + 1, ns):
+            Linv[a, b] = 0.0
+    return L, Linv, True
+
+
+@njit(cache=True)
+def _multifrontal(n, start, sparent, Rp, Ri, Bp, Alp, Ali, Alx, stack_size, tol):
+    """Multifrontal :math:`P A P^T = L L^T`; block ``s`` of the result holds ``[L_JJ^{-1}; L_RJ]`` (``m x ns``).
+
+    Returns (X, bad): ``bad`` is the first column of a supernode whose pivot block is not positive definite, or -1.
+    """
+    nsn = start.shape[0] - 1
+    X = np.empty(Bp[nsn], dtype=np.float64)
+    rel = np.empty(n, dtype=np.int64)
+    stk = np.empty(max(stack_size, 1), dtype=np.float64)
+    owner = np.empty(nsn, dtype=np.int64)
+    offs = np.empty(nsn + 1, dtype=np.int64)
+    top = 0
+    offs[0] = 0
+    for s in range(nsn):
+        f = start[s]
+        ns = start[s + 1] - f
+        ms = Rp[s + 1] - Rp[s]
+        m = ns + ms
+        for a in range(ns):
+            rel[f + a] = a
+        for b in range(ms):
+            rel[Ri[Rp[s] + b]] = ns + b
+        F = np.zeros((m, m))
+        amax = 0.0
+        for j in range(f, f + ns):
+            for p in range(Alp[j], Alp[j + 1]):
+                i = Ali[p]
+                F[rel[i], j - f] += Alx[p]
+                if i == j and abs(Alx[p]) > amax:
+                    amax = abs(Alx[p])
+        while top > 0 and sparent[owner[top - 1]] == s:
+            c = owner[top - 1]
+            off = offs[top - 1]
+            r0 = Rp[c]
+            mc = Rp[c + 1] - r0
+            for b in range(mc):
+                cb = rel[Ri[r0 + b]]
+                for a in range(b, mc):
+                    F[rel[Ri[r0 + a]], cb] += stk[off + a * mc + b]
+            top -= 1
+        L11, Linv, ok = _lower_inverse(F, ns)
+        if ok:
+            for a in range(ns):
+                if not (L11[a, a] * L11[a, a] > tol * amax):
+                    ok = False
+        if not ok:
+            return X, f
+        blk = X[Bp[s] : Bp[s + 1]].reshape((m, ns))
+        blk[:ns, :] = Linv
+        if ms > 0:
+            F21 = np.ascontiguousarray(F[ns:, :ns])
+            L21 = F21 @ np.ascontiguousarray(Linv.T)
+            blk[ns:, :] = L21
+            U = np.ascontiguousarray(F[ns:, ns:]) - L21 @ np.ascontiguousarray(L21.T)
+            off = offs[top]
+            stk[off : off + ms * ms] = U.ravel()
+            owner[top] = s
+            offs[top + 1] = off + ms * ms
+            top += 1
+    return X, -1
+
+
+@njit(cache=True)
+def _supernodal_selinv(n, start, snode, Rp, Ri, Bp, X):
+    """In place: block ``s`` of ``X`` becomes ``[Z_JJ; Z_RJ]`` of ``Z = (L L^T)^{-1}``; returns ``diag(Z)``."""
+    nsn = start.shape[0] - 1
+    diag = np.empty(n, dtype=np.float64)
+    for s in range(nsn - 1, -1, -1):
+        f = start[s]
+        ns = start[s + 1] - f
+        r0 = Rp[s]
+        ms = Rp[s + 1] - r0
+        m = ns + ms
+        blk = X[Bp[s] : Bp[s + 1]].reshape((m, ns))
+        Linv = np.ascontiguousarray(blk[:ns, :])
+        Zjj = np.ascontiguousarray(Linv.T) @ Linv
+        if ms > 0:
+            Y = np.ascontiguousarray(blk[ns:, :]) @ Linv
+            Zrr = np.empty((ms, ms))
+            b = 0
+            while b < ms:
+                t = snode[Ri[r0 + b]]
+                ft = start[t]
+                lt = start[t + 1]
+                nt = lt - ft
+                zt = X[Bp[t] : Bp[t + 1]].reshape((nt + Rp[t + 1] - Rp[t], nt))
+                b2 = b
+                while b2 < ms and Ri[r0 + b2] < lt:
+                    b2 += 1
+                q = Rp[t]
+                for a in range(b, ms):
+                    r = Ri[r0 + a]
+                    if r < lt:
+                        pa = r - ft
+                    else:
+                        while Ri[q] != r:
+                            q += 1
+                        pa = nt + q - Rp[t]
+                    for bb in range(b, min(b2, a + 1)):
+                        v = zt[pa, Ri[r0 + bb] - ft]
+                        Zrr[a, bb] = v
+                        Zrr[bb, a] = v
+                b = b2
+            Zrj = -(Zrr @ Y)
+            Zjj -= np.ascontiguousarray(Y.T) @ Zrj
+            blk[ns:, :] = Zrj
+        blk[:ns, :] = Zjj
+        for a in range(ns):
+            diag[f + a] = Zjj[a, a]
+    return diag
+
+
+class SupernodalFactor:
+    r"""Supernodal :math:`P A P^T = L L^T` of a sparse SPD ``A`` (nested dissection, postordered, multifrontal).
+
+    Consecutive columns of ``L`` with nested structure form *supernodes* whose blocks are dense, so the
+    factorization and the selected inversion run as dense matrix products (BLAS) instead of scalar loops; this is
+    what makes the exact diagonal of ``A^{-1}`` affordable at 10^6 spots (:meth:`inv_diag`).
+
+    Parameters
+    ----------
+    A
+        Sparse symmetric matrix, shape ``(n, n)`` (only its symmetric part is used).
+    leaf_size
+        Subgraphs up to this size are not dissected further.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        When a pivot block is not positive definite (``A`` singular or indefinite).
+    """
+
+    def __init__(self, A: sp.spmatrix, *, leaf_size: int = 32) -> None:
+        A = sp.csr_matrix(A, dtype=np.float64)
+        if A.shape[0] != A.shape[1]:
+            msg = f"Expected a square matrix, found shape {A.shape}."
+            raise ValueError(msg)
+        A = (0.5 * (A + A.T)).tocsr()
+        n = A.shape[0]
+        self.n = n
+        perm = nested_dissection(A, leaf_size=leaf_size)
+        up = sp.triu(A[perm][:, perm]).tocsc()
+        up.sort_indices()
+        parent, _ = _ldl_symbolic(n, up.indptr.astype(np.int64), up.indices.astype(np.int64))
+        self.perm = perm[_postorder(n, parent)]  # same fill, subtrees contiguous
+        self.iperm = np.empty(n, dtype=np.int64)
+        self.iperm[self.perm] = np.arange(n)
+        P = A[self.perm][:, self.perm]
+        up = sp.triu(P).tocsc()
+        up.sort_indices()
+        self.parent, Lp = _ldl_symbolic(n, up.indptr.astype(np.int64), up.indices.astype(np.int64))
+        low = sp.tril(P).tocsc()
+        low.sort_indices()
+        self.start, self.snode, self.sparent = _supernode_partition(n, self.parent, Lp)
+        Alp, Ali = low.indptr.astype(np.int64), low.indices.astype(np.int64)
+        self.Rp, self.Ri, self.Bp = _supernode_rows(n, self.start, self.sparent, Lp, Alp, Ali)
+        peak = _stack_peak(self.start, self.sparent, self.Rp)
+        tol = max(n, 1000) * np.finfo(np.float64).eps
+        self._X, bad = _multifrontal(
+            n, self.start, self.sparent, self.Rp, self.Ri, self.Bp, Alp, Ali, low.data, peak, tol
+        )
+        self._inverted = False
+        if bad >= 0:
+            msg = (
+                "Matrix is not positive definite: a pivot of its Cholesky factorization is not positive "
+                f"(near row {int(self.perm[bad])})."
+            )
+            raise NotPositiveDefiniteError(msg)
+
+    @property
+    def n_supernodes(self) -> int:
+        """Number of supernodes."""
+        return int(self.start.shape[0] - 1)
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored entries of the dense supernodal blocks (diagonal blocks stored in full)."""
+        return int(self.Bp[-1])
+
+    def inv_diag(self) -> np.ndarray:
+        """Exact ``diag(A^{-1})`` in the original order, shape ``(n,)`` (supernodal selected inversion).
+
+        Overwrites the factor by the selected inverse, so it can be called once per factor.
+        """
+        if self._inverted:
+            msg = "inv_diag() was already called on this factor (the factor is overwritten by the inverse)."
+            raise RuntimeError(msg)
+        Zd = _supernodal_selinv(self.n, self.start, self.snode, self.Rp, self.Ri, self.Bp, self._X)
+        self._inverted = True
+        out = np.empty(self.n)
+        out[self.perm] = Zd
+        return out
+
+
 def inv_diag_exact(Q: sp.spmatrix, *, factor: LDLFactor | None = None) -> np.ndarray:
     """Exact ``diag(Q^{-1})`` of a sparse SPD ``Q`` by selected inversion; never forms ``Q^{-1}``.
 
@@ -484,8 +835,10 @@ def inv_diag_exact(Q: sp.spmatrix, *, factor: LDLFactor | None = None) -> np.nda
     Q
         Sparse (or dense) symmetric positive definite matrix, shape ``(n, n)``.
     factor
-        An :class:`LDLFactor` of ``Q`` to reuse (any other factor object is ignored: selected inversion needs the
-        explicit triangular factor).
+        An :class:`LDLFactor` (scalar Takahashi recurrences) or a not yet inverted :class:`SupernodalFactor` of
+        ``Q`` to reuse; any other factor object is ignored (selected inversion needs the explicit triangular
+        factor). Without one, a :class:`SupernodalFactor` is built (dense blocks: about 20 CPU seconds at 10^6
+        spots of a 2D graph, 7x less than the scalar recurrences).
 
     Returns
     -------
@@ -497,6 +850,9 @@ def inv_diag_exact(Q: sp.spmatrix, *, factor: LDLFactor | None = None) -> np.nda
     NotPositiveDefiniteError
         When ``Q`` is singular or not positive definite.
     """
-    if not isinstance(factor, LDLFactor):
-        factor = LDLFactor(sp.csr_matrix(Q, dtype=np.float64))
-    return factor.inv_diag()
+    if isinstance(factor, LDLFactor) or (isinstance(factor, SupernodalFactor) and not factor._inverted):
+        return factor.inv_diag()
+    Q = sp.csr_matrix(Q, dtype=np.float64)
+    if Q.shape[0] == 0:
+        return np.empty(0)
+    return SupernodalFactor(Q).inv_diag()
