@@ -7,6 +7,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.stats import norm
 from tests.contract import check_rejects
 
@@ -264,3 +266,54 @@ def test_joint_ml_recovers_lambda_and_its_intervals_are_calibrated():
     cov = _coverage(out.X, sd, T)
     for lv, c in cov.items():
         assert abs(c - lv) < 0.03, cov
+
+
+@pytest.mark.parametrize("fixed_obs", [True, False])
+def test_uncertainty_same_for_sparse_int_float32_and_edge_genes(fixed_obs):
+    a, c_new = _split(seed=10)
+    counts = np.random.default_rng(10).poisson(2.0, size=a.shape)
+    kw = {"fixed_obs": fixed_obs, "uncertainty": True, "dtype": "float64"}
+    if not fixed_obs:
+        kw["lambda_spatial"] = 0.5
+    ref = sm.tl.impute(ad.AnnData(counts.astype(np.float64), obsm={"spatial": a.obsm["spatial"]}), c_new, **kw)
+    for X in (counts, counts.astype(np.float32), sp.csr_matrix(counts), sp.csc_matrix(counts.astype(np.float32))):
+        out = sm.tl.impute(ad.AnnData(X, obsm={"spatial": a.obsm["spatial"]}), c_new, **kw)
+        np.testing.assert_allclose(out.var["impute_sigma"], ref.var["impute_sigma"], rtol=1e-6)
+        np.testing.assert_allclose(out.obs["impute_var_factor"], ref.obs["impute_var_factor"], rtol=1e-12)
+    # constant genes have sigma 0 (no variation to scale), 0 genes give empty sigma; the factor is unchanged
+    const = sm.tl.impute(ad.AnnData(np.full((a.n_obs, 2), 4.0), obsm={"spatial": a.obsm["spatial"]}), c_new, **kw)
+    np.testing.assert_allclose(const.var["impute_sigma"], 0.0, atol=1e-7)
+    empty = sm.tl.impute(ad.AnnData(np.zeros((a.n_obs, 0)), obsm={"spatial": a.obsm["spatial"]}), c_new, **kw)
+    assert empty.var["impute_sigma"].shape == (0,)
+    np.testing.assert_allclose(empty.obs["impute_var_factor"], ref.obs["impute_var_factor"], rtol=1e-12)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    frac=st.floats(0.1, 0.8),
+    rho=st.sampled_from([0.5, 0.9, 1.0]),
+    center=st.booleans(),
+    lam=st.floats(0.05, 20.0),
+)
+def test_core_factors_equal_dense_on_random_problems(seed, frac, rho, center, lam):
+    from smoother._core.conditional import fixed_var_factor, joint_var_factor
+    from smoother._core.graph import knn_graph
+
+    rng = np.random.default_rng(seed)
+    coords = rng.uniform(0, 6, size=(40, 2))
+    W, _ = knn_graph(coords, 5, symmetrize="union")
+    Qd = _Q(W, rho)
+    obs = rng.random(40) < frac
+    obs[0] = True
+    obs[-1] = False
+    o, m = np.flatnonzero(obs), np.flatnonzero(~obs)
+    q1 = Qd.sum(1)
+    vf = fixed_var_factor(sp.csr_matrix(Qd), obs, center=center)
+    ref = _with_mean(Qd[np.ix_(m, m)], q1[m], q1.sum()) if center else np.diag(np.linalg.inv(Qd[np.ix_(m, m)]))
+    np.testing.assert_allclose(vf.d, ref, rtol=1e-8)
+    vj = joint_var_factor(sp.csr_matrix(Qd), obs.astype(float), lam, center=center)
+    A = np.diag(obs.astype(float)) + lam * Qd
+    ref = _with_mean(A, lam * q1, lam * q1.sum()) if center else np.diag(np.linalg.inv(A))
+    np.testing.assert_allclose(vj.d, ref, rtol=1e-8)
+    assert 0 < vj.trace < len(o) + 1
