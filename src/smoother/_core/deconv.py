@@ -144,13 +144,23 @@ def quadratic_data(
         Xc = X - mx
         H = Xc.T @ Xc
         my = np.empty(N) if bias else None
-        for start in range(0, N, chunk_size):
-            stop = min(N, start + chunk_size)
-            Yb = _dense_rows(Y, start, stop)
-            C[start:stop] = Yb @ Xc
-            ss = np.einsum("ng,ng->", Yb, Yb)
+        Ys = sp.csr_matrix(Y) if sp.issparse(Y) else None  # sparse rows stay sparse: O(nnz K) per chunk
+        step = chunk_size if Ys is None else max(chunk_size, 131072)
+        for start in range(0, N, step):
+            stop = min(N, start + step)
+            if Ys is None:
+                Yb = _dense_rows(Y, start, stop)
+                C[start:stop] = Yb @ Xc
+                ss = np.einsum("ng,ng->", Yb, Yb)
+                m = Yb.mean(axis=1) if bias else None
+            else:
+                Yb = sp.csr_matrix(Ys[start:stop], dtype=np.float64, copy=True)
+                Yb.sum_duplicates()
+                vals = Yb.data
+                C[start:stop] = Yb @ Xc
+                ss = float(np.dot(vals, vals))
+                m = np.asarray(Yb.sum(axis=1)).ravel() / G if bias else None
             if bias:
-                m = Yb.mean(axis=1)
                 my[start:stop] = m
                 ss -= G * np.dot(m, m)
             const += ss
@@ -360,9 +370,24 @@ def solve_quadratic(
         ``coef`` ``(N, K)``, ``bias`` ``(N,)`` or ``None``, the loss parts, ``n_iter``, ``converged`` and the
         relative ``kkt_residual``.
     """
+    rng = np.random.default_rng(random_state)
+    one_q = not spatial.active or (len(spatial.Qs) == 1 and sp.issparse(spatial.Qs[0]))
+    kernels = _fista_kernels() if (not data.per_spot and one_q) else None
+    if kernels is not None:
+        return _solve_quadratic_fused(
+            data,
+            spatial,
+            kernels,
+            nonneg=nonneg,
+            tol=tol,
+            max_iter=max_iter,
+            z0=z0,
+            check_every=check_every,
+            show_progress=show_progress,
+            rng=rng,
+        )
     t0 = time.perf_counter()
     N, K = data.C.shape
-    rng = np.random.default_rng(random_state)
     a = 2.0 * data.scale
     c = 2.0 * spatial.coef
 
@@ -476,6 +501,382 @@ def solve_quadratic(
     )
 
 
+# --------------------------------------------------------------------------------------------------------------
+# fused kernels (numba) for the common case: one shared K x K Hessian and one sparse precision
+# --------------------------------------------------------------------------------------------------------------
+# Each FISTA iteration is one pass over the spots: the extrapolated point Yp = Zc + beta (Zc - Zp) is formed on
+# the fly (for the spot and its graph neighbours), so the solver keeps four (N, K) arrays alive (C and three
+# iterates) and allocates nothing per iteration. The Jacobi scaling d_nk = a H_kk + c s_k Q_nn is recomputed
+# from two vectors instead of being stored.
+_prange = range
+_KERNELS: object = None
+_BLOCK = 2048
+
+
+def _k_step(indptr, indices, qdata, H, C, Zc, Zp, Zn, beta, a, c, s, hd, qd, L, floor, nonneg, block, partial):
+    N, K = C.shape
+    nb = (N + block - 1) // block
+    for b in _prange(nb):
+        y = np.empty(K)
+        hy = np.empty(K)
+        qy = np.empty(K)
+        acc = 0.0
+        for i in range(b * block, min(N, (b + 1) * block)):
+            for k in range(K):
+                y[k] = Zc[i, k] + beta * (Zc[i, k] - Zp[i, k])
+                hy[k] = 0.0
+                qy[k] = 0.0
+            for j in range(K):
+                yj = y[j]
+                for k in range(K):
+                    hy[k] += yj * H[j, k]
+            for p in range(indptr[i], indptr[i + 1]):
+                m = indices[p]
+                w = qdata[p]
+                for k in range(K):
+                    qy[k] += w * (Zc[m, k] + beta * (Zc[m, k] - Zp[m, k]))
+            for k in range(K):
+                g = a * (hy[k] - C[i, k]) + c * s[k] * qy[k]
+                dk = a * hd[k] + c * s[k] * qd[i]
+                if dk < floor:
+                    dk = floor
+                zn = y[k] - g / (L * dk)
+                if nonneg and zn < 0.0:
+                    zn = 0.0
+                Zn[i, k] = zn
+                acc += (y[k] - zn) * (zn - Zc[i, k])
+        partial[b] = acc
+
+
+def _k_check(indptr, indices, qdata, H, C, Z, a, c, s, nonneg, block, out):
+    # out[b] = (squared KKT residual, sum z H z, sum c z, sum s_k z Q z) of block b
+    N, K = C.shape
+    nb = (N + block - 1) // block
+    for b in _prange(nb):
+        hz = np.empty(K)
+        qz = np.empty(K)
+        kkt = 0.0
+        zhz = 0.0
+        zc = 0.0
+        zqz = 0.0
+        for i in range(b * block, min(N, (b + 1) * block)):
+            for k in range(K):
+                hz[k] = 0.0
+                qz[k] = 0.0
+            for j in range(K):
+                zj = Z[i, j]
+                for k in range(K):
+                    hz[k] += zj * H[j, k]
+            for p in range(indptr[i], indptr[i + 1]):
+                m = indices[p]
+                w = qdata[p]
+                for k in range(K):
+                    qz[k] += w * Z[m, k]
+            for k in range(K):
+                z = Z[i, k]
+                g = a * (hz[k] - C[i, k]) + c * s[k] * qz[k]
+                if nonneg and z <= 0.0 and g > 0.0:
+                    g = 0.0
+                kkt += g * g
+                zhz += z * hz[k]
+                zc += C[i, k] * z
+                zqz += s[k] * z * qz[k]
+        out[b, 0] = kkt
+        out[b, 1] = zhz
+        out[b, 2] = zc
+        out[b, 3] = zqz
+
+
+def _k_scaled_hess(indptr, indices, qdata, H, V, out, a, c, s, hd, qd, floor, block):
+    # out = D^{-1/2} (a H + c S Q) D^{-1/2} V with D the Jacobi diagonal
+    N, K = V.shape
+    nb = (N + block - 1) // block
+    for b in _prange(nb):
+        u = np.empty(K)
+        hu = np.empty(K)
+        qu = np.empty(K)
+        for i in range(b * block, min(N, (b + 1) * block)):
+            for k in range(K):
+                u[k] = V[i, k] / np.sqrt(max(a * hd[k] + c * s[k] * qd[i], floor))
+                hu[k] = 0.0
+                qu[k] = 0.0
+            for j in range(K):
+                uj = u[j]
+                for k in range(K):
+                    hu[k] += uj * H[j, k]
+            for p in range(indptr[i], indptr[i + 1]):
+                m = indices[p]
+                w = qdata[p]
+                for k in range(K):
+                    qu[k] += w * V[m, k] / np.sqrt(max(a * hd[k] + c * s[k] * qd[m], floor))
+            for k in range(K):
+                out[i, k] = (a * hu[k] + c * s[k] * qu[k]) / np.sqrt(max(a * hd[k] + c * s[k] * qd[i], floor))
+
+
+def _k_gershgorin(indptr, indices, qdata, H, N, a, c, s, hd, qd, floor, block, out):
+    # out[b] = largest Gershgorin row sum of the Jacobi-scaled Hessian in block b
+    K = H.shape[0]
+    nb = (N + block - 1) // block
+    for b in _prange(nb):
+        isd = np.empty(K)
+        best = 0.0
+        for i in range(b * block, min(N, (b + 1) * block)):
+            for k in range(K):
+                isd[k] = 1.0 / np.sqrt(max(a * hd[k] + c * s[k] * qd[i], floor))
+            for k in range(K):
+                r = 0.0
+                for j in range(K):
+                    r += abs(H[k, j]) * isd[j]
+                r *= a * isd[k]
+                q = 0.0
+                for p in range(indptr[i], indptr[i + 1]):
+                    m = indices[p]
+                    q += abs(qdata[p]) / np.sqrt(max(a * hd[k] + c * s[k] * qd[m], floor))
+                r += c * abs(s[k]) * isd[k] * q
+                if r > best:
+                    best = r
+        out[b] = best
+
+
+def _fista_kernels():
+    """The four kernels compiled with numba on first use (``None`` when numba is unavailable)."""
+    global _KERNELS, _prange
+    if _KERNELS is None:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a dependency
+            _KERNELS = False
+            return None
+        _prange = numba.prange
+        funcs = (_k_step, _k_check, _k_scaled_hess, _k_gershgorin)
+        for cache in (True, False):  # an unwritable cache location must not break the computation
+            try:
+                _KERNELS = tuple(numba.njit(cache=cache, nogil=True, parallel=True)(f) for f in funcs)
+                _warm_up(_KERNELS)
+                break
+            except Exception:  # noqa: BLE001  (numba raises various errors when it cannot cache)
+                _KERNELS = None
+        if _KERNELS is None:  # pragma: no cover
+            _KERNELS = False
+    return _KERNELS or None
+
+
+def _warm_up(kernels) -> None:
+    step, check, shess, gersh = kernels
+    ip, ix, qv = np.array([0, 1], dtype=np.int32), np.array([0], dtype=np.int32), np.ones(1)
+    H, Z, s, hd, qd = np.ones((1, 1)), np.ones((1, 1)), np.ones(1), np.ones(1), np.ones(1)
+    step(ip, ix, qv, H, Z, Z, Z, Z.copy(), 0.0, 1.0, 1.0, s, hd, qd, 1.0, 1e-12, True, 1, np.zeros(1))
+    check(ip, ix, qv, H, Z, Z, 1.0, 1.0, s, True, 1, np.zeros((1, 4)))
+    shess(ip, ix, qv, H, Z, Z.copy(), 1.0, 1.0, s, hd, qd, 1e-12, 1)
+    gersh(ip, ix, qv, H, 1, 1.0, 1.0, s, hd, qd, 1e-12, 1, np.zeros(1))
+
+
+def _fused_operator(data: QuadraticData, spatial: SpatialTerm):
+    """CSR arrays of the one sparse precision (empty without a spatial term) and its diagonal."""
+    N = data.C.shape[0]
+    if not spatial.active:
+        return np.zeros(N + 1, dtype=np.int32), np.zeros(0, dtype=np.int32), np.zeros(0), np.zeros(N)
+    q = spatial.Qs[0]
+    if not isinstance(q, sp.csr_matrix | sp.csr_array):
+        q = sp.csr_matrix(q)
+    idx = np.int32 if q.nnz < 2**31 - 1 else np.int64  # one compiled specialization in the common case
+    return (
+        q.indptr.astype(idx, copy=False),
+        q.indices.astype(idx, copy=False),
+        np.asarray(q.data, dtype=np.float64),
+        np.asarray(q.diagonal(), dtype=np.float64),
+    )
+
+
+def _solve_quadratic_fused(data, spatial, kernels, *, nonneg, tol, max_iter, z0, check_every, show_progress, rng):
+    """:func:`solve_quadratic` for a shared Hessian and one sparse precision, one fused pass per iteration."""
+    k_step, k_check, k_shess, k_gersh = kernels
+    t0 = time.perf_counter()
+    C = np.ascontiguousarray(data.C, dtype=np.float64)
+    N, K = C.shape
+    H = np.ascontiguousarray(data.H, dtype=np.float64)
+    a = float(2.0 * data.scale)
+    c = float(2.0 * spatial.coef) if spatial.active else 0.0
+    nonneg = bool(nonneg)
+    s = np.ascontiguousarray(spatial.s, dtype=np.float64)
+    indptr, indices, qdata, qd = _fused_operator(data, spatial)
+    hd = np.ascontiguousarray(np.diag(H))
+    block = _BLOCK
+    nb = max(1, (N + block - 1) // block)
+    # floor of the Jacobi diagonal, as in the general path: max(1e-12, 1e-8 * max_nk d_nk)
+    if N and K:
+        dmax = float(np.max(np.maximum(a * hd + c * s * qd.max(), a * hd + c * s * qd.min())))
+        floor = max(1e-12, 1e-8 * dmax)
+    else:
+        floor = 1.0
+    part = np.zeros(nb)
+    sums = np.zeros((nb, 4))
+    # threads only when every thread gets several blocks: on a busy machine each parallel region waits for all
+    # its threads, which costs more than the work of a small problem
+    import numba
+
+    n_threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(max(1, min(n_threads, nb // 4)))
+        return _fused_loop(
+            data,
+            spatial,
+            kernels,
+            C,
+            H,
+            a,
+            c,
+            s,
+            indptr,
+            indices,
+            qdata,
+            qd,
+            hd,
+            block,
+            floor,
+            part,
+            sums,
+            t0,
+            nonneg=nonneg,
+            tol=tol,
+            max_iter=max_iter,
+            z0=z0,
+            check_every=check_every,
+            show_progress=show_progress,
+            rng=rng,
+        )
+    finally:
+        numba.set_num_threads(n_threads)
+
+
+def _fused_loop(
+    data,
+    spatial,
+    kernels,
+    C,
+    H,
+    a,
+    c,
+    s,
+    indptr,
+    indices,
+    qdata,
+    qd,
+    hd,
+    block,
+    floor,
+    part,
+    sums,
+    t0,
+    *,
+    nonneg,
+    tol,
+    max_iter,
+    z0,
+    check_every,
+    show_progress,
+    rng,
+):
+    k_step, k_check, k_shess, k_gersh = kernels
+    N, K = C.shape
+
+    def check(Z):
+        k_check(indptr, indices, qdata, H, C, Z, a, c, s, nonneg, block, sums)
+        kkt2, zhz, zc, zqz = sums.sum(axis=0)
+        model = max(zhz - 2.0 * zc + data.const, 0.0) * data.scale
+        spatial_loss = spatial.coef * zqz if spatial.active else 0.0
+        return float(np.sqrt(max(kkt2, 0.0))), float(model), float(spatial_loss)
+
+    # Lipschitz constant of the scaled gradient (Gershgorin bound, power-iteration estimate with a margin)
+    k_gersh(indptr, indices, qdata, H, N, a, c, s, hd, qd, floor, block, part)
+    L_upper = float(part.max()) if N and K else 1.0
+    v = rng.standard_normal(N * K).reshape(N, K)
+    v /= np.linalg.norm(v)
+    w = np.empty_like(v)
+    rq = 0.0
+    for _ in range(30):
+        k_shess(indptr, indices, qdata, H, v, w, a, c, s, hd, qd, floor, block)
+        rq = float(np.vdot(v, w))
+        nw = float(np.linalg.norm(w))
+        if nw == 0.0:
+            rq = 0.0
+            break
+        np.multiply(w, 1.0 / nw, out=v)
+    del v, w
+    L = max(min(L_upper, 1.05 * rq), 1e-300)
+
+    scale_res = max(2.0 * data.scale * float(np.linalg.norm(C)), 1e-300)
+    if z0 is None:
+        Zc = _least_squares_start(data)
+        if nonneg:
+            np.maximum(Zc, 0.0, out=Zc)
+    else:
+        Zc = np.maximum(z0, 0.0) if nonneg else np.array(z0, dtype=np.float64)
+    Zc = np.ascontiguousarray(Zc, dtype=np.float64)
+    Zp = np.zeros_like(Zc)
+    Zn = np.zeros_like(Zc)
+    _, m0, s0 = check(Zc)
+    F_prev = m0 + s0
+    t, beta = 1.0, 0.0
+    res = np.inf
+    converged = False
+    n_raise = 0
+    it = 0
+    bar = progress(
+        total=max_iter, desc="deconvolution (FISTA)", disable=None if show_progress is None else not show_progress
+    )
+    try:
+        for it in range(1, max_iter + 1):
+            k_step(indptr, indices, qdata, H, C, Zc, Zp, Zn, beta, a, c, s, hd, qd, L, floor, nonneg, block, part)
+            # gradient-based adaptive restart (O'Donoghue & Candes 2015)
+            if part.sum() > 0:
+                t, beta = 1.0, 0.0
+            else:
+                tn = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+                beta = (t - 1.0) / tn
+                t = tn
+            Zp, Zc, Zn = Zc, Zn, Zp
+            if it % check_every == 0 or it == max_iter:
+                kkt, m, sl = check(Zc)
+                F = m + sl
+                res = kkt / scale_res
+                bar.update(check_every if it % check_every == 0 else it % check_every)
+                bar.set_postfix(kkt=f"{res:.2e}", refresh=False)
+                if res <= tol:
+                    converged = True
+                    break
+                if F > F_prev + 1e-12 * abs(F_prev) and L < L_upper:
+                    L = min(L_upper, 2.0 * L)
+                    t, beta = 1.0, 0.0
+                    n_raise += 1
+                F_prev = F
+    finally:
+        bar.close()
+    del Zp, Zn
+    kkt, m, sl = check(Zc)
+    res = kkt / scale_res
+    converged = converged or res <= tol
+    if not converged:
+        warnings.warn(
+            f"Deconvolution stopped after {it} iterations before converging (relative KKT residual {res:.2e} > "
+            f"tol {tol:.0e}); increase `max_iter` or `tol`.",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+    return DeconvResult(
+        coef=Zc,
+        bias=data.intercept(Zc),
+        model_loss=m,
+        spatial_loss=sl,
+        n_iter=it,
+        converged=converged,
+        kkt_residual=res,
+        solver="fista",
+        seconds=time.perf_counter() - t0,
+        extra={"lipschitz": L, "lipschitz_upper": L_upper, "lipschitz_raised": n_raise, "kernel": "numba"},
+    )
+
+
 def _gershgorin_scaled(data: QuadraticData, spatial: SpatialTerm, a: float, c: float, isd: np.ndarray) -> float:
     """Gershgorin upper bound on the largest eigenvalue of the Jacobi-scaled Hessian."""
     if data.per_spot:
@@ -501,7 +902,7 @@ def _least_squares_start(data: QuadraticData) -> np.ndarray:
         ridge = 1e-10 * np.maximum(np.einsum("nii->n", data.H), 1e-300)[:, None, None] * np.eye(K)
         return np.linalg.solve(data.H + ridge, data.C[:, :, None])[:, :, 0]
     ridge = 1e-10 * max(np.trace(data.H), 1e-300) * np.eye(K)
-    return np.linalg.solve(data.H + ridge, data.C.T).T
+    return data.C @ np.linalg.solve(data.H + ridge, np.eye(K))  # H symmetric: rows c_n^T H^{-1}, C-ordered
 
 
 def deconvolve_quadratic(
