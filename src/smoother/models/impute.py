@@ -9,7 +9,7 @@ r"""Classic imputation models of smoother-omics (``smoother.models.impute``), so
     + \lambda \frac{1}{n_{all} G} \sum_g s\, x_g^T Q x_g
 
 (``MSELoss`` and ``SpatialLoss`` with ``normalize=True``, confidence :math:`s`). It is quadratic, so
-:class:`ImputeTorch` returns its exact minimizer with :mod:`smoother._core.smooth`:
+:class:`ImputeTorch` returns its exact minimizer (the solver of :func:`smoother.tl.impute`):
 
 - ``fixed_obs=True``: the Gaussian conditional mean :math:`Q_{mm} X_m = -Q_{mo} Y_o`;
 - ``fixed_obs=False``: :math:`(P + \lambda' Q) X = P Y` with :math:`\lambda' = \lambda s\, n_{obs} / n_{all}`
@@ -19,6 +19,9 @@ r"""Classic imputation models of smoother-omics (``smoother.models.impute``), so
 
 A spatial loss that is not quadratic (``ContrastiveSpatialLoss``, the ``'kl'`` prior) falls back to the classic
 gradient fit (Adam), as does ``method='adam'``.
+
+Input: log-normalized expression (or any continuous per-spot feature); the model is Gaussian. On AnnData,
+:func:`smoother.tl.impute` does the same with the spots named instead of ordered.
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ def _is_quadratic(spatial_loss) -> bool:
 class ImputeModel:
     """Shared state of the classic imputation models (cooperative mixin, as in smoother-omics).
 
+    Not used directly: :class:`ImputeTorch` and :class:`ImputeConvex` build on it. It holds the data, the loss,
+    the result (``var_*``) and the settings of the last run.
+
     Attributes
     ----------
     y_obs
@@ -90,6 +96,21 @@ class ImputeModel:
         Seconds spent in the last :meth:`impute` call.
     impute_flag
         Whether the last imputation succeeded.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(400, pattern="gp", n_genes=5, noise_level=0.2, seed=0)
+    >>> order = np.random.default_rng(0).permutation(400)  # observed spots first: 300 observed, 100 missing
+    >>> coords, X, truth = adata.obsm["spatial"][order], adata.X[order], adata.layers["truth"][order]
+    >>> swm = sm.SpatialWeightMatrix()
+    >>> swm.calc_weights_knn(coords, k=6, verbose=False)
+    >>> sp_loss = sm.SpatialLoss("icar", swm, rho=0.99)  # on all 400 spots
+    >>> from smoother.models.impute import ImputeModel, ImputeTorch
+    >>> model = ImputeTorch(X[:300], sp_loss, verbose=False)
+    >>> isinstance(model, ImputeModel), (model.n_obs, model.n_missing, model.n_feature), model.impute_flag
+    (True, (300, 100, 5), True)
     """
 
     def __init__(self, y_obs, spatial_loss_all, fixed_obs=True, nonneg=False, **kwargs):
@@ -211,7 +232,11 @@ class ImputeModel:
 
 
 class ImputeTorch(ImputeModel, nn.Module):
-    """Imputation with a spatial loss; the exact optimum when the loss is quadratic (classic name and API).
+    r"""Imputation with a spatial loss; the exact optimum when the loss is quadratic (classic name and API).
+
+    Use it to predict features at spots that were not measured (or were filtered out) from their measured
+    neighbours. With ``fixed_obs=True`` (default) the observed values are kept and the missing ones are their
+    conditional mean under the spatial prior; ``fixed_obs=False`` also denoises the observed ones.
 
     Parameters
     ----------
@@ -225,6 +250,28 @@ class ImputeTorch(ImputeModel, nn.Module):
         Non-negative result.
     **impute_kwargs
         Passed to :meth:`impute`, which the constructor runs.
+
+    Notes
+    -----
+    ``fixed_obs=True`` solves :math:`Q_{mm} X_m = -Q_{mo} Y_o` for the missing rows :math:`X_m`;
+    ``fixed_obs=False`` solves :math:`(P + \lambda' Q) X = P Y` (module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(400, pattern="gp", n_genes=5, noise_level=0.2, seed=0)
+    >>> order = np.random.default_rng(0).permutation(400)  # observed spots first: 300 observed, 100 missing
+    >>> coords, X, truth = adata.obsm["spatial"][order], adata.X[order], adata.layers["truth"][order]
+    >>> swm = sm.SpatialWeightMatrix()
+    >>> swm.calc_weights_knn(coords, k=6, verbose=False)
+    >>> sp_loss = sm.SpatialLoss("icar", swm, rho=0.99)  # on all 400 spots
+    >>> from smoother.models.impute import ImputeTorch
+    >>> model = ImputeTorch(X[:300], sp_loss, verbose=False)  # imputes at construction
+    >>> out = model.get_results().numpy()  # 400 x 5, observed first
+    >>> rmse = lambda a: round(float(np.sqrt(((a - truth[300:]) ** 2).mean())), 2)
+    >>> out.shape, rmse(out[300:]), rmse(X[:300].mean(0))  # vs filling in the gene means
+    ((400, 5), 0.17, 1.03)
     """
 
     def __init__(self, y_obs, spatial_loss_all, fixed_obs=True, nonneg=False, **impute_kwargs) -> None:
@@ -361,7 +408,24 @@ class ImputeConvex(ImputeModel):
     """Imputation with cvxpy (classic API); needs ``pip install smoother[cvxpy]``.
 
     Builds the classic objective (see the module docstring) as a cvxpy problem and solves it with ``solver``.
-    The result equals :class:`ImputeTorch`'s exact solution up to the solver's tolerance.
+    The result equals :class:`ImputeTorch`'s exact solution up to the solver's tolerance; use it to add your own
+    cvxpy constraints, otherwise :class:`ImputeTorch` is faster.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import smoother as sm
+    >>> adata = sm.datasets.simulate_field(400, pattern="gp", n_genes=5, noise_level=0.2, seed=0)
+    >>> order = np.random.default_rng(0).permutation(400)  # observed spots first: 300 observed, 100 missing
+    >>> coords, X, truth = adata.obsm["spatial"][order], adata.X[order], adata.layers["truth"][order]
+    >>> swm = sm.SpatialWeightMatrix()
+    >>> swm.calc_weights_knn(coords, k=6, verbose=False)
+    >>> sp_loss = sm.SpatialLoss("icar", swm, rho=0.99)  # on all 400 spots
+    >>> from smoother.models.impute import ImputeConvex, ImputeTorch
+    >>> cvx = ImputeConvex(X[:300], sp_loss)
+    >>> exact = ImputeTorch(X[:300], sp_loss, verbose=False).get_results().numpy()
+    >>> cvx.get_results().shape, bool(np.abs(cvx.get_results() - exact).max() < 1e-4)
+    ((400, 5), True)
     """
 
     def __init__(self, y_obs, spatial_loss_all, fixed_obs=True, nonneg=False, **impute_kwargs) -> None:
