@@ -634,6 +634,7 @@ class GCVResult:
     n_genes_used: int = 0
     trace_method: str = "exact"
     edge: str | None = None
+    gene_weights: np.ndarray | None = None
 
 
 def default_grid(n_points: int = 17, lo: float = 1e-3, hi: float = 1e3) -> np.ndarray:
@@ -778,6 +779,22 @@ def gcv(
     Per gene (``per_gene=True``): each gene takes the grid value minimizing its own criterion, and its solution
     there is returned in ``X``.
 
+    **How the criterion is evaluated** (``method``). ``'spectral'`` (the default wherever it applies: unit weights,
+    a sparse precision, one dataset-wide :math:`\lambda`, ``trace_method='auto'``) factorizes nothing:
+    :math:`S_\lambda = (I + \lambda Q)^{-1}` is a function of :math:`Q`, so the residuals and traces at every
+    :math:`\lambda` are quadratic forms :math:`v^T f_\lambda(Q) v` read off one spectral measure per vector ---
+    exact from an eigendecomposition of :math:`Q` up to :data:`DENSE_SPECTRUM_MAX` spots, else a Gauss rule from
+    one Lanczos run per gene and per Rademacher probe (stochastic Lanczos quadrature, converged to ``tol``;
+    see :class:`_Spectral`). The Brent refinement is then free. Its cost is a few dozen sparse products per
+    gene, below the fit of all genes at a fixed :math:`\lambda` (``benchmarks/auto_cost.py``), so
+    ``max_genes='auto'`` (:func:`auto_genes`) draws one gene in 20 (16 to 500), with probability proportional to
+    0.9 times its share of the total sum of squares plus 0.1 times uniform (with replacement), and averages the
+    criterion with the normalized inverse-probability (Hajek) weights ``gene_weights``: the criterion is a sum of
+    per-gene terms that scale with the gene's sum of squares, so this estimates the mean over all genes with a much
+    smaller variance than uniform draws. ``'factor'`` is the search of earlier versions: a Cholesky factorization
+    of :math:`D + \lambda Q` and solves for every grid value (any weights, SMA, per gene), up to 500 uniformly
+    drawn genes.
+
     **No smoothing is always a candidate.** :math:`\lambda = 0` is added to the grid (with ``include_zero``): there
     :math:`\hat X_o = Y_o`, :math:`t = t_2 = n_o` and :math:`\mathrm{RSS} = 0`, so the risk estimate is
     :math:`\hat\sigma^2`, the risk of the raw data (with unobserved spots, the :math:`\lambda \to 0` limit, i.e.
@@ -821,8 +838,16 @@ def gcv(
     m = auto_genes(n, g, spectral=spectral) if isinstance(max_genes, str) else max_genes
     if per_gene or m is None or g <= m:
         cols = np.arange(g)
+        omega = np.full(g, 1.0 / max(g, 1))
+    elif spectral:  # genes drawn with probability ~ their sum of squares; Hajek weights (see the docstring)
+        energy = _column_energy(src, center, chunk_size)
+        prob = np.full(g, 1.0 / g) if energy.sum() <= 0 else 0.9 * energy / energy.sum() + 0.1 / g
+        cols, counts = np.unique(rng.choice(g, size=m, replace=True, p=prob), return_counts=True)
+        omega = counts / prob[cols]
+        omega /= omega.sum()
     else:
         cols = np.sort(rng.choice(g, size=m, replace=False))
+        omega = np.full(m, 1.0 / m)
     Ysub = src if cols.size == g else _as_column_source(src[:, cols])
     method = trace_method if trace_method != "auto" else ("exact" if n_obs <= EXACT_TRACE_MAX else "hutchinson")
     if spectral:
@@ -871,7 +896,7 @@ def gcv(
     _, gc = scores(lams, None)
     sigma2 = None
     if criterion == "risk":
-        i0 = gc.argmin(axis=0) if per_gene else np.full(cols.size, int(gc.mean(axis=1).argmin()))
+        i0 = gc.argmin(axis=0) if per_gene else np.full(cols.size, int((gc @ omega).argmin()))
         tr0 = np.array([recs[lams[i]][0] for i in i0])
         tr20 = np.array([recs[lams[i]][1] for i in i0])
         rss0 = np.array([recs[lams[i]][2][k] for k, i in enumerate(i0)])
@@ -898,7 +923,7 @@ def gcv(
                 center=center,
             )
         return GCVResult(lam_g, lams, sc, gc, tr_all, criterion, sigma2, X, g, method)
-    total = sc.mean(axis=1)
+    total = sc @ omega
     i = int(np.argmin(total))
     lam_best = float(lams[i])
     edge = "upper" if lam_best > 0 and i == lams.size - 1 and lams.size >= 3 else None
@@ -912,7 +937,7 @@ def gcv(
             if lam not in recs:
                 tr, tr2, rss, _ = evaluate(lam, False)
                 recs[lam] = (tr, tr2, rss)
-            return float(scores([lam], sigma2)[0].mean())
+            return float((scores([lam], sigma2)[0] @ omega)[0])
 
         lo = math.log10(lams[i - 1]) if lams[i - 1] > 0 else math.log10(lams[i]) - 1.0
         res = minimize_scalar(f, bounds=(lo, math.log10(lams[i + 1])), method="bounded", options={"xatol": 0.01})
@@ -922,7 +947,7 @@ def gcv(
         sc, gc = scores(lams, sigma2)
         tr_all = np.array([recs[lm][0] for lm in lams])
     return GCVResult(
-        lam_best, lams, sc.mean(axis=1), gc.mean(axis=1), tr_all, criterion, sigma2, None, cols.size, method, edge
+        lam_best, lams, sc @ omega, gc @ omega, tr_all, criterion, sigma2, None, cols.size, method, edge, omega
     )
 
 
@@ -970,6 +995,22 @@ def _difference_variance(src, W: sp.spmatrix, d: np.ndarray, chunk_size: int | N
         Yc = _dense_cols(src, start, stop)
         out[start:stop] = np.einsum("ij,ij->j", Yc, L @ Yc) / total  # y'Ly = sum_ij w_ij (y_i - y_j)^2 / 2
     return out
+
+
+def _column_energy(src, center: bool, chunk_size: int | None) -> np.ndarray:
+    """Per column :math:`\\sum_i y_i^2` (centred: :math:`\\sum_i (y_i - \\bar y)^2`), float64, in chunks."""
+    n, g = src.shape
+    if sp.issparse(src):
+        sq = np.asarray(src.multiply(src).sum(axis=0), dtype=np.float64).ravel()
+        mean = np.asarray(src.sum(axis=0), dtype=np.float64).ravel() / max(n, 1)
+    else:
+        sq, mean = np.empty(g), np.empty(g)
+        cs = _chunk_size(n, g, chunk_size)
+        for start in range(0, g, cs):
+            Yc = _dense_cols(src, start, min(g, start + cs))
+            sq[start : start + cs] = np.einsum("ij,ij->j", Yc, Yc)
+            mean[start : start + cs] = Yc.mean(axis=0)
+    return np.maximum(sq - n * mean**2, 0.0) if center else sq
 
 
 def _weighted_rss(src, X: np.ndarray, d: np.ndarray, chunk_size: int | None) -> np.ndarray:
