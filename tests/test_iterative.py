@@ -9,7 +9,13 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 import smoother as sm
-from smoother._core.iterative import CGSolver, ConvergenceError, jacobi_condition_bound
+from smoother._core.iterative import (
+    CGSolver,
+    ChebyshevSolver,
+    ConvergenceError,
+    gershgorin_interval,
+    jacobi_condition_bound,
+)
 from smoother._core.linalg import NotPositiveDefiniteError, SPDFactor, choose_solver, spd_solver
 
 from .contract import check_rejects
@@ -42,6 +48,37 @@ def test_cg_equals_the_cholesky_solve_to_its_tolerance(lam, pre, tol):
     err = np.linalg.norm(X - ref, axis=0) / np.linalg.norm(ref, axis=0)
     assert err.max() <= kappa * tol
     assert err.max() > 0  # an iterative answer, not the factor's
+
+
+@pytest.mark.parametrize(("lam", "rho", "tol"), [(1.0, 0.99, 1e-6), (20.0, 0.9, 1e-9), (3.0, 1.0, 1e-6)])
+def test_chebyshev_equals_the_dense_solve_to_its_tolerance(lam, rho, tol):
+    A = (sp.identity(625) + lam * grid_icar(25, rho)).tocsr()
+    B = np.random.default_rng(4).standard_normal((625, 5))
+    ch = ChebyshevSolver(A, tol=tol)
+    X = ch.solve(B)
+    res = rel_residual(A, X, B)
+    assert res.max() <= tol
+    assert ch.info["residual_max"] == pytest.approx(res.max(), rel=1e-6)
+    assert ch.info["method"] == "chebyshev"
+    ref = np.linalg.solve(A.toarray(), B)
+    err = np.linalg.norm(X - ref, axis=0) / np.linalg.norm(ref, axis=0)
+    assert err.max() <= np.linalg.cond(A.toarray()) * tol
+    # about as many iterations as Jacobi-CG (same worst-case polynomial bound), never far more
+    cg = CGSolver(A, tol=tol, preconditioner="jacobi")
+    cg.solve(B)
+    assert ch.info["iterations_max"] <= 1.5 * cg.info["iterations_max"] + 2
+
+
+def test_chebyshev_needs_a_gershgorin_interval():
+    # SAR-like precision (I - W)^T (I - W): not diagonally dominant, Gershgorin gives no positive lower bound
+    e = np.ones(29)
+    W = sp.diags([e, e], [-1, 1], shape=(30, 30)) * 0.5
+    M = ((sp.identity(30) - W).T @ (sp.identity(30) - W) * 4.0 + 0.01 * sp.identity(30)).tocsr()
+    assert gershgorin_interval(M) is None
+    with pytest.raises(ValueError, match="solver='cg'"):
+        ChebyshevSolver(M)
+    X = CGSolver(M, tol=1e-8).solve(np.ones(30))  # CG (AMG, the bound being infinite) still solves it
+    assert rel_residual(M, X[:, None], np.ones((30, 1))).max() <= 1e-8
 
 
 def test_block_cg_matches_scipy_cg_column_by_column():
@@ -102,8 +139,11 @@ def test_curvature_check_catches_an_indefinite_matrix_with_positive_diagonal():
 def test_choose_solver_by_memory_and_by_name():
     A = (sp.identity(10_000) + grid_icar(100)).tocsr()
     assert choose_solver(A, memory=2**40) == "cholesky"
-    assert choose_solver(A, memory=2**20) == "cg"
+    assert choose_solver(A, memory=2**20) == "chebyshev"  # factor too big, well conditioned
+    big_lam = (sp.identity(10_000) + 1e4 * grid_icar(100, 1.0)).tocsr()
+    assert choose_solver(big_lam, memory=2**20) == "cg"  # no useful Gershgorin bound: CG with AMG
     assert choose_solver(A, "cg") == "cg" and choose_solver(A, "cholesky") == "cholesky"
+    assert isinstance(spd_solver(A, "chebyshev"), ChebyshevSolver)
     with pytest.raises(ValueError, match="solver"):
         choose_solver(A, "lu")
     assert isinstance(spd_solver(A, "cg", tol=1e-4), CGSolver)
@@ -117,16 +157,16 @@ def field():
     return a
 
 
-@pytest.mark.parametrize("center", [True, False])
-def test_smooth_with_cg_equals_cholesky_and_records_the_residual(field, center):
+@pytest.mark.parametrize(("center", "solver"), [(True, "cg"), (False, "cg"), (True, "chebyshev")])
+def test_smooth_iterative_equals_cholesky_and_records_the_residual(field, center, solver):
     ref = sm.tl.smooth(field, lambda_spatial=2.0, solver="cholesky", center=center, dtype="float64", copy=True)
-    out = sm.tl.smooth(field, lambda_spatial=2.0, solver="cg", tol=1e-8, center=center, dtype="float64", copy=True)
+    out = sm.tl.smooth(field, lambda_spatial=2.0, solver=solver, tol=1e-8, center=center, dtype="float64", copy=True)
     X, R = out.layers["smoothed"], ref.layers["smoothed"]
     assert np.abs(X - R).max() <= 1e-5 * np.abs(R).max()
-    assert out.uns["smoothed"]["params"]["solver"] == "cg" and out.uns["smoothed"]["params"]["tol"] == 1e-8
+    assert out.uns["smoothed"]["params"]["solver"] == solver and out.uns["smoothed"]["params"]["tol"] == 1e-8
     assert ref.uns["smoothed"]["params"]["solver"] == "cholesky" and "solver" not in ref.uns["smoothed"]
     rec = out.uns["smoothed"]["solver"]
-    assert rec["preconditioner"] == "jacobi" and 0 < rec["residual_max"] <= 1e-8
+    assert rec["method"] == solver and 0 < rec["residual_max"] <= 1e-8
     # the recorded residual against an independent recomputation of (I + lam Q) X = Y - m
     from smoother._anndata import get_prior_operator
 
@@ -138,19 +178,21 @@ def test_smooth_with_cg_equals_cholesky_and_records_the_residual(field, center):
     assert res.max() == pytest.approx(rec["residual_max"], rel=1e-3)
 
 
-def test_dask_smooth_with_cg_equals_memory(field):
+@pytest.mark.parametrize("solver", ["cg", "chebyshev"])
+def test_dask_smooth_iterative_equals_memory(field, solver):
     da = pytest.importorskip("dask.array")
     from smoother._core.blockwise import solver_info
 
     ref = sm.tl.smooth(field, lambda_spatial=1.0, solver="cholesky", copy=True)
     b = field.copy()
     b.X = da.from_array(sp.csr_matrix(np.asarray(field.X)), chunks=(100, 9), asarray=False)
-    sm.tl.smooth(b, lambda_spatial=1.0, solver="cg", tol=1e-7)
-    assert b.uns["smoothed"]["params"]["solver"] == "cg"
+    sm.tl.smooth(b, lambda_spatial=1.0, solver=solver, tol=1e-7)
+    assert b.uns["smoothed"]["params"]["solver"] == solver
     rec = b.uns["smoothed"]["solver"]
     out = b.layers["smoothed"].compute(scheduler="threads")
     np.testing.assert_allclose(out, ref.layers["smoothed"], rtol=1e-5, atol=1e-5)
-    (info,) = solver_info(rec["token"])  # built once in this process, every gene block solved to tol
+    # built once in this process (per method), every gene block solved to tol
+    (info,) = [i for i in solver_info(rec["token"]) if i["method"] == solver]
     assert info["columns"] == 9 and 0 < info["residual_max"] <= 1e-7
 
 
@@ -165,6 +207,7 @@ def test_dask_smooth_with_cg_equals_memory(field):
         ({"tol": float("nan")}, ValueError, "tol"),
         ({"solver": "cg", "nonneg": True}, ValueError, "nonneg"),
         ({"solver": "cg", "uncertainty": True}, ValueError, "uncertainty"),
+        ({"solver": "chebyshev", "nonneg": True}, ValueError, "nonneg"),
     ],
 )
 def test_bad_solver_arguments_are_rejected_before_work(field, kwargs, error, name):

@@ -47,7 +47,7 @@ def is_dask(x: Any) -> bool:
 
 
 def cached_solver(token: str, A: sp.spmatrix, solver: str = "cholesky", tol: float | None = None):
-    """The solver of ``A`` (:func:`~smoother._core.linalg.spd_solver`: ``'cholesky'`` or ``'cg'``), built once per
+    """The solver of ``A`` (:func:`~smoother._core.linalg.spd_solver`: ``'cholesky'``, ``'cg'``, ...), built once per
     process and kept under ``(token, solver, tol)``."""
     from .linalg import spd_solver
 
@@ -106,7 +106,7 @@ def _solve_block(Yb, A, token: str, shift, dtype, diag_scale, solver="cholesky",
 def default_genes_per_block(n: int, solver: str) -> int:
     """Genes per block: :data:`CHOLESKY_GENES_PER_BLOCK` for the factor, for CG as many as fit
     :data:`CG_BLOCK_BYTES` of float64 (1 to 16)."""
-    if solver == "cg":
+    if solver in ("cg", "chebyshev"):
         return int(max(1, min(16, CG_BLOCK_BYTES // (8 * max(n, 1)))))
     return CHOLESKY_GENES_PER_BLOCK
 
@@ -151,8 +151,8 @@ def smooth_blocks(
     dtype
         Result dtype.
     solver
-        ``'cholesky'`` or ``'cg'`` (conjugate gradients to the relative residual ``tol`` per gene; a block that does
-        not reach it raises :class:`~smoother._core.iterative.ConvergenceError` when computed).
+        ``'cholesky'``, ``'cg'`` or ``'chebyshev'`` (iterative, to the relative residual ``tol`` per gene; a block
+        that does not reach it raises :class:`~smoother._core.iterative.ConvergenceError` when computed).
     tol
         Relative residual tolerance of ``'cg'`` (``None``: :data:`~smoother._core.iterative.DEFAULT_TOL`).
 
@@ -163,8 +163,8 @@ def smooth_blocks(
     import dask
     import dask.array as da
 
-    if solver not in ("cholesky", "cg"):
-        msg = f"Unknown solver `{solver!r}`: expected 'cholesky' or 'cg'."
+    if solver not in ("cholesky", "cg", "chebyshev"):
+        msg = f"Unknown solver `{solver!r}`: expected 'cholesky', 'cg' or 'chebyshev'."
         raise ValueError(msg)
     if genes_per_block is None:
         genes_per_block = default_genes_per_block(Y.shape[0], solver)

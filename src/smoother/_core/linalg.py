@@ -219,34 +219,50 @@ def available_memory() -> int:
         return 8 * 2**30
 
 
-def choose_solver(A: sp.spmatrix, solver: str = "auto", *, memory: int | None = None) -> str:
-    """``'cholesky'`` or ``'cg'`` for ``A``: as asked, or (``'auto'``) the Cholesky factor unless its estimated
-    memory (:func:`factor_nnz_estimate`, 18 bytes per non-zero at the peak) exceeds :data:`FACTOR_MEMORY_SHARE` of
-    ``memory`` (default: :func:`available_memory`).
+#: The solvers behind :func:`spd_solver`.
+SOLVERS = ("auto", "cholesky", "cg", "chebyshev")
 
-    Measured on this machine (4-neighbour grid, ICAR rho 0.99, lambda 1, float64): at 10^6 spots the factor solves
-    a gene in ~0.08 s after a 13 s factorization, Jacobi-CG (20 iterations to 1e-6) in ~0.23 s CPU; the factor is
-    faster whenever it fits, and at 10^7 spots it does not (est. 16 GiB at the peak).
+
+def choose_solver(A: sp.spmatrix, solver: str = "auto", *, memory: int | None = None) -> str:
+    """``'cholesky'``, ``'cg'`` or ``'chebyshev'`` for ``A``: as asked, or (``'auto'``) the Cholesky factor unless
+    its estimated memory (:func:`factor_nnz_estimate`, 18 bytes per non-zero at the peak) exceeds
+    :data:`FACTOR_MEMORY_SHARE` of ``memory`` (default: :func:`available_memory`); then the Chebyshev iteration
+    when the Gershgorin bound on the Jacobi-scaled condition number is at most
+    :data:`~smoother._core.iterative.JACOBI_MAX_KAPPA`, else conjugate gradients (with AMG).
+
+    Measured on this machine (4-neighbour grid, ICAR rho 0.99, float64): at 10^6 spots and lambda 1 the factor
+    solves a gene in ~0.08 s after a 13 s factorization; Jacobi-CG needs 20 iterations to 1e-6, ~0.29 s CPU per
+    gene, the Chebyshev iteration as many iterations in ~0.17 s (lambda 10: 51/54 iterations, 0.7/0.4 s). The
+    factor is the fastest whenever it fits; at 10^7 spots it does not (est. 16 GiB at the peak).
     """
-    if solver in ("cholesky", "cg"):
+    if solver in ("cholesky", "cg", "chebyshev"):
         return solver
     if solver != "auto":
-        msg = f"Unknown solver `{solver!r}`: expected 'auto', 'cholesky' or 'cg'."
+        msg = f"Unknown solver `{solver!r}`: expected one of {SOLVERS}."
         raise ValueError(msg)
     need = _FACTOR_BYTES_PER_NNZ * factor_nnz_estimate(A)
     avail = available_memory() if memory is None else memory
-    return "cholesky" if need <= FACTOR_MEMORY_SHARE * avail else "cg"
+    if need <= FACTOR_MEMORY_SHARE * avail:
+        return "cholesky"
+    from .iterative import JACOBI_MAX_KAPPA, jacobi_condition_bound
+
+    return "chebyshev" if jacobi_condition_bound(A) <= JACOBI_MAX_KAPPA else "cg"
 
 
 def spd_solver(A: sp.spmatrix, solver: str = "cholesky", *, tol: float | None = None, preconditioner: str = "auto"):
     """The one way to get something with ``.solve(B)`` for a sparse SPD ``A``: an :class:`SPDFactor`
-    (``'cholesky'``) or a :class:`~smoother._core.iterative.CGSolver` (``'cg'``, relative residual ``tol``)."""
+    (``'cholesky'``), a :class:`~smoother._core.iterative.CGSolver` (``'cg'``) or a
+    :class:`~smoother._core.iterative.ChebyshevSolver` (``'chebyshev'``), the iterative ones to the relative
+    residual ``tol``; ``'auto'``: :func:`choose_solver`."""
     method = choose_solver(A, solver)
     if method == "cholesky":
         return SPDFactor(A)
-    from .iterative import DEFAULT_TOL, CGSolver
+    from .iterative import DEFAULT_TOL, CGSolver, ChebyshevSolver
 
-    return CGSolver(A, tol=DEFAULT_TOL if tol is None else tol, preconditioner=preconditioner)
+    tol = DEFAULT_TOL if tol is None else tol
+    if method == "chebyshev":
+        return ChebyshevSolver(A, tol=tol)
+    return CGSolver(A, tol=tol, preconditioner=preconditioner)
 
 
 def superlu_symmetric(A: sp.spmatrix):
