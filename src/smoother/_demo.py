@@ -96,11 +96,13 @@ def _decay_figures(adata, dpi: int):
     from . import pl
 
     with plt.rc_context(_RC):
-        fig1, ax = plt.subplots(figsize=(5.5, 4), dpi=dpi, layout="constrained")
-        pl.corr_decay(adata, ax=ax, title="Decay with neighbour degree: data vs priors", show=False)
+        fig1, ax = plt.subplots(figsize=(6, 4.6), dpi=dpi, layout="constrained")
+        title = "Decay with neighbour degree: data vs priors\n(lines: median over spots; bands: 25-75% and 10-90%)"
+        pl.corr_decay(adata, ax=ax, title=title, show=False)
         handles, labels = ax.get_legend_handles_labels()
         names = ["data (cosine similarity)" if k == "data" else f"{_prior_label(k)} (correlation)" for k in labels]
-        ax.legend(handles, names, frameon=False, loc="lower left")
+        ax.get_legend().remove()
+        fig1.legend(handles, names, frameon=False, loc="outside lower center", ncols=2)  # off the curves
         fig2, ax = plt.subplots(figsize=(5.5, 4), dpi=dpi, layout="constrained")
         pl.similarity_cdf(adata, ax=ax, title="Neighbour similarity: observed vs shuffled spots", show=False)
     return fig1, fig2
