@@ -14,7 +14,10 @@ one, lambda) estimated from the data:
 - **mis-specified**: piecewise-constant layers (``sm.datasets.simulate_field(pattern='zones')``), the same three
   fits: reported as measured; the intervals promise nothing there.
 
-Usage: ``.venv/bin/python benchmarks/impute_uncertainty.py`` (about a minute). Writes
+Cost: ``impute`` (both fits) and ``enhance`` with and without ``uncertainty=True`` at 100k spots (20% new) and
+20k spots (about 80k sub-spots) x 50 genes.
+
+Usage: ``.venv/bin/python benchmarks/impute_uncertainty.py [--skip-cost]`` (a few minutes on the shared machine). Writes
 ``benchmarks/results/impute_uncertainty.json`` and ``impute_uncertainty.md``.
 """
 
@@ -149,7 +152,59 @@ def enhance_rows(name: str, coords: np.ndarray, truth_fn, noise: float, lam: flo
     return [_row(name, f"enhance factor=2, lambda={lam:g}", out, T, "enhance", np.ones(out.n_obs, bool), sec)]
 
 
+def _timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def cost(n_spots: int, n_genes: int, enhance_spots: int) -> list[dict]:
+    """Wall/CPU seconds with and without ``uncertainty=True`` (same process, one after the other)."""
+    import anndata as ad
+
+    import smoother as sm
+
+    rows = []
+    # warm-up (imports, compiled kernels) so that the first timed call does not pay for them
+    w = ad.AnnData(np.random.default_rng(2).normal(size=(60, 2)))
+    w.obsm["spatial"] = _hex(80, 0)[:60]
+    for fixed in (True, False):
+        sm.tl.impute(w, _hex(80, 0)[60:], fixed_obs=fixed, uncertainty=True)
+    sm.tl.enhance(w, factor=2, uncertainty=True)
+    coords = _hex(n_spots, 0)
+    held = _held_out(n_spots, 0, frac=0.2)
+    Y = np.random.default_rng(0).normal(size=(int((~held).sum()), n_genes))
+    a = ad.AnnData(Y)
+    a.obsm["spatial"] = coords[~held]
+    for kw in ({"fixed_obs": True}, {"fixed_obs": False, "lambda_spatial": 1.0}):
+        for unc in (False, True):
+            out, wall, cpu = _timed(lambda kw=kw, unc=unc: sm.tl.impute(a, coords[held], uncertainty=unc, **kw))
+            rows.append({"fit": f"impute {kw}", "n_spots": n_spots, "n_genes": n_genes, "uncertainty": unc,
+                         "wall_seconds": wall, "cpu_seconds": cpu, "loadavg": os.getloadavg(),
+                         "diag": out.uns["impute"].get("uncertainty", {}).get("method")})  # fmt: skip
+            print(rows[-1], flush=True)
+    ce = _hex(enhance_spots, 0)
+    b = ad.AnnData(np.random.default_rng(1).normal(size=(enhance_spots, n_genes)))
+    b.obsm["spatial"] = ce
+    for unc in (False, True):
+        out, wall, cpu = _timed(lambda unc=unc: sm.tl.enhance(b, factor=2, uncertainty=unc))
+        rows.append({"fit": "enhance factor=2", "n_spots": enhance_spots, "n_sub": int(out.n_obs),
+                     "n_genes": n_genes, "uncertainty": unc, "wall_seconds": wall, "cpu_seconds": cpu,
+                     "loadavg": os.getloadavg(),
+                     "diag": out.uns["enhance"].get("uncertainty", {}).get("method")})  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cost-spots", type=int, default=100_000)
+    parser.add_argument("--cost-genes", type=int, default=50)
+    parser.add_argument("--enhance-spots", type=int, default=20_000)
+    parser.add_argument("--skip-cost", action="store_true")
+    args = parser.parse_args()
     t_all, c_all = time.perf_counter(), time.process_time()
     n_spots, n_genes, seed = 2500, 40, 0
     coords = _hex(n_spots, seed)
@@ -192,6 +247,7 @@ def main() -> None:
         lam_e,
         seed,
     )
+    costs = [] if args.skip_cost else cost(args.cost_spots, args.cost_genes, args.enhance_spots)
     meta = {
         "machine": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -200,8 +256,9 @@ def main() -> None:
         "cpu_seconds": time.process_time() - c_all,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "impute_uncertainty.json").write_text(json.dumps({"meta": meta, "calibration": rows}, indent=1))
-    (RESULTS / "impute_uncertainty.md").write_text(_markdown(rows, meta))
+    payload = {"meta": meta, "calibration": rows, "cost": costs}
+    (RESULTS / "impute_uncertainty.json").write_text(json.dumps(payload, indent=1))
+    (RESULTS / "impute_uncertainty.md").write_text(_markdown(rows, meta, costs))
     print(meta)
 
 
@@ -213,7 +270,7 @@ def _zones_at(points: np.ndarray, coords: np.ndarray, truth: np.ndarray) -> np.n
     return truth[idx]
 
 
-def _markdown(rows: list[dict], meta: dict) -> str:
+def _markdown(rows: list[dict], meta: dict, costs: list[dict]) -> str:
     lines = [
         "# Calibration of imputation / enhancement uncertainty (issue 14)",
         "",
@@ -247,11 +304,35 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         "(the one-scale model cannot fit both jumps and noise) and its observed-spot intervals badly under-cover. "
         "Use 'ml' for calibrated intervals only where a smooth Gaussian field is a fair description.",
         "",
+        *_cost_lines(costs),
         f"Whole run: {meta['wall_seconds']:.0f} s wall, {meta['cpu_seconds']:.0f} s CPU, load average "
         f"{', '.join(f'{x:.1f}' for x in meta['loadavg'])} ({meta['cpu_count']} cores, shared).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _cost_lines(costs: list[dict]) -> list[str]:
+    if not costs:
+        return []
+    lines = [
+        "## Cost (same process, one after the other; CPU seconds are the comparable figure on a shared machine)",
+        "",
+        "| fit | spots (sub-spots) x genes | uncertainty | wall s | CPU s | ratio (CPU) | diagonal | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = {}
+    for r in costs:
+        key = r["fit"]
+        if not r["uncertainty"]:
+            base[key] = r["cpu_seconds"]
+        ratio = r["cpu_seconds"] / base[key] if r["uncertainty"] and base.get(key) else 1.0
+        size = f"{r['n_spots']}" + (f" ({r['n_sub']})" if "n_sub" in r else "")
+        lines.append(
+            f"| {r['fit']} | {size} x {r['n_genes']} | {r['uncertainty']} | {r['wall_seconds']:.1f} | "
+            f"{r['cpu_seconds']:.1f} | {ratio:.2f} | {r['diag'] or '—'} | {r['loadavg'][0]:.1f} |"
+        )
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

@@ -192,26 +192,30 @@ def enhance_var_factor(A: sp.spmatrix, Q: sp.spmatrix, lam: float, *, center: bo
 
     :math:`d = \mathrm{diag}(M^{-1})`; with ``center`` (:math:`A \mathbf 1 = \mathbf 1`) the flat prior on the
     mean adds :math:`(1 - u_i)^2 / s`, :math:`u = M^{-1} A^T \mathbf 1`, :math:`s = n_{spots} - \mathbf 1^T A u`.
-    The hat matrix of the spot values, :math:`A M^{-1} A^T` (plus :math:`(I - A M^{-1} A^T) \mathbf 1\mathbf 1^T /
-    n_{spots}` with ``center``), has trace :math:`\sum_s \sum_{j,k \in s} A_{sj} A_{sk} (M^{-1})_{jk}` (plus
-    :math:`1 - \mathbf 1^T A u / n_{spots}`): entries of :math:`M^{-1}` between sub-spots of one spot, which lie on
-    the pattern of :math:`A^T A`, computed exactly by selected inversion when the diagonal is exact, else by 64
-    Hutchinson probes (recorded in ``method``).
+    The hat matrix of the spot values is :math:`H = A M^{-1} A^T` (plus :math:`(I - H) \mathbf 1\mathbf 1^T /
+    n_{spots}` with ``center``, trace :math:`1 - \mathbf 1^T A u / n_{spots}`).
+
+    Both diagonals come from one selected inversion of the sparse SPD matrix
+
+    .. math::
+
+        K = \begin{pmatrix} I & -A \\ -A^T & M + A^T A \end{pmatrix}, \qquad
+        K^{-1} = \begin{pmatrix} I + A M^{-1} A^T & \cdot \\ \cdot & M^{-1} \end{pmatrix}
+
+    (the Schur complement of its first block is :math:`M`), so :math:`\mathrm{tr}\, H` is the sum of the first
+    ``n_spots`` diagonal entries minus ``n_spots``: exact, or with the measured error of probing beyond
+    :func:`smoother._core.uncertainty.inv_diag`'s ``exact_max``.
     """
     from .uncertainty import inv_diag
 
     A = sp.csr_matrix(A, dtype=np.float64)
     n_s, n_sub = A.shape
-    M = _sym(A.T @ A + lam * sp.csr_matrix(Q))
-    res = inv_diag(M, method=method, seed=seed)
-    d = res.diag.copy()
-    if res.method == "exact":
-        trace = _aggregate_trace_exact(A, M)
-    else:
-        rng = np.random.default_rng(seed)
-        Z = rng.choice(np.array([-1.0, 1.0]), size=(n_s, 64))
-        AZ = A.T @ Z
-        trace = float(np.einsum("ij,ij->", AZ, SPDFactor(M).solve(AZ)) / Z.shape[1])
+    AtA = (A.T @ A).tocsr()
+    M = _sym(AtA + lam * sp.csr_matrix(Q))
+    K = sp.bmat([[sp.identity(n_s, format="csr"), -A], [-A.T, M + AtA]], format="csr")
+    res = inv_diag(_sym(K), method=method, seed=seed)
+    d = res.diag[n_s:].copy()
+    trace = float((res.diag[:n_s] - 1.0).sum())
     if center:
         ones = np.ones(n_s)
         u = SPDFactor(M).solve(np.asarray(A.T @ ones).ravel())
@@ -221,32 +225,6 @@ def enhance_var_factor(A: sp.spmatrix, Q: sp.spmatrix, lam: float, *, center: bo
             d = d + (1.0 - u) ** 2 / s
         trace = trace + 1.0 - Au / n_s
     return VarFactor(d, res.method, float(res.max_rel_error), float(max(n_s - trace, 1e-12)), trace)
-
-
-def _aggregate_trace_exact(A: sp.csr_matrix, M: sp.csr_matrix) -> float:
-    r""":math:`\mathrm{tr}(A M^{-1} A^T)` from the entries of :math:`M^{-1}` between sub-spots of the same spot."""
-    from .selinv import LDLFactor
-
-    A = sp.csr_matrix(A)
-    A.sort_indices()
-    n_s, n_sub = A.shape
-    counts = np.diff(A.indptr)
-    width = int(counts.max(initial=1))
-    # each sub-spot has one parent spot (one non-zero per column of A)
-    Acsc = sp.csc_matrix(A)
-    has = np.diff(Acsc.indptr) > 0
-    src = np.flatnonzero(has)
-    parent = Acsc.indices[Acsc.indptr[src]]
-    weight = np.zeros(n_sub)
-    weight[src] = Acsc.data[Acsc.indptr[src]]
-    # the children of every spot, padded: kids[s, :counts[s]]
-    kids = np.zeros((n_s, width), dtype=np.int64)
-    slot = np.arange(A.nnz) - np.repeat(A.indptr[:-1], counts)
-    kids[np.repeat(np.arange(n_s), counts), slot] = A.indices
-    valid = np.arange(width)[None, :] < counts[parent][:, None]
-    tgt = np.where(valid, kids[parent], src[:, None])  # siblings as targets, padded with the source itself
-    vals = LDLFactor(M).inv_entries(src, tgt)
-    return float((weight[src][:, None] * np.where(valid, weight[tgt] * vals, 0.0)).sum())
 
 
 # ----------------------------------------------------------------------------------------------------------------
