@@ -47,9 +47,6 @@ OUT = ROOT / "benchmarks" / "results"
 LAMBDA = 1.0
 SPCA_LAMBDA = 0.1
 RHO = 0.99
-#: Smoothing is skipped (with the reason recorded) when the estimated Cholesky factor alone needs more than this
-#: share of the machine's memory (12 bytes per non-zero of L: value and row index).
-MAX_FACTOR_SHARE = 0.4
 N_COMPS = 20
 GENES_PER_BLOCK = 16
 
@@ -147,6 +144,13 @@ def estimate(n: int, g: int, rates: dict, x_bytes: int, nnz_x: int) -> dict:
     # spatial PCA: X^T X and X^T (Q X) over sparse rows (z non-zeros per row, Q X ~ 5z)
     z = nnz_x / max(n, 1)
     gram_flops = 2 * n * z * (z + 5 * z)
+    # Chebyshev iteration (solver='auto' when the factor does not fit): Gershgorin interval of the grid, lambda 1,
+    # 4 block passes (8 bytes) per iteration plus A (12 bytes x 5n) read once per block of 9 genes
+    r = LAMBDA * RHO * 4 / (1 + 4 * LAMBDA)
+    kappa = (1 + r) / (1 - r)
+    sigma = (math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1)
+    its = math.ceil(math.log(2 / 1e-6) / -math.log(sigma))
+    cheb_bytes = its * (32 * n * g + 60 * n * math.ceil(g / 9))
     flop_rate = rates["gemm_gflops"] * 1e9
     bw = rates["stream_gbs"] * 1e9
     # sparse kernels run far below the GEMM peak: count factorization at 1/4 of it (supernodal), solves and the
@@ -162,6 +166,9 @@ def estimate(n: int, g: int, rates: dict, x_bytes: int, nnz_x: int) -> dict:
         "t_solve_s": round(max(solve_flops / flop_rate, (solve_bytes + rhs_bytes) / bw), 2),
         "spca_gflop": round(gram_flops / 1e9, 2),
         "t_spca_s": round(max(gram_flops / (0.1 * flop_rate), 12 * 7 * nnz_x / bw), 2),
+        "cheb_iterations": its,
+        "cheb_traffic_gb": round(cheb_bytes / 1e9, 1),
+        "t_cheb_s": round(cheb_bytes / bw, 1),
     }
 
 
@@ -175,6 +182,28 @@ def column_sums(X) -> np.ndarray:
 
     parts = [dask.delayed(_block_colsum)(X.blocks[i, 0]) for i in range(X.numblocks[0])]
     return np.sum(dask.compute(*parts), axis=0)
+
+
+def residual_check(adata, W, out: Path, lam: float, n_genes: int = 3) -> dict:
+    """Relative residual of the written result, recomputed independently for a few genes: ``(I + lam Q)(x - m) =
+    y - m`` (centred, as ``sm.tl.smooth``), from the raw counts and the float32 values read back from the store."""
+    import scipy.sparse as sp
+    import zarr
+
+    from smoother._anndata import get_prior_operator
+
+    op = get_prior_operator(W, "icar", RHO, False)
+    A = (sp.identity(W.shape[0], format="csr") + lam * op.Q).tocsr()
+    Z = zarr.open_array(str(out), mode="r")
+    g = adata.n_vars
+    res = []
+    for j in sorted({0, g // 2, g - 1}):
+        y = adata.X[:, j : j + 1].compute()
+        y = (y.toarray() if sp.issparse(y) else np.asarray(y)).ravel().astype(np.float64)
+        b = y - y.mean()
+        x = np.asarray(Z[:, j], dtype=np.float64) - y.mean()
+        res.append(float(np.linalg.norm(b - A @ x) / np.linalg.norm(b)))
+    return {"genes": n_genes, "max_rel_residual_float32": max(res)}
 
 
 def smooth_supports_dask() -> bool:
@@ -195,11 +224,9 @@ def run_one(
     solver: str = "auto",
 ) -> dict:
     import dask.array as da
-    import scipy.sparse as sp
     import zarr
 
     import smoother as sm
-    from smoother._anndata import get_prior_operator
     from smoother._core import blockwise
     from smoother.datasets._visium_hd import visium_hd
 
@@ -223,47 +250,27 @@ def run_one(
     step(rec, "graph", lambda: sm.pp.spatial_graph(adata, n_neighs=4))
     W = adata.obsp["spatial_connectivities"]
 
-    factor_gib = 12 * rec["estimate"]["nnz_L"] / 2**30
-    import psutil
-
-    if "smooth" in steps and factor_gib > MAX_FACTOR_SHARE * psutil.virtual_memory().total / 2**30:
-        rec["smooth_skipped"] = (
-            f"estimated Cholesky factor {factor_gib:.1f} GiB (nnz(L) {rec['estimate']['nnz_L']:.3g}) exceeds "
-            f"{MAX_FACTOR_SHARE:.0%} of this machine's memory: needs the iterative (CG + AMG) path"
-        )
-        print("    smooth skipped:", rec["smooth_skipped"], flush=True)
-    elif "smooth" in steps:
+    if "smooth" in steps:
         out = tmp / f"smoothed_{n_target}_{g}.zarr"
-        if smooth_supports_dask():
-            rec["smooth_via"] = "sm.tl.smooth (dask-backed AnnData)"
+        rec["smooth_via"] = "sm.tl.smooth (dask-backed AnnData)"
 
-            def run_smooth():
-                sm.tl.smooth(adata, prior="icar", rho=RHO, lambda_spatial=LAMBDA)
-                da.to_zarr(adata.layers["smoothed"], str(out))
+        def run_smooth():
+            sm.tl.smooth(adata, prior="icar", rho=RHO, lambda_spatial=LAMBDA, solver=solver)
+            da.to_zarr(adata.layers["smoothed"], str(out))
 
-            step(rec, "smooth", run_smooth)
-        else:
-            rec["smooth_via"] = "core blockwise.smooth_blocks (sm.tl.smooth had no dask path at run time)"
-            op = step(rec, "precision", lambda: get_prior_operator(W, "icar", RHO, True))
-            A = (sp.identity(n, format="csr") + LAMBDA * op.Q).tocsr()
-            token = f"bench-{n}-{LAMBDA}"
-            blockwise.clear_cache()
-            step(rec, "factor", lambda: blockwise.cached_factor(token, A))
-
-            def run_solves():
-                X = adata.X
-                means = column_sums(X) / n  # centre=True as sm.tl.smooth
-                S = blockwise.smooth_blocks(X, A, token=token, genes_per_block=GENES_PER_BLOCK, means=means)
-                da.to_zarr(S.rechunk({0: min(n, 2**18)}), str(out))
-
-            step(rec, "solve_and_write", run_solves)
-            parts = ("precision", "factor", "solve_and_write")
-            rec["smooth"] = {
-                "time_s": round(sum(rec[k]["time_s"] for k in parts), 2),
-                "cpu_s": round(sum(rec[k]["cpu_s"] for k in parts), 2),
-                "peak_rss_gib": max(rec[k]["peak_rss_gib"] for k in parts),
-            }
-            blockwise.clear_cache()
+        blockwise.clear_cache()
+        step(rec, "smooth", run_smooth)
+        u = adata.uns["smoothed"]
+        rec["smooth_solver"] = u["params"]["solver"]
+        rec["smooth_tol"] = u["params"]["tol"]
+        if "solver" in u:  # iterative: what the blocks solved in this process (threaded scheduler) achieved
+            infos = [i for i in blockwise.solver_info(u["solver"]["token"]) if i["method"] == rec["smooth_solver"]]
+            if infos:
+                i = infos[0]
+                rec["solver_info"] = {k: i[k] for k in ("kappa_bound", "columns", "iterations_max", "residual_max")}
+        rec["residual_check"] = residual_check(adata, W, out, float(u["lambda"]))
+        print("    solver", rec["smooth_solver"], rec.get("solver_info"), rec["residual_check"], flush=True)
+        blockwise.clear_cache()
         rec["smooth_written_gb"] = round(store_bytes(out) / 1e9, 3)
         shutil.rmtree(out, ignore_errors=True)
 
@@ -326,13 +333,34 @@ def to_markdown(res: dict) -> str:
         if "spatial_pca" in r and not r.get("spca_standardize", True):
             sp_t += " [standardize=False]"
         sp_m = r.get("spatial_pca", {}).get("peak_rss_gib", "-")
-        est_smooth = round(e["t_factor_s"] + e["t_solve_s"], 1)
+        iterative = r.get("smooth_solver") in ("cg", "chebyshev")
+        est_smooth = e["t_cheb_s"] if iterative else round(e["t_factor_s"] + e["t_solve_s"], 1)
+        if "smooth" in r and "smooth_solver" in r:
+            sm_t += f" [{r['smooth_solver']}]"
         lines.append(
             f"| {r['bins']:,} | {r['genes']:,} | {r['nnz_X']:,} | {r['simulate_to_zarr']['time_s']} | "
             f"{r['graph']['time_s']} | {sm_t} ({est_smooth}) | {sm_m} | {sp_t} ({e['t_spca_s']}) | {sp_m} | "
             f"{e['nnz_L']:.3g} | {e['factor_gflop']} | {e['solve_gflop']} | {e['bytes_read_gb']} | "
             f"{r.get('smooth_written_gb', '-')} | {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f} |"
         )
+    for r in res["rows"]:
+        if "residual_check" in r:
+            info = r.get("solver_info", {})
+            lines += [
+                "",
+                f"Smoothing at {r['bins']:,} bins ({r['bin_um']} um) x {r['genes']:,} genes by `{r['smooth_solver']}`"
+                + (
+                    f" (tol {r['smooth_tol']:g}; Gershgorin bound on the Jacobi-scaled condition number "
+                    f"{info.get('kappa_bound', float('nan')):.3g}, at most {info.get('iterations_max')} iterations, "
+                    f"largest achieved relative residual {info.get('residual_max', float('nan')):.2g} over "
+                    f"{info.get('columns')} genes; estimate {r['estimate']['cheb_iterations']} iterations, "
+                    f"{r['estimate']['cheb_traffic_gb']} GB of memory traffic)"
+                    if r.get("smooth_tol")
+                    else ""
+                )
+                + f": relative residual recomputed independently from the counts and the float32 result read back "
+                f"for 3 genes: {r['residual_check']['max_rel_residual_float32']:.2g}.",
+            ]
     skipped = [r for r in res["rows"] if "smooth_skipped" in r]
     for r in skipped:
         lines += ["", f"Smoothing at {r['bins']:,} bins x {r['genes']:,} genes not run: {r['smooth_skipped']}."]
@@ -444,7 +472,9 @@ def main(argv=None):
     p.add_argument("--steps", nargs="+", default=["smooth", "spca"], choices=["smooth", "spca", "graph"])
     p.add_argument("--chunk", type=int, default=2**18, help="bins per dask chunk")
     p.add_argument("--bin-um", type=int, default=2, choices=[2, 8, 16], help="bin size of the simulated data")
-    p.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"], help="sm.tl.smooth(solver=)")
+    p.add_argument(
+        "--solver", default="auto", choices=["auto", "cholesky", "cg", "chebyshev"], help="sm.tl.smooth(solver=)"
+    )
     p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--cluster-check", nargs=2, type=float, metavar=("BINS", "GENES"), default=None)
     p.add_argument(
