@@ -212,3 +212,23 @@ def test_dask_smooth_iterative_equals_memory(field, solver):
 )
 def test_bad_solver_arguments_are_rejected_before_work(field, kwargs, error, name):
     check_rejects(sm.tl.smooth, field, lambda_spatial=1.0, error=error, names=name, **kwargs)
+
+
+def test_auto_lambda_where_the_factor_does_not_fit_uses_a_connected_window(field, monkeypatch):
+    da = pytest.importorskip("dask.array")
+    from scipy.sparse.csgraph import connected_components
+
+    from smoother.tl import _smooth
+
+    monkeypatch.setattr(_smooth, "AUTO_MAX_SPOTS", 200)
+    b = field.copy()
+    b.X = da.from_array(np.asarray(field.X), chunks=(100, 9))
+    sm.tl.smooth(b, lambda_spatial="auto", solver="chebyshev", random_state=3)
+    idx = _smooth.auto_window(field.obsp["spatial_connectivities"], 200, 3)
+    W = field.obsp["spatial_connectivities"][idx][:, idx]
+    assert idx.size == 200 and connected_components(W, directed=False)[0] == 1  # one connected patch
+    # the same choice as the in-memory search on that window alone
+    ref = sm.tl.smooth(field[idx].copy(), lambda_spatial="auto", solver="cholesky", random_state=3, copy=True)
+    assert b.uns["smoothed"]["gcv"]["n_spots"] == 200
+    assert b.uns["smoothed"]["lambda"] == pytest.approx(ref.uns["smoothed"]["lambda"], rel=1e-9)
+    assert b.uns["smoothed"]["params"]["solver"] == "chebyshev"

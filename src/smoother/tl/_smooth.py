@@ -268,7 +268,9 @@ def smooth(
     worker process builds its solver of :math:`I + \lambda Q` once (the factor, or the CG preconditioner) and
     reuses it; with an iterative solver the progress of a process is in
     ``smoother._core.blockwise.solver_info(adata.uns[key_added]['solver']['token'])``. ``'auto'`` chooses
-    :math:`\lambda` on a subsample of at most 500 genes loaded into memory; per-gene means (``center=True``) take
+    :math:`\lambda` on a subsample of at most 500 genes loaded into memory (where the factor does not fit, or with
+    an iterative ``solver``, on a connected window of at most 2^18 spots, breadth-first from a random spot:
+    ``uns[key_added]['gcv']['n_spots']``); per-gene means (``center=True``) take
     one pass over the data. ``nonneg``, ``per_gene`` and ``uncertainty`` need in-memory data (call
     ``.compute()`` first).
 
@@ -546,22 +548,32 @@ def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, solver
     if lam == "auto":
         rng = np.random.default_rng(random_state)
         cols = np.sort(rng.choice(g, size=min(g, 500), replace=False)) if g else np.zeros(0, dtype=int)
-        sub = Yd[:, cols].compute()
+        # the search factors I + lambda Q for every lambda of its grid: where that factor does not fit, it runs on a
+        # connected window of spots (breadth-first from a random spot) and its part of the graph
+        spots = None
+        if solver in _ITERATIVE or (solver == "auto" and _resolve_solver("auto", op, 1.0, False) != "cholesky"):
+            spots = auto_window(W, AUTO_MAX_SPOTS, random_state)
+        Ws, ops = (W, op) if spots is None else (W[spots][:, spots].tocsr(), None)
+        if ops is None:
+            ops = _operator(Ws, prior, rho, params["standardize"])
+            logger.info("    choosing lambda on a connected window of %d of %d spots", spots.size, n)
+        sub = (Yd if spots is None else Yd[spots])[:, cols].compute()
         sub = sub.tocsr() if sp.issparse(sub) else np.asarray(sub)
         if criterion == "ml":
             from .._core.uncertainty import ml_lambda
 
-            lam_used, lams, loglik = ml_lambda(sub, op, center=center, graph=W, seed=random_state or 0)
+            lam_used, lams, loglik = ml_lambda(sub, ops, center=center, graph=Ws, seed=random_state or 0)
             gcv_rec = {"lambda": lams, "loglik": loglik, "criterion": "ml", "n_genes": int(cols.size)}
         else:
             res = core.gcv(
-                sub, op, grid=gcv_grid, criterion=criterion, seed=random_state, dtype=dt, center=center, graph=W
+                sub, ops, grid=gcv_grid, criterion=criterion, seed=random_state, dtype=dt, center=center, graph=Ws
             )
             if res.edge is not None:
-                _warn_edge(float(res.lam), res.grid, prior, W, edge=res.edge)
+                _warn_edge(float(res.lam), res.grid, prior, Ws, edge=res.edge)
             lam_used = float(res.lam)
             gcv_rec = _gcv_record(res, n_genes=int(cols.size))
-        logger.info("    chose lambda = %.4g on %d genes in memory", lam_used, cols.size)
+        gcv_rec["n_spots"] = int(sub.shape[0])
+        logger.info("    chose lambda = %.4g on %d genes x %d spots in memory", lam_used, cols.size, sub.shape[0])
     else:
         lam_used = float(lam)
     means = column_means(Yd) if center else None
@@ -594,6 +606,24 @@ def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, solver
     out = _write_smoothed(adata, params, X, lam_used, gcv_rec, None, None, None, None, solver_rec, copy=copy)
     log_finish(start)
     return out
+
+
+#: With ``lambda_spatial='auto'`` where the Cholesky factor does not fit, lambda is chosen on a connected window of
+#: at most this many spots (2^18: a 1 mm square of 2 um bins), which the search factors for each lambda of its grid.
+AUTO_MAX_SPOTS = 2**18
+
+
+def auto_window(W: sp.spmatrix, n_max: int, seed) -> np.ndarray | None:
+    """Sorted indices of at most ``n_max`` spots reached breadth-first on ``W`` from a random spot (``None``: all
+    spots, when there are at most ``n_max``)."""
+    from scipy.sparse.csgraph import breadth_first_order
+
+    n = W.shape[0]
+    if n <= n_max:
+        return None
+    start = int(np.random.default_rng(seed).integers(n))
+    order = breadth_first_order(sp.csr_matrix(W), start, directed=False, return_predecessors=False)
+    return np.sort(order[:n_max])
 
 
 def _gcv_record(res, n_genes: int | None = None) -> dict:
