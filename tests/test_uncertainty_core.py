@@ -132,3 +132,18 @@ def test_gmrf_draws_have_the_prior_covariance():
     emp = X @ X.T / X.shape[1]
     assert np.abs(emp - cov).max() < 0.05 * np.abs(cov).max()
     np.testing.assert_allclose(np.diag(emp), np.diag(cov), rtol=0.05)
+
+
+def test_probing_error_predicted_from_exact_columns_is_the_error_probing_makes():
+    from smoother._core.uncertainty import _probe, _probing_error
+
+    A, _ = _system(side=16, lam=3.0)
+    inv = np.linalg.inv(A.toarray())
+    true = np.diag(inv)
+    idx = np.array([0, 17, 100, 255])
+    for p in (1, 2, 4):
+        colour = distance_colouring(A, p)
+        d = _probe(SPDFactor(A), colour)
+        np.testing.assert_allclose(
+            _probing_error(inv[:, idx], idx, colour), np.abs(d[idx] - true[idx]) / true[idx], rtol=1e-8, atol=1e-14
+        )

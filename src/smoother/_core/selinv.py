@@ -745,6 +745,37 @@ def _supernodal_selinv(n, start, snode, Rp, Ri, Bp, X):
     return diag
 
 
+@njit(cache=True)
+def _supernodal_solve(start, Rp, Ri, Bp, X, B):
+    """In place ``B <- (L L^T)^{-1} B`` for ``B`` ``(n, k)`` in the factor's order (blocks hold ``L_JJ^{-1}``)."""
+    nsn = start.shape[0] - 1
+    for s in range(nsn):
+        f = start[s]
+        ns = start[s + 1] - f
+        r0 = Rp[s]
+        ms = Rp[s + 1] - r0
+        blk = X[Bp[s] : Bp[s + 1]].reshape((ns + ms, ns))
+        yj = np.ascontiguousarray(blk[:ns, :]) @ B[f : f + ns]
+        B[f : f + ns] = yj
+        if ms > 0:
+            upd = np.ascontiguousarray(blk[ns:, :]) @ yj
+            for b in range(ms):
+                B[Ri[r0 + b]] -= upd[b]
+    for s in range(nsn - 1, -1, -1):
+        f = start[s]
+        ns = start[s + 1] - f
+        r0 = Rp[s]
+        ms = Rp[s + 1] - r0
+        blk = X[Bp[s] : Bp[s + 1]].reshape((ns + ms, ns))
+        xj = B[f : f + ns].copy()
+        if ms > 0:
+            xr = np.empty((ms, B.shape[1]))
+            for b in range(ms):
+                xr[b] = B[Ri[r0 + b]]
+            xj -= np.ascontiguousarray(blk[ns:, :].T) @ xr
+        B[f : f + ns] = np.ascontiguousarray(blk[:ns, :].T) @ xj
+
+
 class SupernodalFactor:
     r"""Supernodal :math:`P A P^T = L L^T` of a sparse SPD ``A`` (nested dissection, postordered, multifrontal).
 
@@ -811,6 +842,23 @@ class SupernodalFactor:
     def nnz(self) -> int:
         """Number of stored entries of the dense supernodal blocks (diagonal blocks stored in full)."""
         return int(self.Bp[-1])
+
+    def solve(self, B: np.ndarray) -> np.ndarray:
+        """``A^{-1} B`` for ``B`` of shape ``(n,)`` or ``(n, k)`` (before :meth:`inv_diag` only)."""
+        if self._inverted:
+            msg = "solve() after inv_diag(): the factor was overwritten by the inverse."
+            raise RuntimeError(msg)
+        B = np.asarray(B, dtype=np.float64)
+        if B.shape[0] != self.n:
+            msg = f"Right-hand side has {B.shape[0]} rows, expected {self.n}."
+            raise ValueError(msg)
+        vec = B.ndim == 1
+        Bp = np.ascontiguousarray(B.reshape(self.n, -1)[self.perm])
+        if Bp.shape[1] > 0 and self.n > 0:
+            _supernodal_solve(self.start, self.Rp, self.Ri, self.Bp, self._X, Bp)
+        out = np.empty_like(Bp)
+        out[self.perm] = Bp
+        return out[:, 0] if vec else out
 
     def inv_diag(self) -> np.ndarray:
         """Exact ``diag(A^{-1})`` in the original order, shape ``(n,)`` (supernodal selected inversion).

@@ -5,14 +5,16 @@ Every smoothing, imputation and quadratic deconvolution fit is the mode of a Gau
 observation indicator for joint imputation, ``Q_mm`` for the conditional of the unobserved spots). Marginal
 variances need only ``diag(A^{-1})``:
 
-* **exact** (``method='exact'``): selected inversion of an :math:`LDL^T` factor (Takahashi recurrences,
-  :mod:`smoother._core.selinv`); ``O(n^{3/2})`` on a 2D graph, never a dense inverse;
+* **exact** (``method='exact'``): supernodal selected inversion of a Cholesky factor (Takahashi recurrences on
+  dense blocks, :class:`smoother._core.selinv.SupernodalFactor`); ``O(n^{3/2})`` on a 2D graph, never a dense
+  inverse (10^6 spots of a 2D graph: about 20 CPU seconds);
 * **probing** (``method='probing'``): colour the graph so that spots of one colour are more than ``p`` edges apart,
   solve :math:`A x_c = v_c` for the indicator ``v_c`` of each colour, and read :math:`d_i \approx (x_{c(i)})_i`.
   The error is the sum of :math:`(A^{-1})_{ij}` over other spots ``j`` of ``i``'s colour, all at graph distance
-  > ``p``; since :math:`A^{-1}` decays geometrically with graph distance, ``p`` is raised until the error,
-  *measured* against exact columns :math:`A^{-1} e_s` at a random sample of spots, is below ``tol`` (the measured
-  error is returned, so the estimate always comes with its error).
+  > ``p``; since :math:`A^{-1}` decays geometrically with graph distance, ``p`` is the smallest distance whose error
+  at a random sample of spots, evaluated from their exact columns :math:`A^{-1} e_s` (one solve each), is below ``tol``;
+  the error of the result is then *measured* at those spots and returned, so the estimate always comes with its
+  error.
 
 ``method='auto'`` is exact up to ``exact_max`` spots and probing beyond. Probing needs few solves when the prior is
 weak relative to the noise (``lambda`` <= 1: about 50 solves for 1e-2 relative error on a 6-neighbour lattice) and
@@ -62,17 +64,56 @@ def _greedy_colour(n, indptr, indices, order):
     return colour
 
 
+@njit(cache=True)
+def _distance_colour(n, indptr, indices, distance):
+    """Greedy distance-``distance`` colouring: each vertex (in index order) takes the smallest colour not used
+    within ``distance`` edges, found by a breadth-first search cut at that depth (no matrix powers)."""
+    colour = np.full(n, -1, dtype=np.int64)
+    seen = np.full(n, -1, dtype=np.int64)
+    lev = np.zeros(n, dtype=np.int64)
+    queue = np.empty(n, dtype=np.int64)
+    mark = np.full(n + 1, -1, dtype=np.int64)
+    for v in range(n):
+        head = 0
+        tail = 1
+        queue[0] = v
+        seen[v] = v
+        lev[v] = 0
+        while head < tail:
+            u = queue[head]
+            head += 1
+            c = colour[u]
+            if c >= 0:
+                mark[c] = v
+            if lev[u] < distance:
+                for p in range(indptr[u], indptr[u + 1]):
+                    w = indices[p]
+                    if seen[w] != v:
+                        seen[w] = v
+                        lev[w] = lev[u] + 1
+                        queue[tail] = w
+                        tail += 1
+        c = 0
+        while mark[c] == v:
+            c += 1
+        colour[v] = c
+    return colour
+
+
 def distance_colouring(A: sp.spmatrix, distance: int) -> np.ndarray:
-    """Colours such that two spots of one colour are more than ``distance`` edges apart in the pattern of ``A``."""
+    """Colours such that two spots of one colour are more than ``distance`` edges apart in the pattern of ``A``.
+
+    Greedy in index order; each spot's distance-``distance`` neighbourhood is visited by a truncated breadth-first
+    search (cost: the sum of the neighbourhood sizes, about ``2 distance^2`` per spot on a 2D graph).
+    """
     P = sp.csr_matrix(A, dtype=bool)
-    P = (P + P.T + sp.identity(P.shape[0], dtype=bool, format="csr")).tocsr()
-    Pk = P
-    for _ in range(distance - 1):
-        Pk = (Pk @ P).tocsr()
-        Pk.data[:] = True
-    Pk.sort_indices()
-    order = np.arange(P.shape[0], dtype=np.int64)
-    return _greedy_colour(P.shape[0], Pk.indptr.astype(np.int64), Pk.indices.astype(np.int64), order)
+    P = (P + P.T).tocsr()
+    P.setdiag(False)
+    P.eliminate_zeros()
+    n = P.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    return _distance_colour(n, P.indptr.astype(np.int64), P.indices.astype(np.int64), int(distance))
 
 
 def _probe(factor: SPDFactor, colour: np.ndarray, chunk: int = 32) -> np.ndarray:
@@ -100,6 +141,18 @@ def exact_columns_diag(factor: SPDFactor, idx: np.ndarray, chunk: int = 32) -> n
     return out
 
 
+def _probing_error(X: np.ndarray, idx: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    r"""Relative error that probing with ``colour`` makes at the spots ``idx``, from their exact columns ``X``.
+
+    Probing returns :math:`\sum_{j: c(j) = c(s)} (A^{-1})_{js}` at spot ``s``; with the whole column known this is
+    evaluated without any solve.
+    """
+    same = colour[:, None] == colour[idx][None, :]
+    est = np.einsum("ij,ij->j", X, same)
+    ref = X[idx, np.arange(idx.size)]
+    return np.abs(est - ref) / np.abs(ref)
+
+
 def inv_diag(
     A: sp.spmatrix,
     *,
@@ -107,8 +160,8 @@ def inv_diag(
     tol: float = 1e-3,
     exact_max: int = 2_000_000,
     n_check: int = 64,
-    distances: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16),
-    factor: SPDFactor | None = None,
+    distances: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 10, 12, 16),
+    factor=None,
     seed: int = 0,
 ) -> DiagResult:
     r"""``diag(A^{-1})`` of a sparse SPD matrix ``A`` (``(n, n)``), exact or by probing with a measured error.
@@ -118,18 +171,23 @@ def inv_diag(
     A
         Sparse symmetric positive definite matrix.
     method
-        ``'exact'`` (selected inversion), ``'probing'`` or ``'auto'`` (exact up to ``exact_max`` spots).
+        ``'exact'`` (supernodal selected inversion), ``'probing'`` or ``'auto'`` (exact up to ``exact_max``
+        spots).
     tol
-        Probing: raise the colouring distance until the largest relative error on the sampled spots is below it.
+        Probing: the smallest colouring distance whose largest relative error on the sampled spots is below it
+        (predicted from their exact columns, then measured on the probing result).
     n_check
-        Probing: spots whose exact value is computed to measure the error.
+        Probing: spots whose exact value is computed (one solve each) to choose the distance and measure the error.
     factor
-        A Cholesky factor of ``A`` to reuse for probing.
+        A factor of ``A`` to reuse: a :class:`~smoother._core.selinv.SupernodalFactor` that has not been inverted
+        yet (both methods), or any object with ``solve`` (probing).
 
     Returns
     -------
     :class:`DiagResult`.
     """
+    from .selinv import SupernodalFactor, inv_diag_exact
+
     t0 = time.perf_counter()
     A = sp.csr_matrix(A, dtype=np.float64)
     n = A.shape[0]
@@ -138,24 +196,35 @@ def inv_diag(
     if n == 0:
         return DiagResult(np.empty(0), "exact", 0.0, 0.0, 0, 0, 0, 0.0)
     if method == "exact" or (method == "auto" and n <= exact_max):
-        from .selinv import inv_diag_exact
-
-        d = inv_diag_exact(A)
+        d = inv_diag_exact(A, factor=factor)
         return DiagResult(d, "exact", 0.0, 0.0, 0, 0, 0, time.perf_counter() - t0)
-    factor = factor if factor is not None else SPDFactor(A)
+    if factor is None or (isinstance(factor, SupernodalFactor) and factor._inverted):
+        factor = SupernodalFactor(A)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(n, size=min(n_check, n), replace=False))
-    ref = exact_columns_diag(factor, idx)
-    d = None
-    err = np.inf
-    p = distances[0]
-    for p in distances:
-        colour = distance_colouring(A, p)
-        d = _probe(factor, colour)
-        rel = np.abs(d[idx] - ref) / np.abs(ref)
-        err, mean_err = float(rel.max()), float(rel.mean())
-        if err <= tol:
-            break
+    colourings: dict[int, np.ndarray] = {}
+    ref = np.empty(idx.size)
+    k = 0  # index into distances: raised until the predicted error on every checked spot is below tol
+    chunk = 32
+    for start in range(0, idx.size, chunk):
+        sub = idx[start : start + chunk]
+        E = np.zeros((n, sub.size))
+        E[sub, np.arange(sub.size)] = 1.0
+        X = factor.solve(E)
+        ref[start : start + sub.size] = X[sub, np.arange(sub.size)]
+        while True:
+            p = distances[k]
+            if p not in colourings:
+                colourings[p] = distance_colouring(A, p)
+            if _probing_error(X, sub, colourings[p]).max() <= tol or k == len(distances) - 1:
+                break
+            k += 1
+        del X, E
+    p = distances[k]
+    colour = colourings[p]
+    d = _probe(factor, colour)
+    rel = np.abs(d[idx] - ref) / np.abs(ref)
+    err, mean_err = float(rel.max()), float(rel.mean())
     d[idx] = ref  # the checked spots are exact
     return DiagResult(
         d, "probing", err, mean_err, int(idx.size), int(p), int(colour.max()) + 1, time.perf_counter() - t0
@@ -305,21 +374,24 @@ def smooth_var_factor(op, lam: float, *, center: bool = False, method: str = "au
     -------
     ``(d, trace, info)``: ``(n,)`` factors, the hat matrix trace, and the :class:`DiagResult` of the diagonal.
     """
+    from .selinv import SupernodalFactor
+
     n = op.n
     eye = sp.identity(n, format="csr")
+    # one factorization serves the intercept's solve (done first: selected inversion overwrites the factor) and
+    # the diagonal
     if op.Q is not None:
         A = (eye + lam * op.Q).tocsr()
-        res = inv_diag(A, method=method, seed=seed)
+        fac = SupernodalFactor(A) if n > 0 else None
+        u = fac.solve(np.ones(n)) if center and n > 0 else np.ones(n)
+        res = inv_diag(A, method=method, seed=seed, factor=fac)
         d = res.diag.copy()
-        needs_u = center
-        fac = SPDFactor(A) if needs_u else None
-        u = fac.solve(np.ones(n)) if needs_u else None
     else:
         M = (op.B @ op.B.T + lam * eye).tocsr()
-        res = inv_diag(M, method=method, seed=seed)
+        fac = SupernodalFactor(M) if n > 0 else None
+        u = (np.ones(n) - lam * fac.solve(np.ones(n))) if center and n > 0 else np.ones(n)
+        res = inv_diag(M, method=method, seed=seed, factor=fac)
         d = 1.0 - lam * res.diag
-        fac_m = SPDFactor(M) if center else None
-        u = (np.ones(n) - lam * fac_m.solve(np.ones(n))) if center else None
     trace = float(d.sum())
     if center:
         s = float(n - u.sum())
