@@ -100,7 +100,7 @@ def _decay_figures(adata, dpi: int):
         title = "Decay with neighbour degree: data vs priors\n(lines: median over spots; bands: 25-75% and 10-90%)"
         pl.corr_decay(adata, ax=ax, title=title, show=False)
         handles, labels = ax.get_legend_handles_labels()
-        names = ["data (cosine similarity)" if k == "data" else f"{_prior_label(k)} (correlation)" for k in labels]
+        names = ["data (cosine similarity)" if k == "data" else f"correlation, {_prior_label(k)}" for k in labels]
         ax.get_legend().remove()
         fig1.legend(handles, names, frameon=False, loc="outside lower center", ncols=2)  # off the curves
         fig2, ax = plt.subplots(figsize=(5.5, 4), dpi=dpi, layout="constrained")
@@ -281,7 +281,7 @@ def run_demo(*, n_spots: int = 3000, out: str | Path = "demo_out", seed: int = 0
 
 def _prior_label(name: str) -> str:
     prior, _, rho = name.partition("_rho")
-    return f"{prior} prior, rho={rho}" if rho else name
+    return f"{prior} prior (rho={rho})" if rho else name
 
 
 def format_report(report: dict) -> str:
@@ -306,7 +306,7 @@ def format_report(report: dict) -> str:
         "Decay diagnostics (sm.tl.fit_decay: rate beta of a*exp(-beta*k) + c over neighbour degree k)",
         f"  decay rate of the data's neighbour cosine similarity: {rate(beta_data)}",
     ]
-    lines += [f"  decay rate of the {_prior_label(k)} correlation: {rate(v)}" for k, v in priors.items()]
+    lines += [f"  decay rate of the correlation under the {_prior_label(k)}: {rate(v)}" for k, v in priors.items()]
     if np.isfinite(beta_data) and usable:
         lines.append(f"  closest prior to the data's decay: {_prior_label(min(usable, key=usable.get))}")
     lines += [
