@@ -331,7 +331,7 @@ def solve_quadratic(
     tol: float = 1e-6,
     max_iter: int = 5000,
     z0: np.ndarray | None = None,
-    check_every: int = 5,
+    check_every: int | None = None,
     show_progress: bool | None = None,
     random_state: int = 0,
 ) -> DeconvResult:
@@ -358,7 +358,9 @@ def solve_quadratic(
     z0
         Start (default: the per-spot least-squares solution, projected).
     check_every
-        Iterations between residual checks.
+        Iterations between residual checks (default: every iteration on the fused path, where the residual of
+        each iterate comes with the next step, and every 5 otherwise; the objective safeguard on the Lipschitz
+        estimate runs every 5).
     show_progress
         tqdm bar (default ``sm.settings.progress_bar``).
     random_state
@@ -386,6 +388,7 @@ def solve_quadratic(
             show_progress=show_progress,
             rng=rng,
         )
+    check_every = 5 if check_every is None else check_every
     t0 = time.perf_counter()
     N, K = data.C.shape
     a = 2.0 * data.scale
@@ -513,78 +516,79 @@ _KERNELS: object = None
 _BLOCK = 2048
 
 
-def _k_step(indptr, indices, qdata, H, C, Zc, Zp, Zn, beta, a, c, s, hd, qd, L, floor, nonneg, block, partial):
+def _k_step(indptr, indices, qdata, H, C, Zc, Zp, Zn, beta, a, c, s, hd, qd, L, floor, nonneg, block, out):
+    # One FISTA step from Yp = Zc + beta (Zc - Zp) into Zn. H Yp and Q Yp are combined from H Zc, Q Zc (and
+    # H Zp, Q Zp), so the gradient at the current iterate Zc comes for free: out[b] = (restart dot product,
+    # squared KKT residual at Zc, sum zc H zc, sum c zc, sum s_k zc Q zc) of block b.
     N, K = C.shape
     nb = (N + block - 1) // block
+    mom = beta != 0.0
     for b in _prange(nb):
-        y = np.empty(K)
-        hy = np.empty(K)
-        qy = np.empty(K)
+        hc = np.empty(K)
+        hp = np.empty(K)
+        qc = np.empty(K)
+        qp = np.empty(K)
         acc = 0.0
-        for i in range(b * block, min(N, (b + 1) * block)):
-            for k in range(K):
-                y[k] = Zc[i, k] + beta * (Zc[i, k] - Zp[i, k])
-                hy[k] = 0.0
-                qy[k] = 0.0
-            for j in range(K):
-                yj = y[j]
-                for k in range(K):
-                    hy[k] += yj * H[j, k]
-            for p in range(indptr[i], indptr[i + 1]):
-                m = indices[p]
-                w = qdata[p]
-                for k in range(K):
-                    qy[k] += w * (Zc[m, k] + beta * (Zc[m, k] - Zp[m, k]))
-            for k in range(K):
-                g = a * (hy[k] - C[i, k]) + c * s[k] * qy[k]
-                dk = a * hd[k] + c * s[k] * qd[i]
-                if dk < floor:
-                    dk = floor
-                zn = y[k] - g / (L * dk)
-                if nonneg and zn < 0.0:
-                    zn = 0.0
-                Zn[i, k] = zn
-                acc += (y[k] - zn) * (zn - Zc[i, k])
-        partial[b] = acc
-
-
-def _k_check(indptr, indices, qdata, H, C, Z, a, c, s, nonneg, block, out):
-    # out[b] = (squared KKT residual, sum z H z, sum c z, sum s_k z Q z) of block b
-    N, K = C.shape
-    nb = (N + block - 1) // block
-    for b in _prange(nb):
-        hz = np.empty(K)
-        qz = np.empty(K)
         kkt = 0.0
         zhz = 0.0
-        zc = 0.0
+        zcc = 0.0
         zqz = 0.0
         for i in range(b * block, min(N, (b + 1) * block)):
             for k in range(K):
-                hz[k] = 0.0
-                qz[k] = 0.0
+                hc[k] = 0.0
+                hp[k] = 0.0
+                qc[k] = 0.0
+                qp[k] = 0.0
             for j in range(K):
-                zj = Z[i, j]
+                zj = Zc[i, j]
                 for k in range(K):
-                    hz[k] += zj * H[j, k]
+                    hc[k] += zj * H[j, k]
+            if mom:
+                for j in range(K):
+                    zj = Zp[i, j]
+                    for k in range(K):
+                        hp[k] += zj * H[j, k]
             for p in range(indptr[i], indptr[i + 1]):
                 m = indices[p]
                 w = qdata[p]
                 for k in range(K):
-                    qz[k] += w * Z[m, k]
+                    qc[k] += w * Zc[m, k]
+                if mom:
+                    for k in range(K):
+                        qp[k] += w * Zp[m, k]
             for k in range(K):
-                z = Z[i, k]
-                g = a * (hz[k] - C[i, k]) + c * s[k] * qz[k]
-                if nonneg and z <= 0.0 and g > 0.0:
-                    g = 0.0
-                kkt += g * g
-                zhz += z * hz[k]
-                zc += C[i, k] * z
-                zqz += s[k] * z * qz[k]
-        out[b, 0] = kkt
-        out[b, 1] = zhz
-        out[b, 2] = zc
-        out[b, 3] = zqz
+                z = Zc[i, k]
+                # gradient at the current iterate: KKT residual and objective parts
+                gc = a * (hc[k] - C[i, k]) + c * s[k] * qc[k]
+                zhz += z * hc[k]
+                zcc += C[i, k] * z
+                zqz += s[k] * z * qc[k]
+                if nonneg and z <= 0.0 and gc > 0.0:
+                    gc = 0.0
+                kkt += gc * gc
+                # step from the extrapolated point
+                if mom:
+                    y = z + beta * (z - Zp[i, k])
+                    hy = hc[k] + beta * (hc[k] - hp[k])
+                    qy = qc[k] + beta * (qc[k] - qp[k])
+                else:
+                    y = z
+                    hy = hc[k]
+                    qy = qc[k]
+                g = a * (hy - C[i, k]) + c * s[k] * qy
+                dk = a * hd[k] + c * s[k] * qd[i]
+                if dk < floor:
+                    dk = floor
+                zn = y - g / (L * dk)
+                if nonneg and zn < 0.0:
+                    zn = 0.0
+                Zn[i, k] = zn
+                acc += (y - zn) * (zn - z)
+        out[b, 0] = acc
+        out[b, 1] = kkt
+        out[b, 2] = zhz
+        out[b, 3] = zcc
+        out[b, 4] = zqz
 
 
 def _k_scaled_hess(indptr, indices, qdata, H, V, out, a, c, s, hd, qd, floor, block):
@@ -639,7 +643,7 @@ def _k_gershgorin(indptr, indices, qdata, H, N, a, c, s, hd, qd, floor, block, o
 
 
 def _fista_kernels():
-    """The four kernels compiled with numba on first use (``None`` when numba is unavailable)."""
+    """The three kernels compiled with numba on first use (``None`` when numba is unavailable)."""
     global _KERNELS, _prange
     if _KERNELS is None:
         try:
@@ -648,10 +652,10 @@ def _fista_kernels():
             _KERNELS = False
             return None
         _prange = numba.prange
-        funcs = (_k_step, _k_check, _k_scaled_hess, _k_gershgorin)
+        funcs = (_k_step, _k_scaled_hess, _k_gershgorin)
         for cache in (True, False):  # an unwritable cache location must not break the computation
             try:
-                _KERNELS = tuple(numba.njit(cache=cache, nogil=True, parallel=True)(f) for f in funcs)
+                _KERNELS = tuple(numba.njit(cache=cache, nogil=True, parallel=True, fastmath=True)(f) for f in funcs)
                 _warm_up(_KERNELS)
                 break
             except Exception:  # noqa: BLE001  (numba raises various errors when it cannot cache)
@@ -662,11 +666,10 @@ def _fista_kernels():
 
 
 def _warm_up(kernels) -> None:
-    step, check, shess, gersh = kernels
+    step, shess, gersh = kernels
     ip, ix, qv = np.array([0, 1], dtype=np.int32), np.array([0], dtype=np.int32), np.ones(1)
     H, Z, s, hd, qd = np.ones((1, 1)), np.ones((1, 1)), np.ones(1), np.ones(1), np.ones(1)
-    step(ip, ix, qv, H, Z, Z, Z, Z.copy(), 0.0, 1.0, 1.0, s, hd, qd, 1.0, 1e-12, True, 1, np.zeros(1))
-    check(ip, ix, qv, H, Z, Z, 1.0, 1.0, s, True, 1, np.zeros((1, 4)))
+    step(ip, ix, qv, H, Z, Z, Z, Z.copy(), 0.0, 1.0, 1.0, s, hd, qd, 1.0, 1e-12, True, 1, np.zeros((1, 5)))
     shess(ip, ix, qv, H, Z, Z.copy(), 1.0, 1.0, s, hd, qd, 1e-12, 1)
     gersh(ip, ix, qv, H, 1, 1.0, 1.0, s, hd, qd, 1e-12, 1, np.zeros(1))
 
@@ -690,7 +693,6 @@ def _fused_operator(data: QuadraticData, spatial: SpatialTerm):
 
 def _solve_quadratic_fused(data, spatial, kernels, *, nonneg, tol, max_iter, z0, check_every, show_progress, rng):
     """:func:`solve_quadratic` for a shared Hessian and one sparse precision, one fused pass per iteration."""
-    k_step, k_check, k_shess, k_gersh = kernels
     t0 = time.perf_counter()
     C = np.ascontiguousarray(data.C, dtype=np.float64)
     N, K = C.shape
@@ -710,7 +712,7 @@ def _solve_quadratic_fused(data, spatial, kernels, *, nonneg, tol, max_iter, z0,
     else:
         floor = 1.0
     part = np.zeros(nb)
-    sums = np.zeros((nb, 4))
+    sums = np.zeros((nb, 5))
     # threads only when every thread gets several blocks: on a busy machine each parallel region waits for all
     # its threads, which costs more than the work of a small problem
     import numba
@@ -750,42 +752,19 @@ def _solve_quadratic_fused(data, spatial, kernels, *, nonneg, tol, max_iter, z0,
 
 
 def _fused_loop(
-    data,
-    spatial,
-    kernels,
-    C,
-    H,
-    a,
-    c,
-    s,
-    indptr,
-    indices,
-    qdata,
-    qd,
-    hd,
-    block,
-    floor,
-    part,
-    sums,
-    t0,
-    *,
-    nonneg,
-    tol,
-    max_iter,
-    z0,
-    check_every,
-    show_progress,
-    rng,
-):
-    k_step, k_check, k_shess, k_gersh = kernels
+    data, spatial, kernels, C, H, a, c, s, indptr, indices, qdata, qd, hd, block, floor, part, stats, t0, *,
+    nonneg, tol, max_iter, z0, check_every, show_progress, rng,
+):  # fmt: skip
+    k_step, k_shess, k_gersh = kernels
     N, K = C.shape
+    # the KKT residual of the current iterate comes with every step: test it every iteration (or every
+    # `check_every`); the objective safeguard on the Lipschitz estimate runs every 5 (or `check_every`)
+    stop_every = 1 if check_every is None else check_every
+    f_every = 5 if check_every is None else check_every
 
-    def check(Z):
-        k_check(indptr, indices, qdata, H, C, Z, a, c, s, nonneg, block, sums)
-        kkt2, zhz, zc, zqz = sums.sum(axis=0)
-        model = max(zhz - 2.0 * zc + data.const, 0.0) * data.scale
-        spatial_loss = spatial.coef * zqz if spatial.active else 0.0
-        return float(np.sqrt(max(kkt2, 0.0))), float(model), float(spatial_loss)
+    def losses(tot):
+        model = max(tot[2] - 2.0 * tot[3] + data.const, 0.0) * data.scale
+        return float(model), (float(spatial.coef * tot[4]) if spatial.active else 0.0)
 
     # Lipschitz constant of the scaled gradient (Gershgorin bound, power-iteration estimate with a margin)
     k_gersh(indptr, indices, qdata, H, N, a, c, s, hd, qd, floor, block, part)
@@ -815,50 +794,62 @@ def _fused_loop(
     Zc = np.ascontiguousarray(Zc, dtype=np.float64)
     Zp = np.zeros_like(Zc)
     Zn = np.zeros_like(Zc)
-    _, m0, s0 = check(Zc)
-    F_prev = m0 + s0
     t, beta = 1.0, 0.0
     res = np.inf
     converged = False
-    n_raise = 0
-    it = 0
+    n_raise = n_pass = 0
+    k = 0  # index of the current iterate Zc
+    F_prev = np.inf
+    tot = np.zeros(5)
     bar = progress(
         total=max_iter, desc="deconvolution (FISTA)", disable=None if show_progress is None else not show_progress
     )
     try:
-        for it in range(1, max_iter + 1):
-            k_step(indptr, indices, qdata, H, C, Zc, Zp, Zn, beta, a, c, s, hd, qd, L, floor, nonneg, block, part)
+        while True:
+            # step Zc -> Zn; stats[:, 1:] describe Zc (KKT residual, loss parts)
+            k_step(indptr, indices, qdata, H, C, Zc, Zp, Zn, beta, a, c, s, hd, qd, L, floor, nonneg, block, stats)
+            n_pass += 1
+            tot = stats.sum(axis=0)
+            if k == 0:
+                F_prev = sum(losses(tot))
+            elif k % stop_every == 0 or k % f_every == 0 or k == max_iter:
+                res = float(np.sqrt(max(tot[1], 0.0))) / scale_res
+                if k % stop_every == 0 or k == max_iter:
+                    bar.set_postfix(kkt=f"{res:.2e}", refresh=False)
+                    if res <= tol:
+                        converged = True
+                        break
+                if k % f_every == 0:
+                    F = sum(losses(tot))
+                    if F > F_prev + 1e-12 * abs(F_prev) and L < L_upper:
+                        # the estimate of L was too small: raise it towards the bound, restart from Zc
+                        L = min(L_upper, 2.0 * L)
+                        t, beta = 1.0, 0.0
+                        n_raise += 1
+                        F_prev = F
+                        continue
+                    F_prev = F
+            if k == max_iter:
+                break
             # gradient-based adaptive restart (O'Donoghue & Candes 2015)
-            if part.sum() > 0:
+            if tot[0] > 0:
                 t, beta = 1.0, 0.0
             else:
                 tn = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
                 beta = (t - 1.0) / tn
                 t = tn
             Zp, Zc, Zn = Zc, Zn, Zp
-            if it % check_every == 0 or it == max_iter:
-                kkt, m, sl = check(Zc)
-                F = m + sl
-                res = kkt / scale_res
-                bar.update(check_every if it % check_every == 0 else it % check_every)
-                bar.set_postfix(kkt=f"{res:.2e}", refresh=False)
-                if res <= tol:
-                    converged = True
-                    break
-                if F > F_prev + 1e-12 * abs(F_prev) and L < L_upper:
-                    L = min(L_upper, 2.0 * L)
-                    t, beta = 1.0, 0.0
-                    n_raise += 1
-                F_prev = F
+            k += 1
+            bar.update(1)
     finally:
         bar.close()
     del Zp, Zn
-    kkt, m, sl = check(Zc)
-    res = kkt / scale_res
+    m, sl = losses(tot)
+    res = float(np.sqrt(max(tot[1], 0.0))) / scale_res
     converged = converged or res <= tol
     if not converged:
         warnings.warn(
-            f"Deconvolution stopped after {it} iterations before converging (relative KKT residual {res:.2e} > "
+            f"Deconvolution stopped after {k} iterations before converging (relative KKT residual {res:.2e} > "
             f"tol {tol:.0e}); increase `max_iter` or `tol`.",
             ConvergenceWarning,
             stacklevel=4,
@@ -868,12 +859,18 @@ def _fused_loop(
         bias=data.intercept(Zc),
         model_loss=m,
         spatial_loss=sl,
-        n_iter=it,
+        n_iter=k,
         converged=converged,
         kkt_residual=res,
         solver="fista",
         seconds=time.perf_counter() - t0,
-        extra={"lipschitz": L, "lipschitz_upper": L_upper, "lipschitz_raised": n_raise, "kernel": "numba"},
+        extra={
+            "lipschitz": L,
+            "lipschitz_upper": L_upper,
+            "lipschitz_raised": n_raise,
+            "kernel": "numba",
+            "passes": n_pass,
+        },
     )
 
 
