@@ -314,7 +314,7 @@ def coordinate_to_weights_dist_dense(
 
 
 def sparse_weights_to_inv_cov(weights, model, rho=1, standardize=False, return_sparse=False) -> torch.Tensor:
-    """Precision (inverse covariance) matrix of a spatial process model from spatial weights.
+    r"""Precision (inverse covariance) matrix of a spatial process model from spatial weights.
 
     The matrix :math:`Q` whose quadratic form :math:`\beta^T Q \beta` is the spatial loss; the formula of each
     model is in the table of :mod:`smoother.weights`. Prefer ``return_sparse=True``: every model but ``'sma'``

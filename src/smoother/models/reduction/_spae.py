@@ -62,7 +62,11 @@ def fc_layers(
 
 
 class SpatialAutoEncoder(nn.Module):
-    """Autoencoder with a spatial loss on the latent embedding (classic API of smoother-omics).
+    r"""Autoencoder with a spatial loss on the latent embedding (classic API of smoother-omics).
+
+    A non-linear embedding that keeps neighbouring spots close, trained by gradient descent with torch only
+    (no scvi-tools). Use counts with ``recon_loss_mode='poisson'`` (default) or log-normalized data with
+    ``'mse'``.
 
     Parameters
     ----------
@@ -87,6 +91,27 @@ class SpatialAutoEncoder(nn.Module):
         ``{'elapsed_time', 'total_loss', 'recon_loss', 'orth_loss', 'spatial_loss'}`` per epoch.
     setup_args
         The layout arguments (used by :meth:`from_rna_model`).
+
+    Notes
+    -----
+    Minimizes, per epoch, :math:`\ell_{recon} + \lambda_{orth} \ell_{orth} + \lambda_{sp} L_{sp}(Z^T)`
+    over the network weights, with :math:`Z` the ``n_spots x n_latent`` embedding and :math:`L_{sp}` the
+    :class:`smoother.SpatialLoss`.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> from smoother.models.reduction import SpatialAutoEncoder
+    >>> adata = sm.datasets.simulate_field(400, pattern="zones", n_genes=30, noise="poisson", seed=0)  # counts
+    >>> swm = sm.SpatialWeightMatrix()
+    >>> swm.calc_weights_knn(adata.obsm["spatial"], k=6, verbose=False)
+    >>> sp_loss = sm.SpatialLoss("icar", swm, rho=0.99)
+    >>> model = SpatialAutoEncoder(
+    ...     adata, spatial_loss=sp_loss, lambda_spatial_loss=0.1, n_latent=3, n_hidden=16, random_state=0
+    ... )
+    >>> model.reduce(max_epochs=20, verbose=False)  # short for the example (it warns: not converged)
+    >>> model.get_latent_representation().shape, len(model.dr_logs["spatial_loss"])  # one entry per epoch
+    ((400, 3), 20)
     """
 
     def __init__(
@@ -257,7 +282,7 @@ class SpatialAutoEncoder(nn.Module):
         """Train on the loaded data (full batch).
 
         Stops after ``patience`` consecutive epochs whose loss decreased by less than ``tol`` (relative; the
-        shared rule :func:`smoother._core.fit.should_stop`) or at ``max_epochs``. ``optimizer`` is ``'SGD'``
+        rule every gradient fit of smoother uses) or at ``max_epochs``. ``optimizer`` is ``'SGD'``
         (momentum 0.9) or ``'Adam'``; the learning rate drops tenfold on plateaus as in the classic model.
         """
         lr, max_epochs, patience, tol = check_fit_args(

@@ -590,7 +590,13 @@ def _make_models():
             return base
 
     class SpatialVAE(_SpatialModelMixin, SCVI):
-        """``scvi.model.SCVI`` with a spatial loss on the latent means (see the module docstring).
+        """scVI with a spatial loss: a count-based embedding in which neighbouring spots lie close together.
+
+        ``scvi.model.SCVI`` whose training adds the spatial loss of the latent means (see the module docstring).
+        Use it on raw counts (``X`` or a counts layer registered with ``setup_anndata``) when a non-linear,
+        count-aware embedding is wanted; :func:`smoother.tl.spatial_vae` runs it on an AnnData in one call, and
+        :func:`smoother.tl.spatial_pca` is the exact, deterministic choice for log-normalized data. Needs
+        scvi-tools (``pip install 'smoother[scvi]'``).
 
         Parameters
         ----------
@@ -604,6 +610,20 @@ def _make_models():
             Replace the standard normal KL of ``z`` by the KL to the spatial prior.
         n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood, latent_distribution, **model_kwargs
             As ``scvi.model.SCVI``.
+
+        Examples
+        --------
+        >>> import smoother as sm
+        >>> adata = sm.datasets.simulate_field(100, pattern="zones", n_genes=20, noise="poisson", seed=0)  # counts
+        >>> swm = sm.SpatialWeightMatrix()
+        >>> swm.calc_weights_knn(adata.obsm["spatial"], k=6, verbose=False)
+        >>> sp_loss = sm.SpatialLoss("icar", swm, rho=0.99)
+        >>> from smoother.models.reduction import SpatialVAE
+        >>> SpatialVAE.setup_anndata(adata)
+        >>> model = SpatialVAE(adata, spatial_loss=sp_loss, lambda_spatial_loss=1.0, n_latent=3, n_hidden=16)
+        >>> model.train(max_epochs=2, enable_progress_bar=False)  # a real fit trains far longer
+        >>> model.get_latent_representation().shape, len(model.dr_logs["spatial_loss"])  # one entry per epoch
+        ((100, 3), 2)
         """
 
         _scvi_cls = SCVI
@@ -639,12 +659,36 @@ def _make_models():
             self.init_params_ = self._get_init_params(locals())
 
     class SpatialANVI(_SpatialModelMixin, SCANVI):
-        """``scvi.model.SCANVI`` with a spatial loss on the latent means ``z1`` (module :class:`SPANVAE`).
+        """scANVI with a spatial loss: a count-based embedding guided by known labels of some spots.
+
+        ``scvi.model.SCANVI`` with a spatial loss on the latent means ``z1`` (see the module docstring). Use it on
+        raw counts when some spots carry labels (e.g. annotated regions) and the others should be placed and
+        labelled with their help. Needs scvi-tools (``pip install 'smoother[scvi]'``).
 
         The classifier is trained on the labelled spots of the full-data batches only when scvi-tools' own
         semi-supervised loader is used; with the spatial tile loader, batches carry no separate labelled set,
         so fine-tune a trained SCANVI (``from_rna_model``) rather than training one from scratch here.
-        ``sp_loss_as_kl=True`` adds the KL to the spatial prior (see :class:`SPANVAE`).
+        ``sp_loss_as_kl=True`` adds the KL to the spatial prior (see the module docstring).
+
+        Examples
+        --------
+        >>> import smoother as sm
+        >>> adata = sm.datasets.simulate_field(100, pattern="zones", n_genes=20, noise="poisson", seed=0)  # counts
+        >>> swm = sm.SpatialWeightMatrix()
+        >>> swm.calc_weights_knn(adata.obsm["spatial"], k=6, verbose=False)
+        >>> sp_loss = sm.SpatialLoss("icar", swm, rho=0.99)
+        >>> from smoother.models.reduction import SpatialANVI
+        >>> adata.obs["label"] = adata.obs["zone"].astype(str)
+        >>> adata.obs.loc[adata.obs_names[::2], "label"] = "unknown"  # half of the spots are unlabelled
+        >>> SpatialANVI.setup_anndata(adata, labels_key="label", unlabeled_category="unknown")
+        >>> model = SpatialANVI(adata, spatial_loss=sp_loss, lambda_spatial_loss=1.0, n_latent=3, n_hidden=16)
+        >>> import logging
+        >>> import scvi
+        >>> scvi.settings.verbosity = logging.WARNING  # scANVI's training prints a line at the default level
+        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        >>> scvi.settings.verbosity = logging.INFO
+        >>> model.get_latent_representation().shape, model.predict().shape
+        ((100, 3), (100,))
         """
 
         _scvi_cls = SCANVI
@@ -663,13 +707,39 @@ def _make_models():
             self.init_params_ = self._get_init_params(locals())
 
     class SpatialMULTIVI(_SpatialModelMixin, MULTIVI):
-        """``scvi.model.MULTIVI`` with a spatial loss on the joint latent means (module :class:`SPMULTIVAE`).
+        """MultiVI with a spatial loss: a joint embedding of expression and chromatin accessibility per spot.
+
+        ``scvi.model.MULTIVI`` with a spatial loss on the joint latent means (see the module docstring), for
+        spatial multi-omics (RNA counts plus binary ATAC accessibility of the same spots). Needs scvi-tools and
+        mudata (``pip install 'smoother[scvi]'``).
 
         Register the data with ``SpatialMULTIVI.setup_mudata(mdata, modalities={"rna_layer": "rna",
         "atac_layer": "atac"})`` on a ``MuData`` whose ``obsm['spatial']`` holds the coordinates (needed for
         tiled mini-batches); in scvi-tools >= 1.4 ``MULTIVI.setup_anndata`` is deprecated and registers nothing.
         ``train(lr=...)`` is honoured (scvi's ``MULTIVI.train`` default is ``1e-4``; here it is ``0.01``).
         The defaults ``lambda_spatial_loss=1``, ``sp_loss_as_kl=True`` are smoother-omics 1.1.0's.
+
+        Examples
+        --------
+        >>> import smoother as sm
+        >>> adata = sm.datasets.simulate_field(100, pattern="zones", n_genes=20, noise="poisson", seed=0)  # counts
+        >>> swm = sm.SpatialWeightMatrix()
+        >>> swm.calc_weights_knn(adata.obsm["spatial"], k=6, verbose=False)
+        >>> sp_loss = sm.SpatialLoss("icar", swm, rho=0.99)
+        >>> import anndata as ad
+        >>> import mudata as md
+        >>> import numpy as np
+        >>> from smoother.models.reduction import SpatialMULTIVI
+        >>> access = np.random.default_rng(0).uniform(size=(100, 30)) < 0.3  # accessibility of 30 regions
+        >>> atac = ad.AnnData(access.astype(np.float32), obs=adata.obs[[]])
+        >>> atac.var_names = [f"region_{i}" for i in range(30)]
+        >>> mdata = md.MuData({"rna": adata, "atac": atac})
+        >>> mdata.obsm["spatial"] = adata.obsm["spatial"]
+        >>> SpatialMULTIVI.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+        >>> model = SpatialMULTIVI(mdata, spatial_loss=sp_loss, n_latent=3, n_hidden=16)
+        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        >>> model.get_latent_representation().shape
+        (100, 3)
         """
 
         _scvi_cls = MULTIVI
@@ -715,8 +785,18 @@ _NAMES = ("SpatialVAE", "SpatialANVI", "SpatialMULTIVI", "SPVAE", "SPANVAE", "SP
 _MODELS = None
 
 
+def _doctests() -> dict:
+    """The model classes for doctest (they are made on first access, so the doctest finder cannot see them)."""
+    try:
+        return {n: __getattr__(n) for n in ("SpatialVAE", "SpatialANVI", "SpatialMULTIVI")}
+    except ImportError:  # scvi-tools not installed: nothing to test
+        return {}
+
+
 def __getattr__(name: str):
     global _MODELS
+    if name == "__test__":
+        return _doctests()
     if name in _NAMES:
         if _MODELS is None:
             with warnings.catch_warnings():
