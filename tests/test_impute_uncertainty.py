@@ -317,3 +317,36 @@ def test_core_factors_equal_dense_on_random_problems(seed, frac, rho, center, la
     ref = _with_mean(A, lam * q1, lam * q1.sum()) if center else np.diag(np.linalg.inv(A))
     np.testing.assert_allclose(vj.d, ref, rtol=1e-8)
     assert 0 < vj.trace < len(o) + 1
+
+
+def test_probing_estimates_come_with_their_measured_error():
+    """Beyond the exact size the diagonal is estimated by probing; its reported error bounds the sampled spots and
+    the estimate is close to the exact diagonal everywhere."""
+    from smoother._core.conditional import enhance_var_factor, fixed_var_factor, joint_var_factor
+    from smoother._core.graph import knn_graph
+
+    rng = np.random.default_rng(11)
+    coords = _grid(25)
+    W, _ = knn_graph(coords, 6, symmetrize="mutual")
+    Q = sp.csr_matrix(_Q(W, 0.9))
+    obs = rng.random(len(coords)) < 0.7
+    for fn in (
+        lambda method: fixed_var_factor(Q, obs, center=True, method=method),
+        lambda method: joint_var_factor(Q, obs.astype(float), 0.5, center=True, method=method),
+    ):
+        exact, est = fn("exact"), fn("probing")
+        assert exact.method == "exact" and est.method == "probing"
+        assert 0 <= est.max_rel_error <= 1e-3
+        rel = np.abs(est.d - exact.d) / exact.d
+        assert np.median(rel) < 1e-3 and rel.max() < 1e-2
+    from smoother.tl._impute import subspot_lattice
+
+    sub, parent = subspot_lattice(_grid(8), 2)
+    counts = np.bincount(parent)
+    A = sp.csr_matrix((1.0 / counts[parent], (parent, np.arange(len(sub)))), shape=(64, len(sub)))
+    Ws, _ = knn_graph(sub, 4, symmetrize="mutual")
+    Qs = sp.csr_matrix(_Q(Ws, 0.9))
+    exact, est = (enhance_var_factor(A, Qs, 0.3, center=True, method=m) for m in ("exact", "probing"))
+    assert est.max_rel_error <= 1e-3
+    assert np.median(np.abs(est.d - exact.d) / exact.d) < 1e-3
+    assert abs(est.trace - exact.trace) / exact.trace < 1e-2
