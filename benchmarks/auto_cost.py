@@ -18,7 +18,8 @@ Cases (this machine has 2 cores shared with other jobs; the load average is reco
   4 neighbours), computed into memory as scipy CSR;
 - ``dask_1e5x1000``: the same 1e5 x 1,000 bins left dask-backed (CSR chunks of 2^15 bins).
 
-Run: ``python benchmarks/auto_cost.py [case ...] [--old] [--repeat R]``; results are merged into
+Run: ``python benchmarks/auto_cost.py [case ...] [--old] [--modes base,fixed,auto,auto_old] [--repeat R]``;
+results (per case and mode) are merged into
 ``benchmarks/results/auto_cost.json`` and tabulated in ``auto_cost.md``.
 """
 
@@ -179,8 +180,8 @@ def write(recs: list[dict]) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     for r in recs:
         r["commit"] = commit.stdout.strip()
-    cases = {r["case"] for r in recs}
-    runs = [r for r in old["runs"] if r["case"] not in cases] + recs
+    done = {(r["case"], r["mode"]) for r in recs}
+    runs = [r for r in old["runs"] if (r["case"], r["mode"]) not in done] + recs
     summary = summarize(runs)
     path.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
     lines = [
@@ -224,6 +225,10 @@ def main(argv: list[str]) -> None:
     if "--old" in argv:
         argv.remove("--old")
         modes.append("auto_old")
+    if "--modes" in argv:
+        i = argv.index("--modes")
+        modes = argv[i + 1].split(",")
+        del argv[i : i + 2]
     names = argv or list(CASES)
     recs = []
     for name in names:

@@ -121,3 +121,22 @@ def test_auto_genes_rule():
     assert core.auto_genes(10**6, 10) == 10
     assert core.auto_genes(10**5, 20_000) == 500
     assert core.auto_genes(10**5, 1000, spectral=False) == 500
+
+
+def test_weighted_gene_sample_estimates_the_mean_over_all_genes():
+    # genes on very different scales: the criterion of all genes is dominated by the large ones; the Hajek-weighted
+    # sample drawn by sum of squares chooses what all genes choose, given explicitly or drawn inside gcv
+    Y, op, W = _problem(n_side=16, n_genes=40, seed=2)
+    Y = Y * np.geomspace(0.05, 20.0, 40)
+    full = core.gcv(Y, op, center=True, graph=W, max_genes=None)
+    energy = core._column_energy(Y, True, None)
+    np.testing.assert_allclose(energy, ((Y - Y.mean(0)) ** 2).sum(0), rtol=1e-10)
+    np.testing.assert_allclose(core._column_energy(sp.csr_matrix(Y), True, None), energy, rtol=1e-8)
+    cols, omega = core.sample_genes(energy, 12, 0)
+    assert omega.sum() == pytest.approx(1.0) and (np.diff(cols) > 0).all()
+    given = core.gcv(Y[:, cols], op, center=True, graph=W, gene_weights=omega)
+    drawn = core.gcv(Y, op, center=True, graph=W, max_genes=12, seed=0)
+    for res in (given, drawn):
+        assert abs(np.log10(res.lam / full.lam)) <= 0.375
+    with pytest.raises(ValueError, match="gene_weights"):
+        core.gcv(Y, op, gene_weights=np.ones(3))

@@ -659,6 +659,21 @@ def auto_genes(n_spots: int, n_genes: int, *, spectral: bool = True) -> int:
     return int(min(n_genes, 500, max(16, math.ceil(n_genes / 20))))
 
 
+def sample_genes(energy: np.ndarray, m: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``m`` genes with replacement, with probability ``0.9 * energy / energy.sum() + 0.1 / g`` (``energy``:
+    each gene's (centred) sum of squares, :func:`_column_energy`); returns the distinct genes (sorted) and their
+    normalized inverse-probability (Hajek) weights, which make a weighted mean over the sample an estimate of the
+    mean over all genes (pass them to :func:`gcv` as ``gene_weights`` when the sample is taken by the caller)."""
+    energy = np.asarray(energy, dtype=np.float64)
+    g = energy.size
+    rng = np.random.default_rng(rng)
+    total = float(energy.sum())
+    prob = np.full(g, 1.0 / g) if not total > 0 or not np.isfinite(total) else 0.9 * energy / total + 0.1 / g
+    cols, counts = np.unique(rng.choice(g, size=m, replace=True, p=prob), return_counts=True)
+    omega = counts / prob[cols]
+    return cols, omega / omega.sum()
+
+
 def _spectral_ok(op: PriorOperator, d: np.ndarray, per_gene: bool, trace_method: str) -> bool:
     """Whether :class:`_Spectral` applies: :math:`S_\\lambda = (I + \\lambda Q)^{-1}` (unit weights, sparse
     ``Q``), one dataset-wide lambda and traces left to the method."""
@@ -754,7 +769,8 @@ def gcv(
     include_zero: bool = True,
     graph: sp.spmatrix | None = None,
     method: str = "auto",
-    tol: float = 1e-6,
+    tol: float = 1e-5,
+    gene_weights: np.ndarray | None = None,
 ) -> GCVResult:
     r"""Choose :math:`\lambda` from the data by GCV or by a GCV-calibrated unbiased risk estimate.
 
@@ -791,7 +807,11 @@ def gcv(
     0.9 times its share of the total sum of squares plus 0.1 times uniform (with replacement), and averages the
     criterion with the normalized inverse-probability (Hajek) weights ``gene_weights``: the criterion is a sum of
     per-gene terms that scale with the gene's sum of squares, so this estimates the mean over all genes with a much
-    smaller variance than uniform draws. ``'factor'`` is the search of earlier versions: a Cholesky factorization
+    smaller variance than uniform draws (``gene_weights``: the weights of the columns of ``Y`` when the caller drew
+    them, e.g. by :func:`sample_genes` on dask input; no further sampling then). ``tol``: a Lanczos run stops when
+    none of its Gauss rules at the grid values moved by more than ``tol`` (per unit mass) over 8 steps; on the
+    DLPFC generators of ``benchmarks/smooth_defaults.py`` the choice is the same to 4 digits for ``tol`` from
+    1e-7 to 1e-4. ``'factor'`` is the search of earlier versions: a Cholesky factorization
     of :math:`D + \lambda Q` and solves for every grid value (any weights, SMA, per gene), up to 500 uniformly
     drawn genes.
 
@@ -836,15 +856,17 @@ def gcv(
     src = _as_column_source(Y)
     rng = np.random.default_rng(seed)
     m = auto_genes(n, g, spectral=spectral) if isinstance(max_genes, str) else max_genes
-    if per_gene or m is None or g <= m:
+    if gene_weights is not None:
+        omega = np.asarray(gene_weights, dtype=np.float64).ravel()
+        if per_gene or omega.shape != (g,) or not np.isfinite(omega).all() or (omega < 0).any() or omega.sum() <= 0:
+            msg = f"Expected `gene_weights` of shape ({g},), finite, >= 0, not all 0 (and per_gene=False)."
+            raise ValueError(msg)
+        cols, omega = np.arange(g), omega / omega.sum()
+    elif per_gene or m is None or g <= m:
         cols = np.arange(g)
         omega = np.full(g, 1.0 / max(g, 1))
     elif spectral:  # genes drawn with probability ~ their sum of squares; Hajek weights (see the docstring)
-        energy = _column_energy(src, center, chunk_size)
-        prob = np.full(g, 1.0 / g) if energy.sum() <= 0 else 0.9 * energy / energy.sum() + 0.1 / g
-        cols, counts = np.unique(rng.choice(g, size=m, replace=True, p=prob), return_counts=True)
-        omega = counts / prob[cols]
-        omega /= omega.sum()
+        cols, omega = sample_genes(_column_energy(src, center, chunk_size), m, rng)
     else:
         cols = np.sort(rng.choice(g, size=m, replace=False))
         omega = np.full(m, 1.0 / m)
