@@ -26,7 +26,37 @@ _LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEB
 
 @dataclass
 class _Settings:
-    """Settings of smoother (``sm.settings``)."""
+    """Package-wide settings of smoother (``sm.settings``): logging verbosity, progress bars, showing plots.
+
+    Change them once at the top of a script or notebook; every function reads them when it runs.
+
+    Attributes
+    ----------
+    verbosity
+        Logging level, scanpy's scale: 0 errors, 1 warnings (default), 2 info (each step, the keys it writes and
+        its time), 3 debug. :meth:`verbosity_context` sets it for a block only.
+    progress_bar
+        Progress bars on long work: ``True`` always, ``False`` never, ``None`` (default) only in interactive
+        sessions (a terminal or a Jupyter kernel), so scripts, CI logs and batch jobs stay quiet.
+    autoshow
+        What ``sm.pl.*(show=None)`` does: ``True`` (default) shows the figure and returns ``None``, as scanpy;
+        ``False`` returns the Axes / Figure.
+
+    Examples
+    --------
+    >>> import smoother as sm
+    >>> old = sm.settings.verbosity
+    >>> sm.settings.verbosity = 2  # info: log every step and what it writes
+    >>> sm.settings.verbosity
+    2
+    >>> with sm.settings.verbosity_context(0):  # errors only, inside the block
+    ...     print(sm.settings.verbosity)
+    0
+    >>> sm.settings.verbosity = old
+    >>> old = sm.settings.progress_bar
+    >>> sm.settings.progress_bar = False  # no progress bars, even in a notebook
+    >>> sm.settings.progress_bar = old  # None (the default): only in interactive sessions
+    """
 
     _verbosity: int = 1
     progress_bar: bool | None = None
