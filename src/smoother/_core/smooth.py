@@ -704,11 +704,14 @@ class _Spectral:
     def __init__(self, Ysub, op: PriorOperator, *, center: bool, grid, n_probes: int, seed: int, tol: float):
         n, m = Ysub.shape
         self.n, self.center = n, bool(center)
-        Yd = _dense_cols(Ysub, 0, m)
-        if center:
-            Yd -= Yd.mean(axis=0)
         Q = sp.csr_matrix(op.Q, dtype=np.float64)
+
+        def block(start: int, stop: int) -> np.ndarray:
+            B = _dense_cols(Ysub, start, stop)
+            return B - B.mean(axis=0) if center else B
+
         if n <= DENSE_SPECTRUM_MAX:
+            Yd = block(0, m)
             q, U = np.linalg.eigh(Q.toarray())
             ones = U.T @ np.ones(n)
             C = U.T @ Yd
@@ -732,12 +735,17 @@ class _Spectral:
             f = 1.0 / (1.0 + lams * np.maximum(theta, 0.0)[..., None])
             return np.concatenate([f, (1.0 - f) ** 2], axis=-1)
 
+        # genes densified one batch at a time (memory: the batch and three Lanczos blocks of it)
         batch = max(4, CHUNK_BYTES // (8 * n))
-        rules = lanczos_rules(Q, np.hstack([Yd, Z]), check, tol=tol, batch=batch)
-        self.gene_nodes, self.gene_weights = rules.nodes[:m], rules.weights[:m]
-        self.probe_nodes, self.probe_weights = rules.nodes[m:], rules.weights[m:] / p
+        runs = [lanczos_rules(Q, block(b0, min(m, b0 + batch)), check, tol=tol) for b0 in range(0, m, batch)]
+        runs.append(lanczos_rules(Q, Z, check, tol=tol, batch=batch))
+        k = max(r.nodes.shape[1] for r in runs)
+        nodes = np.vstack([np.pad(r.nodes, ((0, 0), (0, k - r.nodes.shape[1]))) for r in runs])
+        weights = np.vstack([np.pad(r.weights, ((0, 0), (0, k - r.weights.shape[1]))) for r in runs])
+        self.gene_nodes, self.gene_weights = nodes[:m], weights[:m]
+        self.probe_nodes, self.probe_weights = nodes[m:], weights[m:] / p
         self.trace_method = "lanczos"
-        self.steps = int(rules.steps.max(initial=0))
+        self.steps = int(max(r.steps.max(initial=0) for r in runs))
 
     def evaluate(self, lam: float) -> tuple[float, float, np.ndarray]:
         """``(tr S, ||S||_F^2, RSS per gene)`` at ``lam > 0``."""
