@@ -7,6 +7,19 @@ quadratic form regularizes any spatial variable. AnnData-first API in :mod:`smoo
 
 ``import smoother`` is instant: the submodules, and with them torch, numba, scipy and matplotlib, load on first use
 (``sm.tl``, ``sm.SpatialLoss``, ...).
+
+A typical run: a spatial graph from the coordinates (:func:`smoother.pp.spatial_graph`, or squidpy's), then a
+tool of :mod:`smoother.tl` on it (log-normalized expression for smoothing, imputation and spatial PCA; counts
+for deconvolution and the spatial VAE), then a plot of :mod:`smoother.pl`.
+
+Examples
+--------
+>>> import smoother as sm
+>>> adata = sm.datasets.simulate_field(400, n_genes=10, seed=0)  # simulated spots with a known truth
+>>> sm.pp.spatial_graph(adata)  # -> adata.obsp["spatial_connectivities"]
+>>> sm.tl.smooth(adata, lambda_spatial=1.0)  # -> adata.layers["smoothed"]
+>>> adata.layers["smoothed"].shape
+(400, 10)
 """
 
 from __future__ import annotations
