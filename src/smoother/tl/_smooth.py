@@ -282,6 +282,16 @@ def smooth(
     >>> sm.tl.smooth(adata, lambda_spatial=1.0, uncertainty=True)
     >>> adata.layers["smoothed"].shape, adata.obs["smoothed_var_factor"].shape
     ((400, 5), (400,))
+
+    Conjugate gradients instead of the factor, to a relative residual of 1e-8 (the achieved value is recorded):
+
+    >>> sm.tl.smooth(adata, lambda_spatial=1.0, solver="cg", tol=1e-8, key_added="smoothed_cg")
+    >>> rec = adata.uns["smoothed_cg"]["solver"]
+    >>> rec["preconditioner"], bool(rec["residual_max"] <= 1e-8)
+    ('jacobi', True)
+    >>> diff = abs(adata.layers["smoothed_cg"] - adata.layers["smoothed"]).max()
+    >>> bool(diff < 1e-5 * abs(adata.layers["smoothed"]).max())
+    True
     """
     # ---- validate everything before any work
     check_adata(adata, copy=copy)
