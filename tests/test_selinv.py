@@ -93,13 +93,15 @@ def test_standardize_precision_uses_exact_diagonal(rng):
     np.testing.assert_allclose(np.diag(np.linalg.inv(Qs.toarray())), 1.0, rtol=1e-9)
 
 
-def test_supernodal_factor_matches_dense_and_the_scalar_recurrences(rng):
-    """Supernodal selected inversion (dense blocks) against the dense inverse and the scalar Takahashi path."""
+@pytest.mark.parametrize("relax", [1, 64])
+def test_supernodal_factor_matches_dense_and_the_scalar_recurrences(rng, relax):
+    """Supernodal selected inversion (dense blocks) against the dense inverse and the scalar Takahashi path,
+    with fundamental (``relax=1``) and amalgamated supernodes (explicit zeros)."""
     xx, yy = np.meshgrid(np.arange(45.0), np.arange(40.0))
     W, _ = knn_graph(np.column_stack([xx.ravel(), yy.ravel()]), 4)
     mats = [precision(W, "icar", 0.99), _random_spd(300, 0.02, rng)] + [precision(G, "icar", 0.9) for G in _graphs(rng)]
     for A in mats:
-        F = SupernodalFactor(A)
+        F = SupernodalFactor(A, relax=relax)
         assert F.n_supernodes < A.shape[0]  # some columns were merged into dense blocks
         d = F.inv_diag()
         np.testing.assert_allclose(d, np.diag(np.linalg.inv(A.toarray())), rtol=1e-9)

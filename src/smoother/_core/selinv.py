@@ -538,14 +538,58 @@ def _supernode_partition(n, parent, Lp):
 
 
 @njit(cache=True)
+def _relax_supernodes(n, parent, Lp, start, sparent, max_cols):
+    """Amalgamate small supernodes into their parent (explicit zeros, fewer and larger dense blocks).
+
+    A block is merged into the next supernode when that one holds the parent of its last column, the merged block
+    has at most ``max_cols`` columns, and the explicit zeros stay a small share of its entries (any share up to 4
+    columns, half up to 16, a tenth beyond). Returns (start (nsn + 1,), snode (n,), sparent (nsn,)).
+    """
+    nsn = start.shape[0] - 1
+    out = np.empty(nsn + 1, dtype=np.int64)
+    k = 0
+    first = start[0]
+    zeros = 0
+    for s in range(nsn):
+        last = start[s + 1]
+        if s + 1 < nsn and sparent[s] == s + 1 and parent[last - 1] == last:
+            ns_cur = last - first
+            ns_p = start[s + 2] - last
+            ms_cur = Lp[last] - Lp[last - 1]
+            ms_p = Lp[start[s + 2]] - Lp[start[s + 2] - 1]
+            z = zeros + ns_cur * (ns_p + ms_p - ms_cur)
+            ncol = ns_cur + ns_p
+            entries = ncol * (ncol + 1) // 2 + ncol * ms_p
+            if ncol <= max_cols and (ncol <= 4 or (ncol <= 16 and 2 * z <= entries) or 10 * z <= entries):
+                zeros = z
+                continue
+        out[k] = first
+        k += 1
+        first = last
+        zeros = 0
+    out[k] = n
+    start = out[: k + 1].copy()
+    nsn = k
+    snode = np.empty(n, dtype=np.int64)
+    for s in range(nsn):
+        for j in range(start[s], start[s + 1]):
+            snode[j] = s
+    sparent = np.full(nsn, -1, dtype=np.int64)
+    for s in range(nsn):
+        p = parent[start[s + 1] - 1]
+        if p != -1:
+            sparent[s] = snode[p]
+    return start, snode, sparent
+
+
+@njit(cache=True)
 def _supernode_rows(n, start, sparent, Lp, Alp, Ali):
     """Row structure below each supernode (sorted), as (Rp, Ri), and the block offsets of the factor storage."""
     nsn = start.shape[0] - 1
     Rp = np.zeros(nsn + 1, dtype=np.int64)
     for s in range(nsn):
-        f = start[s]
-        ns = start[s + 1] - f
-        Rp[s + 1] = Rp[s] + (Lp[f + 1] - Lp[f]) - (ns - 1)
+        last = start[s + 1]
+        Rp[s + 1] = Rp[s] + (Lp[last] - Lp[last - 1])  # the structure of a block's last column is its row set
     Ri = np.empty(Rp[nsn], dtype=np.int64)
     head = np.full(nsn, -1, dtype=np.int64)
     nxt = np.full(nsn, -1, dtype=np.int64)
@@ -789,6 +833,8 @@ class SupernodalFactor:
         Sparse symmetric matrix, shape ``(n, n)`` (only its symmetric part is used).
     leaf_size
         Subgraphs up to this size are not dissected further.
+    relax
+        Largest supernode made by amalgamating small ones (explicit zeros; 0 or 1: fundamental supernodes only).
 
     Raises
     ------
@@ -796,7 +842,7 @@ class SupernodalFactor:
         When a pivot block is not positive definite (``A`` singular or indefinite).
     """
 
-    def __init__(self, A: sp.spmatrix, *, leaf_size: int = 32) -> None:
+    def __init__(self, A: sp.spmatrix, *, leaf_size: int = 32, relax: int = 64) -> None:
         A = sp.csr_matrix(A, dtype=np.float64)
         if A.shape[0] != A.shape[1]:
             msg = f"Expected a square matrix, found shape {A.shape}."
@@ -817,7 +863,8 @@ class SupernodalFactor:
         self.parent, Lp = _ldl_symbolic(n, up.indptr.astype(np.int64), up.indices.astype(np.int64))
         low = sp.tril(P).tocsc()
         low.sort_indices()
-        self.start, self.snode, self.sparent = _supernode_partition(n, self.parent, Lp)
+        start, _, sparent = _supernode_partition(n, self.parent, Lp)
+        self.start, self.snode, self.sparent = _relax_supernodes(n, self.parent, Lp, start, sparent, int(relax))
         Alp, Ali = low.indptr.astype(np.int64), low.indices.astype(np.int64)
         self.Rp, self.Ri, self.Bp = _supernode_rows(n, self.start, self.sparent, Lp, Alp, Ali)
         peak = _stack_peak(self.start, self.sparent, self.Rp)
