@@ -177,13 +177,13 @@ def corr_decay(
     Examples
     --------
     >>> import smoother as sm
-    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=20, seed=0)
+    >>> adata = sm.datasets.simulate_field(n_spots=400, pattern="gp", n_genes=20, noise_level=0.2, seed=0)
     >>> sm.pp.spatial_graph(adata)
-    >>> sm.tl.similarity_decay(adata, max_k=10)
-    >>> sm.tl.corr_decay(adata, prior="icar", rho=0.9, max_k=10)
+    >>> sm.tl.similarity_decay(adata, max_k=30)  # the data's curve
+    >>> sm.tl.corr_decay(adata, prior="icar", rho=0.99, max_k=30)  # a prior's curve
     >>> ax = sm.pl.corr_decay(adata, show=False)
-    >>> [line.get_label() for line in ax.get_lines()[:2]]
-    ['data', 'icar_rho0.9']
+    >>> [line.get_label() for line in ax.get_lines()[:2]], ax.get_xlabel()
+    (['data', 'icar_rho0.99'], 'Neighbourhood degree k')
     >>> import matplotlib.pyplot as plt
     >>> plt.close(ax.figure)  # after ax.figure.savefig("decay.pdf"), say
     """
@@ -287,9 +287,9 @@ def similarity_cdf(
     --------
     >>> import matplotlib.pyplot as plt
     >>> import smoother as sm
-    >>> adata = sm.datasets.simulate_field(n_spots=400, n_genes=20, seed=0)
+    >>> adata = sm.datasets.simulate_field(n_spots=400, pattern="gp", n_genes=20, noise_level=0.2, seed=0)
     >>> sm.pp.spatial_graph(adata)
-    >>> sm.tl.similarity_decay(adata, max_k=5)
+    >>> sm.tl.similarity_decay(adata, max_k=30)
     >>> ax = sm.pl.similarity_cdf(adata, show=False)
     >>> [line.get_label() for line in ax.get_lines()[:2]], ax.get_ylabel()
     (['observed', 'shuffled'], 'Cumulative fraction of pairs')
