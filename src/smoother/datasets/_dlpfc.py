@@ -181,8 +181,9 @@ def dlpfc_151673(
     random_state: int | None = 0,
     download: bool = True,
 ) -> AnnData:
-    r"""The human DLPFC Visium section 151673: real spot positions and cortical layers, counts generated from
-    the real layer-level expression.
+    r"""Real human cortex (DLPFC Visium section 151673): real spot layout and layers, with generated counts.
+
+    Real spot positions and cortical layers; the counts are generated from the real layer-level expression.
 
     Use it to try smoother on real tissue geometry with a known truth: the layer of every spot is the expert
     annotation of the spatialLIBD study (Maynard et al., Nature Neuroscience 2021), and the expected expression of

@@ -49,6 +49,7 @@ _PROP_SHARPNESS = 2.0  # proportions = softmax(sharpness * standardized smooth f
 def lattice(n_spots: int, layout: Literal["hex", "square"] = "hex", *, spacing: float = 1.0) -> np.ndarray:
     """Coordinates of a nearly square patch of a hexagonal (Visium-like) or square lattice.
 
+    The spot layout of the simulations; use it for classic-API examples that need coordinates only.
     Points are laid out row by row; the last row may be partial, so exactly ``n_spots`` points are returned.
     In the hexagonal layout odd rows are shifted by half a spacing and rows are ``spacing * sqrt(3) / 2``
     apart, so every interior spot has 6 neighbours at distance ``spacing`` (as on a Visium slide). In the
@@ -212,6 +213,10 @@ def simulate_field(
 ) -> AnnData:
     """Smooth spatial expression fields plus noise, with the noise-free truth.
 
+    Use it to try and test smoothing, imputation, spatial PCA and the decay diagnostics: the truth is known, so
+    the error of every result can be measured. ``noise='gaussian'`` stands for log-normalized data,
+    ``'poisson'``/``'nb'`` for counts.
+
     Spots lie on :func:`lattice`. Each gene is a smooth spatial field built from one pattern:
 
     ``'zones'``
@@ -258,9 +263,9 @@ def simulate_field(
         ``length_scale / 4`` covering the tissue: a length scale that would need more than 2^25 grid cells
         raises ``ValueError`` naming the smallest value that works.
     seed
-        Also accepted as ``random_state`` (scanpy's name, used in the recorded params).
         Seed of the local random generator; the same seed gives the same data. ``None`` draws a seed (recorded
-        in ``uns['simulation']``).
+        in ``uns['simulation']``). Also accepted as ``random_state`` (scanpy's name, used in the recorded
+        params).
 
     Returns
     -------
@@ -368,6 +373,9 @@ def simulate_mixture(
 ) -> tuple[AnnData, AnnData]:
     """Spots that mix cell types in spatially smooth proportions, and a single-cell reference.
 
+    Use it to try and test deconvolution (:func:`smoother.tl.deconvolve`): the true proportions and signatures
+    are stored, and both the spots and the reference cells hold counts (``noise='gaussian'`` aside).
+
     A reference signature matrix :math:`S` (genes x types, columns sum to 1) has a block of
     ``n_genes // n_types`` marker genes per type (about 7.4x higher in that type) on top of log-normal gene
     baselines. The true proportions are :math:`\\pi_i = \\mathrm{softmax}(2 f_i)` of ``n_types`` smooth
@@ -401,8 +409,8 @@ def simulate_mixture(
     length_scale
         Length scale of the proportion fields; default and smallest allowed value as in :func:`simulate_field`.
     seed
-        Also accepted as ``random_state`` (scanpy's name, used in the recorded params).
-        Seed of the local random generator (``None`` draws one and records it).
+        Seed of the local random generator (``None`` draws one and records it). Also accepted as
+        ``random_state`` (scanpy's name, used in the recorded params).
 
     Returns
     -------

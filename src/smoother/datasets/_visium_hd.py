@@ -121,6 +121,9 @@ def visium_hd(
     times its domain's profile, so 2 um bins hold a few UMIs (4 on average at the default density) and 8 um bins
     16 times as many.
 
+    Use it to try smoother at Visium HD scale (10^5 to 10^7 bins) without the data: every ``sm.tl`` function that
+    takes dask input runs on it, and the true domains tell how well it did.
+
     The count matrix is never made whole: it is a :mod:`dask.array` of scipy CSR chunks, one chunk per
     ``chunk_size`` bins (rounded to whole rows of the grid; bins are in row-major spatial order, so a spatial
     graph only couples neighbouring chunks), each generated on demand by whatever dask scheduler computes it. With
