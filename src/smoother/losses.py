@@ -718,17 +718,6 @@ class ContrastiveSpatialLoss(SpatialLoss):
     embedding trained with it cannot collapse to a constant. Use it for representation learning (e.g. an
     autoencoder's latent space); for smoothing or deconvolution the plain :class:`SpatialLoss` is the right one.
 
-    Notes
-    -----
-    .. math::
-
-        L(\beta) = \max\Big(L_Q(\beta) - r \frac{1}{K} \sum_{k=1}^K L_Q(\beta P_k), \; b\Big)
-
-    with :math:`L_Q` the :class:`SpatialLoss`, :math:`P_k` random permutations of the spots (negative graphs),
-    :math:`r` = ``neg2pos_ratio``, :math:`K` = ``num_perm`` and :math:`b` = ``lower_bound`` (times
-    ``coefs.numel()`` when ``normalize=False``). With ``prior='icar'``, ``rho=1`` and ``standardize_cov=True``
-    the precision is the normalized graph Laplacian.
-
     Parameters
     ----------
     prior, spatial_weights, rho, use_sparse, standardize_cov
@@ -745,6 +734,17 @@ class ContrastiveSpatialLoss(SpatialLoss):
         Seed of the permutations: an int (reproducible sequence), a ``torch.Generator``, or None (fresh
         entropy). Stored as :attr:`generator`; ``forward(..., generator=g)`` overrides it for one call. The global
         torch RNG is never used.
+
+    Notes
+    -----
+    .. math::
+
+        L(\beta) = \max\Big(L_Q(\beta) - r \frac{1}{K} \sum_{k=1}^K L_Q(\beta P_k), \; b\Big)
+
+    with :math:`L_Q` the :class:`SpatialLoss`, :math:`P_k` random permutations of the spots (negative graphs),
+    :math:`r` = ``neg2pos_ratio``, :math:`K` = ``num_perm`` and :math:`b` = ``lower_bound`` (times
+    ``coefs.numel()`` when ``normalize=False``). With ``prior='icar'``, ``rho=1`` and ``standardize_cov=True``
+    the precision is the normalized graph Laplacian.
 
     Examples
     --------
