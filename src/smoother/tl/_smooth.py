@@ -229,7 +229,8 @@ def smooth(
     tol
         Relative residual tolerance of the iterative solvers: every gene's solution satisfies
         :math:`\lVert r\rVert_2 \le \mathrm{tol}\, \lVert b\rVert_2` for its true residual (else
-        :class:`smoother._core.iterative.ConvergenceError`); the achieved value is recorded (see Returns).
+        a ``RuntimeError``, ``ConvergenceError``, that says what to change); the achieved value is recorded (see
+        Returns).
     random_state
         Seed of the GCV gene subsample and trace probes.
     key_added
@@ -256,8 +257,8 @@ def smooth(
     - with an iterative solver: ``adata.uns[key_added]['solver']`` — ``method``, ``preconditioner`` (``'cg'``), ``tol``,
       ``kappa_bound`` (the Gershgorin bound on the Jacobi-scaled condition number), and in memory
       ``iterations_max`` and ``residual_max``, the largest achieved relative residual of any gene (on dask input
-      they are known only once the blocks are computed: every block raises unless each gene reaches ``tol``, and
-      ``token`` names the solver in ``smoother._core.blockwise.solver_info``);
+      they are known only once the blocks are computed: every block raises unless each gene reaches ``tol``;
+      ``token`` names the solver in each worker's cache);
     - with ``uncertainty=True``: ``adata.obs[f'{key_added}_var_factor']`` (``d``, ``(n_obs,)``),
       ``adata.var[f'{key_added}_sigma']`` (``(n_vars,)``) and ``adata.uns[key_added]['uncertainty']``
       (``method``, ``max_rel_error`` of the diagonal, ``trace`` of the hat matrix, ``dof``).
@@ -266,8 +267,7 @@ def smooth(
     ``anndata.experimental.read_lazy``): ``adata.layers[key_added]`` becomes a lazy dask array of gene blocks that
     hold every spot; computing it (or ``adata.write_zarr``) streams the blocks on the active Dask scheduler, each
     worker process builds its solver of :math:`I + \lambda Q` once (the factor, or the CG preconditioner) and
-    reuses it; with an iterative solver the progress of a process is in
-    ``smoother._core.blockwise.solver_info(adata.uns[key_added]['solver']['token'])``. ``'auto'`` chooses
+    reuses it. ``'auto'`` chooses
     :math:`\lambda` on a subsample of at most 500 genes loaded into memory (where the factor does not fit, or with
     an iterative ``solver``, on a connected window of at most 2^18 spots, breadth-first from a random spot:
     ``uns[key_added]['gcv']['n_spots']``); per-gene means (``center=True``) take
