@@ -390,6 +390,25 @@ def to_markdown(res: dict) -> str:
             f"in memory; largest relative difference of the scores {c['max_rel_diff_scores']:.1e}, of the "
             f"objective {c['max_rel_diff_objective']:.1e}; worker RSS afterwards {c['worker_rss_gib']} GiB.",
         ]
+    cmp_ = res.get("solver_comparison")
+    if cmp_:
+        lines += [
+            "",
+            f"Solvers side by side (one run, load {cmp_['load_before'][0]:.1f}/{cmp_['load_after'][0]:.1f}): "
+            f"I + lambda Q on {cmp_['bins']:,} 2 um bins (ICAR rho {RHO}), {cmp_['genes']} standard-normal "
+            "right-hand sides, float64, tolerance 1e-6 for the iterative ones; residual recomputed independently.",
+            "",
+            "| lambda | solver | setup CPU s | solve CPU s | iterations | kappa bound | residual | rel. diff to factor "
+            "|",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in cmp_["runs"]:
+            lines.append(
+                f"| {r['lambda']:g} | {r['solver']} | {r['setup_cpu_s']} | {r['solve_cpu_s']} | "
+                f"{r['iterations'] if r['iterations'] is not None else '-'} | "
+                f"{r['kappa_bound'] if r['kappa_bound'] is None else round(r['kappa_bound'], 1)} | "
+                f"{r['residual']:.1e} | {r['max_rel_diff_to_cholesky']:.1e} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -457,10 +476,64 @@ def cluster_check(n_target: int, g: int, workers: int = 2) -> dict:
     return rec
 
 
+def compare_solvers(n_target: int, g: int, lams=(1.0, 10.0)) -> dict:
+    """The factor, Jacobi-CG, AMG-CG and the Chebyshev iteration on one system (2 um grid, ICAR rho 0.99), in one
+    run: setup and solve CPU seconds for ``g`` standard-normal right-hand sides, iterations, the residual recomputed
+    here and the relative difference to the factor's solution."""
+    import scipy.sparse as sp
+
+    import smoother as sm
+    from smoother._anndata import get_prior_operator
+    from smoother._core.iterative import CGSolver, ChebyshevSolver
+    from smoother._core.linalg import SPDFactor
+    from smoother.datasets._visium_hd import visium_hd
+
+    side = round(math.sqrt(n_target))
+    a = visium_hd(2, area_mm=side * 2 / 1000, n_genes=1, random_state=0)
+    sm.pp.spatial_graph(a, n_neighs=4)
+    op = get_prior_operator(a.obsp["spatial_connectivities"], "icar", RHO, False)
+    n = op.Q.shape[0]
+    B = np.random.default_rng(0).standard_normal((n, g))
+    out: dict = {"bins": n, "genes": g, "load_before": os.getloadavg(), "runs": []}
+    makers = {
+        "cholesky": SPDFactor,
+        "cg-jacobi": lambda A: CGSolver(A, preconditioner="jacobi"),
+        "cg-amg": lambda A: CGSolver(A, preconditioner="amg"),
+        "chebyshev": ChebyshevSolver,
+    }
+    for lam in lams:
+        A = (sp.identity(n, format="csr") + lam * op.Q).tocsr()
+        ref = None
+        for name, make in makers.items():
+            c0 = time.process_time()
+            s = make(A)
+            c1 = time.process_time()
+            X = s.solve(B)
+            c2 = time.process_time()
+            res = float((np.linalg.norm(B - A @ X, axis=0) / np.linalg.norm(B, axis=0)).max())
+            ref = X if name == "cholesky" else ref
+            diff = float(np.abs(X - ref).max() / np.abs(ref).max())
+            r = {
+                "lambda": lam,
+                "solver": name,
+                "setup_cpu_s": round(c1 - c0, 2),
+                "solve_cpu_s": round(c2 - c1, 2),
+                "iterations": s.info.get("iterations_max"),
+                "kappa_bound": s.info.get("kappa_bound"),
+                "residual": res,
+                "max_rel_diff_to_cholesky": diff,
+            }
+            out["runs"].append(r)
+            print("   ", r, flush=True)
+            del s, X
+    out["load_after"] = os.getloadavg()
+    return out
+
+
 def write(path_json: Path, machine: dict, rows: dict, checks) -> None:
     res = {"machine": machine, "rows": sorted(rows.values(), key=lambda r: (r["bins_target"], r["genes"]))}
     if checks:
-        res["cluster_check"] = checks
+        res.update({k: v for k, v in checks.items() if v is not None})
     path_json.write_text(json.dumps(res, indent=1, default=float))
     path_json.with_suffix(".md").write_text(to_markdown(res))
 
@@ -482,7 +555,8 @@ def main(argv=None):
         action="store_true",
         help="spatial_pca with standardize=False (skips the selected inversion of the precision)",
     )
-    p.add_argument("--skip-table", action="store_true", help="only the cluster check")
+    p.add_argument("--compare-solvers", nargs=2, type=float, metavar=("BINS", "GENES"), default=None)
+    p.add_argument("--skip-table", action="store_true", help="only the cluster check / solver comparison")
     p.add_argument("--tmp", default=None, help="directory for the zarr stores (default: a new temp dir)")
     args = p.parse_args(argv)
 
@@ -504,7 +578,9 @@ def main(argv=None):
     warmup(tmp)
     if args.cluster_check:
         old["cluster_check"] = cluster_check(int(args.cluster_check[0]), int(args.cluster_check[1]))
-    checks = old.get("cluster_check")
+    if args.compare_solvers:
+        old["solver_comparison"] = compare_solvers(int(args.compare_solvers[0]), int(args.compare_solvers[1]))
+    checks = {"cluster_check": old.get("cluster_check"), "solver_comparison": old.get("solver_comparison")}
     if args.skip_table and "machine" in old:
         machine = old["machine"]  # the table's rows were measured with the earlier rates
     try:
