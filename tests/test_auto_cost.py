@@ -6,17 +6,35 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import smoother as sm
 from smoother._core import smooth as core
 from smoother._core.krylov import lanczos_rules
 
 
+def _grid_graph(n_side: int) -> sp.csr_matrix:
+    """4-neighbour graph of an ``n_side x n_side`` grid (weights 1)."""
+    path = sp.diags([np.ones(n_side - 1), np.ones(n_side - 1)], [-1, 1])
+    eye = sp.identity(n_side)
+    return sp.csr_matrix(sp.kron(eye, path) + sp.kron(path, eye))
+
+
 def _problem(n_side=16, n_genes=6, rho=0.99, seed=0, prior="icar"):
-    a = sm.datasets.simulate_field(n_spots=n_side * n_side, layout="square", n_genes=n_genes, seed=seed)
-    sm.pp.spatial_graph(a, n_neighs=4)
-    W = a.obsp["spatial_connectivities"]
+    """Smooth random patterns (low frequencies of the grid) on different levels, plus unit Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    u, v = np.meshgrid(np.linspace(0, 1, n_side), np.linspace(0, 1, n_side))
+    u, v = u.ravel(), v.ravel()
+    truth = np.column_stack(
+        [
+            rng.normal()
+            * np.sin(np.pi * (rng.integers(1, 4) * u + rng.random()))
+            * np.cos(np.pi * (rng.integers(1, 4) * v + rng.random()))
+            * 2.0
+            + rng.normal() * 3.0
+            for _ in range(n_genes)
+        ]
+    )
+    W = _grid_graph(n_side)
     op = core.prior_operator(W, prior, rho)
-    return np.asarray(a.X, dtype=np.float64), op, W
+    return truth + rng.normal(size=truth.shape), op, W
 
 
 def _dense_quad(Q, V, f):
