@@ -103,6 +103,7 @@ _THETA_MIN, _THETA_MAX = 1e-2, 1e4
 COARSE_AUTO_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 GENE_BUDGET = 3_000_000  # spots x genes of the default gene set (speed), see default_n_genes
 AUTO_TOL = 1e-4  # relative KKT tolerance of the fits scored by lambda_spatial="auto"
+QP_FORCING = 0.01  # QP tolerance of an SQP step = this x the KKT residual (0.1: one SQP pass more on 1e4 spots)
 AUTO_SCORED_FOLDS = 1  # folds whose held-out genes 'auto' scores (None: all); see the module docstring
 
 
@@ -674,17 +675,22 @@ def _solve_block_qp(Hr, Cq, Z0, spatial: SpatialTerm, w: float, tol: float, max_
     return Z, it, res
 
 
-def _fit_spatial(prob: _Counts, Z: np.ndarray, spatial: SpatialTerm, tol: float, max_iter: int, exact_after=0):
+def _fit_spatial(
+    prob: _Counts, Z: np.ndarray, spatial: SpatialTerm, tol: float, max_iter: int, exact_after=0, state=None
+):
     """lambda > 0: SQP with the exact spatial quadratic; returns (Z, n_iter, converged, relative KKT).
 
     The full step of each line search is evaluated with its gradient and curvature: when it is accepted
     (nearly always), they are reused by the next iteration, so an iteration costs one pass over the counts.
+    ``state``: a dict; ``state['cache']`` (the data term's value, gradient and blocks at ``Z``) is used as the
+    first evaluation when present, and is set to those at the returned ``Z`` on convergence (they do not depend
+    on lambda, so a path of fits over increasing lambda saves one pass per fit).
     """
     w = 1.0 / (prob.N * prob.sbar)
     c = 2.0 * spatial.coef
     res = np.inf
     it = 0
-    cache = None
+    cache = None if state is None else state.pop("cache", None)
     for it in range(1, max_iter + 1):
         # NB: the exact Hessian where PD, the Fisher information elsewhere
         f, g, H, glin = _global_grad(prob, Z, hess=True, exact=it > exact_after) if cache is None else cache
@@ -695,11 +701,13 @@ def _fit_spatial(prob: _Counts, Z: np.ndarray, spatial: SpatialTerm, tol: float,
         scale = max(float(np.linalg.norm(w * glin)), 1e-300)
         res = kkt_residual(Z, gfull, True) / scale
         if res <= tol:
+            if state is not None:
+                state["cache"] = (f, g, H, glin)
             return Z, it - 1, True, res
         tr = np.maximum(np.einsum("nii->n", H), 1e-300)
         H += (1e-10 * tr)[:, None, None] * np.eye(prob.K)
         Cq = np.einsum("nij,nj->ni", H, Z) - g
-        Zq, _, _ = _solve_block_qp(H, Cq, Z, spatial, w, tol=max(0.1 * tol, min(1e-2, 0.1 * res)))
+        Zq, _, _ = _solve_block_qp(H, Cq, Z, spatial, w, tol=max(0.1 * tol, min(1e-2, QP_FORCING * res)))
         del H, Cq  # (N, K, K): freed before the trial point's blocks are built
         D = Zq - Z
         slope = float(np.sum(gfull * D))
@@ -964,8 +972,11 @@ def fit_counts(
         if need_phi:
             prob.likelihood = "poisson"
         Zs = Z.copy()
+        # without a platform effect this fit only feeds the moments of the dispersion and the start of the final
+        # fit: 1e-4 is plenty for both (the final fit stops at `tol` on its own)
+        stage1_tol = max(tol, 1e-8) if platform_effect else max(tol, 1e-4)
         for outer in range(max(1, platform_iter) if platform_effect else 1):
-            Zs, it, _ = _fit_independent(prob, Zs, max(tol, 1e-8), max_iter, spots=sub)
+            Zs, it, _ = _fit_independent(prob, Zs, stage1_tol, max_iter, spots=sub)
             n_iter += it
             if not platform_effect:
                 break
@@ -1146,6 +1157,7 @@ def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, prog
         total = np.zeros(len(lams))
         for f, (train, test) in enumerate(folds):
             Z = (Z0 if start is None else sols[f][start]).copy()
+            state: dict = {}  # the data term at Z, handed from one fit of the path to the next
             sc = np.full(len(lams), np.nan)
             for i, lam in enumerate(lams):
                 # the criterion is unimodal along the path in every run we made: stop once it rises
@@ -1153,11 +1165,12 @@ def _choose_lambda(prob: _Counts, Z0, Q, grid, n_folds, rng, tol, max_iter, prog
                     break
                 if start is not None:
                     Z = sols[f][start].copy()
+                    state = {}
                 spatial = SpatialTerm(Q if lam > 0 else None, lam * K, 1.0, K, N)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     if spatial.active:
-                        Z, *_ = _fit_spatial(train, Z, spatial, max(tol, auto_tol), max_iter)
+                        Z, *_ = _fit_spatial(train, Z, spatial, max(tol, auto_tol), max_iter, state=state)
                     else:
                         Z, *_ = _fit_independent(train, Z, max(tol, auto_tol), max_iter)
                 sols[f][lam] = Z
