@@ -86,3 +86,23 @@ def test_local_cluster_gives_the_in_memory_result(problem):
         out = X.compute()  # the active distributed client runs it
         assert client.run(lambda: 1)  # two live worker processes
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["cg", "chebyshev"])
+def test_iterative_blocks_equal_the_dense_solve_and_build_one_solver(problem, solver):
+    from smoother._core.blockwise import solver_info
+
+    Q, Y = problem
+    n = Q.shape[0]
+    A = (sp.identity(n) + 1.5 * Q).tocsr()
+    m = Y.mean(0)
+    clear_cache()
+    Yd = da.from_array(sp.csr_matrix(Y), chunks=(150, 23), asarray=False)
+    X = smooth_blocks(Yd, A, token="it", genes_per_block=4, means=m, solver=solver, tol=1e-9, dtype=np.float64)
+    out = X.compute(scheduler="threads")
+    ref = np.linalg.solve(A.toarray(), Y - m) + m
+    np.testing.assert_allclose(out, ref, rtol=1e-7, atol=1e-7)
+    (info,) = solver_info("it")  # one solver for the 6 gene blocks, every gene solved to tol
+    assert info["method"] == solver and info["solves"] == 6 and info["columns"] == 23
+    assert 0 < info["residual_max"] <= 1e-9
+    clear_cache()
