@@ -835,7 +835,7 @@ def fit_counts(
     Q
         ``(n_spots, n_spots)`` sparse precision of the spatial prior (needed when ``lambda_spatial != 0``).
     lambda_spatial
-        Strength :math:`\lambda \ge 0` of the penalty on the shares, or ``'auto'`` (count thinning).
+        Strength :math:`\lambda \ge 0` of the penalty on the shares, or ``'auto'`` (held-out genes).
     likelihood
         ``'nb'`` (default; Newton / Fisher scoring to a KKT point) or ``'poisson'`` (convex: the global optimum).
         Measured on the DLPFC generators of ``benchmarks/deconv_generators.py`` at lambda 0, NB with per-gene
@@ -863,7 +863,7 @@ def fit_counts(
     platform_spots
         Spots used to estimate :math:`r` and the dispersion (a random subset when there are more).
     random_state
-        Seed of the subsample and of the count thinning.
+        Seed of the subsamples, the spot window and the gene folds of 'auto'.
     auto_grid
         Candidate :math:`\lambda` for ``'auto'`` (0 is always added); default :data:`COARSE_AUTO_GRID` refined
         around its minimizer by half a decade on each side.

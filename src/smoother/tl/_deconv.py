@@ -537,7 +537,7 @@ def deconvolve(
         Strength :math:`\lambda \ge 0` of the spatial prior (0: none), or ``'auto'``. Default (``None``):
         ``'auto'`` for the count models, ``1.0`` for the classic models. ``'auto'`` always evaluates
         :math:`\lambda = 0` too, so it is never worse than no spatial prior by its own criterion (count models:
-        held-out deviance of thinned counts; classic models: 5-fold cross-validation over genes); a choice at
+        negative log-likelihood of held-out genes; classic models: 5-fold cross-validation over genes); a choice at
         the largest candidate is warned about. The two families scale :math:`\lambda` differently.
     prior, rho, standardize
         Spatial prior and its parameters (see :func:`smoother._core.precision.precision`); built by the same
@@ -585,10 +585,10 @@ def deconvolve(
         The classic models give no uncertainty (a clear error).
     auto_grid
         Candidate values for ``lambda_spatial='auto'`` (0 is always added). Default: count models
-        :data:`smoother._core.deconv_counts.DEFAULT_AUTO_GRID`; classic models 13 values on a log grid scaled
+        :data:`smoother._core.deconv_counts.COARSE_AUTO_GRID`; classic models 13 values on a log grid scaled
         to the data.
     random_state
-        Seed (count thinning or gene folds of ``'auto'``, subsamples, Lanczos start).
+        Seed (gene folds and spot window of ``'auto'``, subsamples, Lanczos start).
     key_added
         Output keys.
     copy
