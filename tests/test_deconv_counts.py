@@ -299,3 +299,61 @@ def test_auto_window_is_contiguous():
     res = fit_counts(Y, S, Q=Q, lambda_spatial="auto", auto_spots=50, genes=np.arange(10), auto_grid=[1e-2])
     assert len(res.auto["spots"]) == 50
     assert res.auto["scores"][int(np.argmin(res.auto["scores"]))] <= res.auto["scores"][0]
+
+
+def test_pd_blocks_matches_eigenvalues():
+    """The LDL pivot test of the Newton blocks against numpy's eigenvalues (an independent reference)."""
+    from smoother._core.deconv_counts import _pd_blocks
+
+    rng = np.random.default_rng(3)
+    n, K = 400, 6
+    A = rng.standard_normal((n, K, K))
+    H = A @ A.transpose(0, 2, 1)
+    shift = rng.uniform(-1.5, 1.5, n) * np.einsum("nii->n", H) / K  # some blocks indefinite, some PD
+    H += shift[:, None, None] * np.eye(K)
+    H[0] = np.diag([1.0, 1.0, 1.0, 1.0, 1.0, 1e-12])  # PD but below the relative threshold
+    H[1, 0, 0] = np.nan
+    tr = np.abs(np.einsum("nii->n", H))
+    tr[1] = 1.0
+    got = _pd_blocks(H, tr)
+    with np.errstate(invalid="ignore"):
+        lmin = np.array([np.linalg.eigvalsh(h)[0] if np.isfinite(h).all() else np.nan for h in H])
+    definite = np.isfinite(lmin) & (lmin > 1e-6 * tr)  # clearly PD: must pass
+    indefinite = ~np.isfinite(lmin) | (lmin < 0)  # must fail
+    assert got[definite].all()
+    assert not got[indefinite].any()
+    assert not got[0] and not got[1]
+    assert 0 < definite.sum() < n and indefinite.sum() > 0
+
+
+def test_block_qp_matches_dense_solution():
+    """The SQP subproblem solver against scipy's bounded L-BFGS-B on the same small quadratic."""
+    from smoother._core.deconv import SpatialTerm
+    from smoother._core.deconv_counts import _solve_block_qp
+
+    rng = np.random.default_rng(4)
+    n, K = 12, 3
+    A = rng.standard_normal((n, K, K))
+    H = A @ A.transpose(0, 2, 1) + 0.2 * np.eye(K)
+    C = rng.standard_normal((n, K))  # some coefficients want to be negative: active bounds
+    W = sp.random(n, n, density=0.3, random_state=1)
+    W = ((W + W.T) > 0).astype(float)
+    Q = sp.csr_matrix(sp.diags(np.asarray(W.sum(axis=1)).ravel() + 0.1) - 0.9 * W)
+    spatial = SpatialTerm(Q, 0.7, 1.0, K, n)
+    w = 0.3
+    Z, it, res = _solve_block_qp(H, C, np.zeros((n, K)), spatial, w, tol=1e-10)
+
+    def obj(x):
+        X = x.reshape(n, K)
+        return w * float(np.sum(0.5 * np.einsum("ni,nij,nj->n", X, H, X) - np.sum(C * X, axis=1))) + spatial.value(X)
+
+    def grad(x):
+        X = x.reshape(n, K)
+        return (w * (np.einsum("nij,nj->ni", H, X) - C) + 2 * spatial.coef * (Q @ X)).ravel()
+
+    ref = minimize(obj, np.zeros(n * K), jac=grad, method="L-BFGS-B", bounds=[(0, None)] * (n * K),
+                   options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000})  # fmt: skip
+    assert res <= 1e-10
+    assert (Z >= 0).all() and (Z == 0).any()
+    np.testing.assert_allclose(Z, ref.x.reshape(n, K), atol=1e-5)
+    assert obj(Z.ravel()) <= ref.fun + 1e-10
