@@ -369,18 +369,7 @@ def scale_by_expr(
     ``connectivity_key='smoother'``) when the tissue has sharp borders and no annotation of them; the input is
     log-normalized expression (raw counts work, but library size then counts as a difference between spots).
 
-    The new weight of edge :math:`(i, j)` is :math:`w_{ij} s_{ij}` with
-
-    - ``metric='cosine'``: :math:`s_{ij} = \max(0, \cos(z_i, z_j))`; when :math:`z_i` or :math:`z_j` is the
-      zero vector (an all-zero or constant profile; with PCA, a profile equal to the mean) the cosine is
-      undefined and :math:`s_{ij} = 1`: the edge keeps its weight, and a warning gives the number of such spots;
-    - ``metric='euclidean'``: :math:`s_{ij} = \exp(-\lVert z_i - z_j\rVert^2 / 2\sigma^2)`, :math:`\sigma` =
-      ``bandwidth`` or half the root-mean-square distance of the :math:`z_i` to their mean (1 when all
-      :math:`z_i` are equal),
-
-    where :math:`z_i` is spot ``i``'s expression projected on its first ``n_pcs`` principal components (``None``:
-    the expression itself, kept sparse when it is sparse). Only the existing edges are evaluated (no ``n x n``
-    matrix). A spot whose every edge gets similarity 0 keeps only a self edge of weight 1 (with a warning).
+    Only the existing edges are evaluated (no ``n x n`` matrix); the formula of the new weights is in Notes.
 
     Parameters
     ----------
@@ -394,7 +383,7 @@ def scale_by_expr(
         Number of principal components (``None``: no reduction; at least ``min(n_obs, n_vars)``: the centred
         expression without reduction).
     bandwidth
-        Kernel width ``> 0`` for ``'euclidean'`` (``None``: the default above).
+        Kernel width ``> 0`` for ``'euclidean'`` (``None``: the default given in Notes).
     connectivity_key
         Input graph in ``adata.obsp`` (left unchanged unless it equals the output key).
     key_added
@@ -409,6 +398,21 @@ def scale_by_expr(
     ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` (CSR ``(n_obs, n_obs)``) and
     ``adata.uns['{key_added}_neighbors']`` (replaced as a whole): ``connectivities_key``, ``params``,
     ``n_zero_spots`` (spots with a zero feature vector, cosine only) and ``n_isolated`` (spots left without edges).
+
+    Notes
+    -----
+    The new weight of edge :math:`(i, j)` is :math:`w_{ij} s_{ij}` with
+
+    - ``metric='cosine'``: :math:`s_{ij} = \max(0, \cos(z_i, z_j))`; when :math:`z_i` or :math:`z_j` is the
+      zero vector (an all-zero or constant profile; with PCA, a profile equal to the mean) the cosine is
+      undefined and :math:`s_{ij} = 1`: the edge keeps its weight, and a warning gives the number of such spots;
+    - ``metric='euclidean'``: :math:`s_{ij} = \exp(-\lVert z_i - z_j\rVert^2 / 2\sigma^2)`, :math:`\sigma` =
+      ``bandwidth`` or half the root-mean-square distance of the :math:`z_i` to their mean (1 when all
+      :math:`z_i` are equal),
+
+    where :math:`z_i` is spot ``i``'s expression projected on its first ``n_pcs`` principal components (``None``:
+    the expression itself, kept sparse when it is sparse). Only the existing edges are evaluated (no ``n x n``
+    matrix). A spot whose every edge gets similarity 0 keeps only a self edge of weight 1 (with a warning).
 
     Examples
     --------
@@ -469,8 +473,6 @@ def scale_by_identity(
 
     Use it when the regions are known (a pathologist's annotation, cortical layers, clusters) and smoothing must
     not mix them: the prior then acts within each region and only weakly (or not at all) across its border.
-    The new weight of edge :math:`(i, j)` is :math:`w_{ij}` when both spots carry the same label and
-    :math:`b\, w_{ij}` otherwise, :math:`b` = ``boundary_connectivity``.
 
     Parameters
     ----------
@@ -488,6 +490,11 @@ def scale_by_identity(
     ``None`` or the copy. Writes ``adata.obsp['{key_added}_connectivities']`` and
     ``adata.uns['{key_added}_neighbors']`` (``connectivities_key``, ``params``, ``n_isolated``: spots left without
     edges, which keep a self edge of weight 1, with a warning).
+
+    Notes
+    -----
+    The new weight of edge :math:`(i, j)` is :math:`w_{ij}` when both spots carry the same label and
+    :math:`b\, w_{ij}` otherwise, :math:`b` = ``boundary_connectivity``.
 
     Examples
     --------
