@@ -356,7 +356,8 @@ def solve_quadratic(
     max_iter
         Maximum number of iterations (a :class:`ConvergenceWarning` is raised when reached).
     z0
-        Start (default: the per-spot least-squares solution, projected).
+        Start (default: the per-spot least-squares solution, projected, times the multiple of it that minimizes
+        the objective, see :func:`_start_scale`).
     check_every
         Iterations between residual checks (default: every iteration on the fused path, where the residual of
         each iterate comes with the next step, and every 5 otherwise; the objective safeguard on the Lipschitz
@@ -435,8 +436,13 @@ def solve_quadratic(
     scale_res = max(g0, 1e-300)
 
     if z0 is None:
-        z0 = _least_squares_start(data)
-    Z = np.maximum(z0, 0.0) if nonneg else np.array(z0, dtype=np.float64)
+        Z = _least_squares_start(data)
+        if nonneg:
+            np.maximum(Z, 0.0, out=Z)
+        zqz = float(np.sum(Z * spatial.mul(Z))) if spatial.active else 0.0
+        Z *= _start_scale(data, spatial, float(np.sum(Z * data.hess_mul(Z))), float(np.sum(Z * data.C)), zqz)
+    else:
+        Z = np.maximum(z0, 0.0) if nonneg else np.array(z0, dtype=np.float64)
     F_prev = grad_obj(Z)[1]
     Yp = Z.copy()
     t = 1.0
@@ -786,14 +792,19 @@ def _fused_loop(
 
     scale_res = max(2.0 * data.scale * float(np.linalg.norm(C)), 1e-300)
     if z0 is None:
-        Zc = _least_squares_start(data)
+        Zc = np.ascontiguousarray(_least_squares_start(data), dtype=np.float64)
         if nonneg:
             np.maximum(Zc, 0.0, out=Zc)
+        Zp = np.zeros_like(Zc)
+        Zn = np.zeros_like(Zc)
+        # one pass for z^T H z, c^T z and z^T S Q z of the start (its step into Zn is discarded)
+        k_step(indptr, indices, qdata, H, C, Zc, Zc, Zn, 0.0, a, c, s, hd, qd, L, floor, nonneg, block, stats)
+        tot = stats.sum(axis=0)
+        Zc *= _start_scale(data, spatial, float(tot[2]), float(tot[3]), float(tot[4]))
     else:
-        Zc = np.maximum(z0, 0.0) if nonneg else np.array(z0, dtype=np.float64)
-    Zc = np.ascontiguousarray(Zc, dtype=np.float64)
-    Zp = np.zeros_like(Zc)
-    Zn = np.zeros_like(Zc)
+        Zc = np.ascontiguousarray(np.maximum(z0, 0.0) if nonneg else np.array(z0, dtype=np.float64))
+        Zp = np.zeros_like(Zc)
+        Zn = np.zeros_like(Zc)
     t, beta = 1.0, 0.0
     res = np.inf
     converged = False
@@ -890,6 +901,20 @@ def _gershgorin_scaled(data: QuadraticData, spatial: SpatialTerm, a: float, c: f
                 aq = abs(q) if sp.issparse(q) else np.abs(q)
                 rows[:, k] += c * abs(spatial.s[k]) * (aq @ isd[:, k]) * isd[:, k]
     return float(rows.max()) if rows.size else 1.0
+
+
+def _start_scale(data: QuadraticData, spatial: SpatialTerm, zhz: float, zc: float, zqz: float) -> float:
+    """The multiple ``alpha >= 0`` of a start ``Z`` that minimizes the objective along the ray ``alpha Z``.
+
+    Along the ray the objective is ``alpha^2 (scale zHz + coef zSQz) - 2 alpha scale cz + const``. With a strong
+    spatial term the per-spot least-squares start is rough and far costlier than 0 (its KKT residual can be 10^3
+    times that of ``Z = 0``); the best multiple keeps what it knows about the mixture and takes ~40% fewer
+    iterations in that regime, and stays ~1 when the spatial term is weak.
+    """
+    den = data.scale * zhz + (spatial.coef * zqz if spatial.active else 0.0)
+    if not np.isfinite(den) or den <= 0.0:
+        return 1.0
+    return max(data.scale * zc / den, 0.0)
 
 
 def _least_squares_start(data: QuadraticData) -> np.ndarray:
