@@ -231,12 +231,7 @@ def simulate_field(
         Mixtures of ``n_zones`` groups of Gaussian bumps of width ``0.6 * length_scale``; each gene follows
         mostly one group.
 
-    Every truth field is standardized per gene (mean 0, standard deviation 1 over spots), so for
-    ``noise='gaussian'`` ``noise_level`` is the inverse signal-to-noise ratio: ``X = truth + noise_level * e``,
-    :math:`e \\sim N(0, 1)`. For counts (``'poisson'``, ``'nb'``), the mean is
-    :math:`\\mu_{ig} = b_g \\exp(z_{ig})` with the standardized field :math:`z` and a gene baseline :math:`b_g`
-    (median 5); ``layers['truth']`` then holds :math:`\\mu` and ``X`` holds Poisson counts, or negative
-    binomial counts with variance :math:`\\mu + \\phi\\mu^2`, :math:`\\phi` = ``noise_level``.
+    Every truth field is standardized per gene; the noise model is in Notes.
 
     Parameters
     ----------
@@ -290,6 +285,15 @@ def simulate_field(
         NaN, inf or out-of-range values (``spacing`` in [1e-100, 1e100], Gaussian ``noise_level`` at most 1e15),
         a ``length_scale`` too small for the FFT grid, or ``n_spots x n_genes`` too large for this machine's
         memory. All are checked before any work.
+
+    Notes
+    -----
+    Every truth field is standardized per gene (mean 0, standard deviation 1 over spots), so for
+    ``noise='gaussian'`` ``noise_level`` is the inverse signal-to-noise ratio: ``X = truth + noise_level * e``,
+    :math:`e \\sim N(0, 1)`. For counts (``'poisson'``, ``'nb'``), the mean is
+    :math:`\\mu_{ig} = b_g \\exp(z_{ig})` with the standardized field :math:`z` and a gene baseline :math:`b_g`
+    (median 5); ``layers['truth']`` then holds :math:`\\mu` and ``X`` holds Poisson counts, or negative
+    binomial counts with variance :math:`\\mu + \\phi\\mu^2`, :math:`\\phi` = ``noise_level``.
 
     Examples
     --------
@@ -376,15 +380,8 @@ def simulate_mixture(
     Use it to try and test deconvolution (:func:`smoother.tl.deconvolve`): the true proportions and signatures
     are stored, and both the spots and the reference cells hold counts (``noise='gaussian'`` aside).
 
-    A reference signature matrix :math:`S` (genes x types, columns sum to 1) has a block of
-    ``n_genes // n_types`` marker genes per type (about 7.4x higher in that type) on top of log-normal gene
-    baselines. The true proportions are :math:`\\pi_i = \\mathrm{softmax}(2 f_i)` of ``n_types`` smooth
-    Gaussian-process fields :math:`f` (see :func:`simulate_field`, ``pattern='gp'``), so rows sum to 1. The
-    noise-free spot expression is :math:`\\mu_i = d\\, S \\pi_i` with ``depth`` :math:`d`; ``X`` adds Poisson,
-    negative binomial (variance :math:`\\mu + \\phi\\mu^2`, :math:`\\phi` = ``noise_level``) or Gaussian noise
-    (standard deviation ``noise_level`` times the gene's standard deviation of :math:`\\mu` over spots).
-    Reference cells of type :math:`t` are Poisson counts around :math:`d_c S_{:,t}` with a log-normal cell
-    depth :math:`d_c` (median ``depth``) and log-normal biological variation per gene (sd 0.2).
+    Each type has a block of marker genes; the proportions are smooth spatial fields that sum to 1 per spot (the
+    generative model is in Notes).
 
     Parameters
     ----------
@@ -437,6 +434,18 @@ def simulate_mixture(
     ------
     TypeError, ValueError
         As in :func:`simulate_field`; also ``n_genes < n_types`` and ``depth`` outside (0, 1e12].
+
+    Notes
+    -----
+    A reference signature matrix :math:`S` (genes x types, columns sum to 1) has a block of
+    ``n_genes // n_types`` marker genes per type (about 7.4x higher in that type) on top of log-normal gene
+    baselines. The true proportions are :math:`\\pi_i = \\mathrm{softmax}(2 f_i)` of ``n_types`` smooth
+    Gaussian-process fields :math:`f` (see :func:`simulate_field`, ``pattern='gp'``), so rows sum to 1. The
+    noise-free spot expression is :math:`\\mu_i = d\\, S \\pi_i` with ``depth`` :math:`d`; ``X`` adds Poisson,
+    negative binomial (variance :math:`\\mu + \\phi\\mu^2`, :math:`\\phi` = ``noise_level``) or Gaussian noise
+    (standard deviation ``noise_level`` times the gene's standard deviation of :math:`\\mu` over spots).
+    Reference cells of type :math:`t` are Poisson counts around :math:`d_c S_{:,t}` with a log-normal cell
+    depth :math:`d_c` (median ``depth``) and log-normal biological variation per gene (sd 0.2).
 
     Examples
     --------
