@@ -291,7 +291,7 @@ def sparse_quadratic_loss(beta, inv_cov_2d_sp, group_scales, normalize=True) -> 
     r"""Quadratic smoothing loss with a sparse (block-diagonal) precision; see :func:`quadratic_loss`.
 
     The same loss as :func:`quadratic_loss`, for a precision already in the 2D sparse layout (one block per
-    group): :math:`\frac{1}{GN} \sum_g s_g \beta_g^T Q_g \beta_g`.
+    group).
 
     Parameters
     ----------
@@ -308,6 +308,11 @@ def sparse_quadratic_loss(beta, inv_cov_2d_sp, group_scales, normalize=True) -> 
     Returns
     -------
     Scalar tensor, differentiable in ``beta``.
+
+    Notes
+    -----
+    :math:`L(\beta) = \frac{1}{GN} \sum_g s_g \beta_g^T Q_g \beta_g` with :math:`Q_g` the ``g``-th diagonal block
+    (the shared matrix when it is ``num_spot x num_spot``).
 
     Examples
     --------

@@ -530,6 +530,12 @@ def NuSVR(backend: str = "pytorch", **kwargs) -> DeconvModel:  # noqa: N802
     matter less. Keyword arguments ``C=1.0, nu=0.1, nonneg=False, loss_mode='l2', bias=True``;
     :math:`\varepsilon \ge 0` is learned. Fitted by the torch gradient loop (``lr``, ``max_epochs``).
 
+    Notes
+    -----
+    Minimizes :math:`C(\nu\varepsilon + \mathrm{mean}(\max(|r|-\varepsilon, 0)^2)) + \mathrm{mean}(\beta^2)/2
+    + \lambda\, L_{sp}(\beta)` over :math:`\beta`, :math:`b` and :math:`\varepsilon \ge 0`, with residuals
+    :math:`r = X\beta + b - Y` (``loss_mode='l1'``: :math:`\max(|r|-\varepsilon, 0)` unsquared).
+
     Examples
     --------
     >>> import numpy as np
@@ -556,7 +562,8 @@ def DWLS(backend: str = "pytorch", **kwargs) -> DeconvModel:  # noqa: N802
     Notes
     -----
     Minimizes :math:`\mathrm{mean}(w \odot (X\beta + b - Y)^2) + \lambda\, L_{sp}(\beta)`, :math:`\beta \ge 0`,
-    with :math:`w_{gi} = \min(\text{max\_weights}, y_{gi}^{-2} / \min_g y_{gi}^{-2})`.
+    with :math:`w_{gi} = \min(m, \tilde w_{gi} / \min_{g'} \tilde w_{g'i})`,
+    :math:`\tilde w_{gi} = \min(y_{gi}^{-2}, m^2)` and :math:`m` = ``max_weights`` (a zero count gets :math:`m^2`).
 
     Examples
     --------
