@@ -652,6 +652,26 @@ def _stack_peak(start, sparent, Rp):
 
 
 @njit(cache=True)
+def _tri_inv(L):
+    """Inverse of a lower-triangular matrix by halves (matrix products; a third of the work of a general inverse)."""
+    n = L.shape[0]
+    if n <= 48:
+        out = np.linalg.inv(L)
+        for a in range(n):
+            for b in range(a + 1, n):
+                out[a, b] = 0.0
+        return out
+    h = n // 2
+    Ai = _tri_inv(np.ascontiguousarray(L[:h, :h]))
+    Ci = _tri_inv(np.ascontiguousarray(L[h:, h:]))
+    out = np.zeros((n, n))
+    out[:h, :h] = Ai
+    out[h:, h:] = Ci
+    out[h:, :h] = -(Ci @ (np.ascontiguousarray(L[h:, :h]) @ Ai))
+    return out
+
+
+@njit(cache=True)
 def _lower_inverse(F, ns):
     """Cholesky factor of the leading ``ns x ns`` block of ``F`` (lower part used) and its inverse; ok flag."""
     A = np.empty((ns, ns))
@@ -666,14 +686,7 @@ def _lower_inverse(F, ns):
         L = np.linalg.cholesky(A)
     except Exception:  # noqa: BLE001 - numba: LinAlgError of a non positive definite block
         return A, A, False
-    d = np.empty(ns)
-    for a in range(ns):
-        d[a] = L[a, a]
-    Linv = np.linalg.inv(L)
-    for a in range(ns):
-        for b in range(a + 1, ns):
-            Linv[a, b] = 0.0
-    return L, Linv, True
+    return L, _tri_inv(L), True
 
 
 @njit(cache=True)
@@ -730,9 +743,14 @@ def _multifrontal(n, start, sparent, Rp, Ri, Bp, Alp, Ali, Alx, stack_size, tol)
             F21 = np.ascontiguousarray(F[ns:, :ns])
             L21 = F21 @ np.ascontiguousarray(Linv.T)
             blk[ns:, :] = L21
-            U = np.ascontiguousarray(F[ns:, ns:]) - L21 @ np.ascontiguousarray(L21.T)
+            # only the lower triangle of the update is read: row blocks against the columns up to their end
             off = offs[top]
-            stk[off : off + ms * ms] = U.ravel()
+            U = stk[off : off + ms * ms].reshape((ms, ms))
+            L21t = np.ascontiguousarray(L21.T)
+            bs = max(64, (ms + 3) // 4)
+            for r0 in range(0, ms, bs):
+                r1 = min(ms, r0 + bs)
+                U[r0:r1, :r1] = F[ns + r0 : ns + r1, ns : ns + r1] - L21[r0:r1] @ np.ascontiguousarray(L21t[:, :r1])
             owner[top] = s
             offs[top + 1] = off + ms * ms
             top += 1
