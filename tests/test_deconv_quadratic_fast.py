@@ -165,3 +165,26 @@ def test_fused_solver_keeps_few_spot_by_type_arrays():
     assert r.extra["kernel"] == "numba"
     # three iterates (start, previous, next) plus small vectors; the general path held ~15 (N, K) temporaries
     assert peak < 3.6 * n * K * 8
+
+
+@pytest.mark.parametrize("chunks", ["dense", "csr", "csr_split_genes"])
+@pytest.mark.parametrize("weights", [None, "dwls"])
+def test_quadratic_data_streams_dask_rows(chunks, weights):
+    da = pytest.importorskip("dask.array")
+    X, Y, _ = _problem(n=45, G=16, seed=7, count_like=True)
+    Y = Y + (weights == "dwls")  # DWLS weights need positive expression
+    ref = core.quadratic_data(X, Y, bias=True, weights=weights)
+    Yd = da.from_array(Y, chunks=(10, 16 if chunks != "csr_split_genes" else 5))
+    if chunks != "dense":
+        Yd = Yd.map_blocks(sp.csr_matrix, dtype=Y.dtype)
+    got = core.quadratic_data(X, Yd, bias=True, weights=weights)
+    np.testing.assert_allclose(got.C, ref.C, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.H, ref.H, rtol=1e-12)
+    np.testing.assert_allclose(got.my, ref.my, rtol=1e-12)
+    assert got.const == pytest.approx(ref.const, rel=1e-12)
+    # and against the dense residual directly (not through the in-memory reduction)
+    if weights is None:
+        Z = np.random.default_rng(1).uniform(size=(45, X.shape[1]))
+        R = Y - Z @ X.T
+        R = R - R.mean(axis=1, keepdims=True)
+        assert got.model_loss(Z) == pytest.approx(np.mean(R * R), rel=1e-10)

@@ -28,6 +28,7 @@ Models that are not quadratic (nu-SVR, log-normal regression) or carry a topolog
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -101,8 +102,42 @@ def dwls_weights(Y: np.ndarray, max_weights: float = 8.0) -> np.ndarray:
     return np.minimum(w, max_weights)
 
 
-def _dense_rows(Y, start: int, stop: int) -> np.ndarray:
-    block = Y[start:stop]
+def _row_blocks(Y, chunk_size: int, dense: bool):
+    """Yield ``(start, stop, block)`` over the rows of ``Y``: float64 ndarray, or canonical CSR when ``Y`` is sparse
+    and ``dense`` is false.
+
+    ``Y`` may be a dask array (dense or scipy.sparse chunks): its row blocks are computed a few at a time with the
+    active scheduler (columns rechunked to one block), so the whole matrix is never in memory.
+    """
+    from .blockwise import is_dask
+
+    if is_dask(Y):
+        import dask
+
+        if Y.numblocks[1] > 1:
+            Y = Y.rechunk({1: -1})
+        bounds = np.concatenate([[0], np.cumsum(Y.chunks[0])])
+        batch = max(2, 2 * (os.cpu_count() or 1))
+        for b0 in range(0, Y.numblocks[0], batch):
+            ids = range(b0, min(Y.numblocks[0], b0 + batch))
+            blocks = dask.compute(*[Y.blocks[i, 0] for i in ids])
+            for i, block in zip(ids, blocks, strict=True):
+                if bounds[i + 1] > bounds[i]:
+                    yield int(bounds[i]), int(bounds[i + 1]), _as_block(block, dense)
+        return
+    sparse = sp.issparse(Y) and not dense
+    step = max(chunk_size, 131072) if sparse else chunk_size  # sparse rows are cheap: O(nnz K) per chunk
+    Ys = sp.csr_matrix(Y) if sp.issparse(Y) else Y
+    for start in range(0, Y.shape[0], step):
+        stop = min(Y.shape[0], start + step)
+        yield start, stop, _as_block(Ys[start:stop], dense)
+
+
+def _as_block(block, dense: bool):
+    if sp.issparse(block) and not dense:
+        block = sp.csr_matrix(block, dtype=np.float64, copy=True)
+        block.sum_duplicates()
+        return block
     if sp.issparse(block):
         block = block.toarray()
     return np.asarray(block, dtype=np.float64)
@@ -119,12 +154,17 @@ def quadratic_data(
 ) -> QuadraticData:
     """Reduce the (weighted) least-squares model loss to a quadratic in ``Z``.
 
+    One pass over the rows of ``Y``: the ``(n_spots, n_types)`` statistics ``C = Y X`` (centred per spot with
+    an intercept), the per-spot means and the sum of squares. Memory: ``C`` plus one row chunk.
+
     Parameters
     ----------
     X
         ``(n_genes, n_types)`` signatures.
     Y
-        ``(n_spots, n_genes)`` expression, dense or scipy sparse; read in row chunks of ``chunk_size`` spots.
+        ``(n_spots, n_genes)`` expression: dense, scipy sparse (rows stay sparse, cost ``O(nnz K)``) or a dask
+        array of dense or sparse chunks (its row blocks are computed a few at a time with the active scheduler);
+        read in row chunks of ``chunk_size`` spots.
     bias
         Eliminate a free per-spot intercept.
     weights
@@ -132,7 +172,7 @@ def quadratic_data(
     max_weights
         Cap of the DWLS weights.
     chunk_size
-        Spots per chunk.
+        Spots per chunk (in-memory ``Y``; a dask array is read by its own row chunks).
     """
     X = np.asarray(X, dtype=np.float64)
     G, K = X.shape
@@ -144,22 +184,14 @@ def quadratic_data(
         Xc = X - mx
         H = Xc.T @ Xc
         my = np.empty(N) if bias else None
-        Ys = sp.csr_matrix(Y) if sp.issparse(Y) else None  # sparse rows stay sparse: O(nnz K) per chunk
-        step = chunk_size if Ys is None else max(chunk_size, 131072)
-        for start in range(0, N, step):
-            stop = min(N, start + step)
-            if Ys is None:
-                Yb = _dense_rows(Y, start, stop)
-                C[start:stop] = Yb @ Xc
-                ss = np.einsum("ng,ng->", Yb, Yb)
-                m = Yb.mean(axis=1) if bias else None
-            else:
-                Yb = sp.csr_matrix(Ys[start:stop], dtype=np.float64, copy=True)
-                Yb.sum_duplicates()
-                vals = Yb.data
-                C[start:stop] = Yb @ Xc
-                ss = float(np.dot(vals, vals))
+        for start, stop, Yb in _row_blocks(Y, chunk_size, dense=False):
+            C[start:stop] = Yb @ Xc
+            if sp.issparse(Yb):
+                ss = float(np.dot(Yb.data, Yb.data))
                 m = np.asarray(Yb.sum(axis=1)).ravel() / G if bias else None
+            else:
+                ss = float(np.einsum("ng,ng->", Yb, Yb))
+                m = Yb.mean(axis=1) if bias else None
             if bias:
                 my[start:stop] = m
                 ss -= G * np.dot(m, m)
@@ -173,9 +205,7 @@ def quadratic_data(
     H = np.empty((N, K, K))
     my = np.empty(N) if bias else None
     mxs = np.empty((N, K)) if bias else None
-    for start in range(0, N, chunk_size):
-        stop = min(N, start + chunk_size)
-        Yb = _dense_rows(Y, start, stop)
+    for start, stop, Yb in _row_blocks(Y, chunk_size, dense=True):
         W = dwls_weights(Yb, max_weights)
         Hb = np.einsum("ng,gi,gj->nij", W, X, X, optimize=True)
         Cb = (W * Yb) @ X
