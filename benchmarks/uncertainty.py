@@ -147,6 +147,16 @@ class _Clock:
         self.load = os.getloadavg()[0]
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
 def _lattice_adata(n_spots: int, n_genes: int, seed: int = 0):
     import anndata as ad
 
@@ -166,7 +176,7 @@ def cost_smooth(n_spots: int, n_genes: int) -> dict:
     import smoother as sm
 
     a = _lattice_adata(n_spots, n_genes)
-    out = {"n_spots": a.n_obs, "n_genes": n_genes}
+    out = {"n_spots": a.n_obs, "n_genes": n_genes, "smooth_commit": _commit()}
     for key, unc in (("smooth", False), ("smooth_with_sd", True)):
         with _Clock() as c:
             sm.tl.smooth(a, lambda_spatial=1.0, uncertainty=unc)
@@ -190,7 +200,7 @@ def cost_diag(diag_spots: int, methods=("exact", "probing"), n_verify: int = 64)
     del b
     n = Q.shape[0]
     A = (sp.identity(n, format="csr") + Q).tocsr()
-    out = {"diag_spots": int(n)}
+    out = {"diag_spots": int(n), "diag_commit": _commit()}
     diags = {}
     for method in methods:
         with _Clock() as c:
@@ -279,7 +289,8 @@ def main() -> None:
         ]
     if "smooth_s" in c:
         lines += [
-            f"- Smoothing at {c['n_spots']:,} spots x {c['n_genes']:,} genes (lambda = 1), one run: alone "
+            f"- Smoothing at {c['n_spots']:,} spots x {c['n_genes']:,} genes (lambda = 1), one run (commit "
+            f"{c.get('smooth_commit', '?')}): alone "
             f"{c['smooth_s']:.1f} s wall / {c['smooth_cpu_s']:.1f} s CPU (load {c['smooth_load']:.1f}); with "
             f"posterior sd {c['smooth_with_sd_s']:.1f} s wall / {c['smooth_with_sd_cpu_s']:.1f} s CPU (load "
             f"{c['smooth_with_sd_load']:.1f}): **{c['ratio']:.2f}x** wall, **{c['ratio_cpu']:.2f}x** CPU "
@@ -301,7 +312,8 @@ def main() -> None:
                 f"{c['diag_probing_verify_max_rel']:.1e} on {c['verify_spots']} independent spots)"
             )
         lines += [
-            f"- Diagonal of (I + Q)^-1 at {c['diag_spots']:,} spots (ICAR rho 0.99, square lattice): "
+            f"- Diagonal of (I + Q)^-1 at {c['diag_spots']:,} spots (ICAR rho 0.99, square lattice; commit "
+            f"{c.get('diag_commit', '?')}): "
             + "; ".join(parts)
             + f". Target < 120 s. Peak RSS {c['peak_rss_gib']:.1f} GiB.",
         ]
