@@ -21,6 +21,9 @@ This reduced problem is solved by :func:`solve_quadratic`: FISTA (accelerated pr
 Jacobi scaling, a Lipschitz constant from Lanczos iterations on the scaled Hessian, gradient-based adaptive
 restart, and a stopping rule on the KKT residual (the projected gradient) relative to the gradient at 0.
 Cost per iteration: :math:`O(NK^2 + K\,\mathrm{nnz}(Q))`; memory :math:`O(NK)` plus ``Y`` streamed in chunks.
+With one shared Hessian (LR, NNLS) and one sparse precision, each iteration is a single fused numba pass over the
+spots (extrapolation, gradient, scaled step, projection, restart test and the KKT residual of the current iterate),
+keeping four ``(N, K)`` arrays alive (``C`` and three iterates); DWLS and per-type precisions use numpy.
 
 Models that are not quadratic (nu-SVR, log-normal regression) or carry a topological loss use
 :func:`solve_torch`, a projected Adam / L-BFGS loop on any torch device.
