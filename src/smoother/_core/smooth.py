@@ -879,10 +879,10 @@ def gcv(
         cols = np.sort(rng.choice(g, size=m, replace=False))
         omega = np.full(m, 1.0 / m)
     Ysub = src if cols.size == g else _as_column_source(src[:, cols])
-    method = trace_method if trace_method != "auto" else ("exact" if n_obs <= EXACT_TRACE_MAX else "hutchinson")
+    tmethod = trace_method if trace_method != "auto" else ("exact" if n_obs <= EXACT_TRACE_MAX else "hutchinson")
     if spectral:
         spec = _Spectral(Ysub, op, center=center, grid=grid, n_probes=n_probes, seed=seed, tol=tol)
-        method = spec.trace_method
+        tmethod = spec.trace_method
 
     def evaluate(lam: float, keep: bool):
         if lam == 0.0:  # no smoothing (the fixed-observation limit when some spots are unobserved)
@@ -890,7 +890,7 @@ def gcv(
         if spectral:
             return (*spec.evaluate(lam), None)
         solver = SmoothSolver(op, lam, weights=d, center=center)
-        tr, tr2 = _traces(solver, method, n_probes, seed)
+        tr, tr2 = _traces(solver, tmethod, n_probes, seed)
         X = smooth(
             Ysub,
             op,
@@ -952,7 +952,7 @@ def gcv(
                 show_progress=False,
                 center=center,
             )
-        return GCVResult(lam_g, lams, sc, gc, tr_all, criterion, sigma2, X, g, method)
+        return GCVResult(lam_g, lams, sc, gc, tr_all, criterion, sigma2, X, g, tmethod)
     total = sc @ omega
     i = int(np.argmin(total))
     lam_best = float(lams[i])
@@ -977,7 +977,7 @@ def gcv(
         sc, gc = scores(lams, sigma2)
         tr_all = np.array([recs[lm][0] for lm in lams])
     return GCVResult(
-        lam_best, lams, sc @ omega, gc @ omega, tr_all, criterion, sigma2, None, cols.size, method, edge, omega
+        lam_best, lams, sc @ omega, gc @ omega, tr_all, criterion, sigma2, None, cols.size, tmethod, edge, omega
     )
 
 
