@@ -136,7 +136,7 @@ def _check_coords_xy(coords_xy: Any) -> np.ndarray:
     if not np.isfinite(arr).all() or np.any(arr != np.round(arr)) or arr.min() < 0:
         msg = (
             "`coords_xy` must hold non-negative integer grid indices (row x, column y). Map spot positions or "
-            "Visium array coordinates to a grid with `smoother._core.persistence.coords_to_grid(coords)`."
+            "Visium array coordinates to a grid with `smoother.utils.coords_to_grid(coords)`."
         )
         raise ValueError(msg)
     ints = arr.astype(np.int64)
@@ -154,7 +154,12 @@ def _check_coords_xy(coords_xy: Any) -> np.ndarray:
 
 
 class TopLoss(torch.nn.Module):
-    """Topological loss on a spatial variable (``num_group x num_spot``).
+    """Penalty on a spatial variable for having more connected regions (or holes) than expected.
+
+    Use it when the topology of a map is known in advance, e.g. a cell type that forms one connected region,
+    or a layer without holes: add it to a fit's objective (``sm.tl.deconvolve(top_loss=...)``, or any torch
+    loss) next to the data term. It acts on a spatial variable of shape ``num_group x num_spot`` (e.g.
+    cell-type proportions, one row per type) on a grid.
 
     For each group :math:`g` with a prior, the coefficients are placed on the grid given by ``coords_xy``
     (unobserved cells get the overall minimum), and the superlevel persistence of that image on the
@@ -184,7 +189,7 @@ class TopLoss(torch.nn.Module):
     coords_xy
         ``(num_spot, 2)`` non-negative integer grid indices (row x, column y) of a 4-connected grid. Visium
         array coordinates (hex offsets) leave half of the cells empty: map them first with
-        :func:`smoother._core.persistence.coords_to_grid`.
+        :func:`smoother.utils.coords_to_grid`.
 
     Attributes
     ----------
@@ -196,6 +201,24 @@ class TopLoss(torch.nn.Module):
         :class:`LevelSetLayer2D` of the grid (``None`` when ``betti_priors`` is ``None``).
     topfn
         ``{group_id: {betti_k: PartialSumBarcodeLengths(dim=betti_k, skip=expected_count)}}``.
+
+    Examples
+    --------
+    Two bumps on a 10 x 10 grid: asking for one connected region penalizes the second bump (its gradient
+    touches only the spots holding its peak and its saddle); tolerating one extra region costs nothing.
+
+    >>> import numpy as np, torch
+    >>> from smoother.losses import TopLoss
+    >>> rows, cols = np.meshgrid(np.arange(10), np.arange(10), indexing="ij")
+    >>> coords = np.column_stack([rows.ravel(), cols.ravel()])
+    >>> bumps = np.exp(-((rows - 2) ** 2 + (cols - 2) ** 2) / 4) + np.exp(-((rows - 7) ** 2 + (cols - 7) ** 2) / 4)
+    >>> x = torch.tensor(bumps.reshape(1, -1), requires_grad=True)
+    >>> loss = TopLoss({0: {0: 0}}, coords)(x)
+    >>> loss.backward()
+    >>> round(loss.item(), 4), int((x.grad != 0).sum())
+    (0.0854, 2)
+    >>> TopLoss({0: {0: 1}}, coords)(x).item()
+    0.0
     """
 
     def __init__(self, betti_priors: dict | None, coords_xy: Any) -> None:
@@ -216,7 +239,7 @@ class TopLoss(torch.nn.Module):
             warnings.warn(
                 f"`coords_xy` leaves {empty:.0%} of the {self._dim_x} x {self._dim_y} grid empty; empty cells are "
                 "padded with the minimum and can dominate the loss. If these are Visium array coordinates, map "
-                "them with `smoother._core.persistence.coords_to_grid(coords)`.",
+                "them with `smoother.utils.coords_to_grid(coords)`.",
                 UserWarning,
                 stacklevel=2,
             )

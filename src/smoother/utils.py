@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._core import decay as _decay
+from ._core.persistence import coords_to_grid
 from ._validation import (
     _torch_to_scipy,
     as_float_array,
@@ -24,6 +25,7 @@ from ._validation import (
 )
 
 __all__ = [
+    "coords_to_grid",
     "estimate_decay_rate",
     "get_neighbor_quantile_value_by_k",
     "normalize_minmax",

@@ -308,7 +308,10 @@ def coords_to_grid(
     *,
     max_empty_fraction: float = 0.5,
 ) -> np.ndarray:
-    """Map spot coordinates to non-negative integer cells of a 4-connected grid (``coords_xy`` of ``TopLoss``).
+    """Map spot coordinates to the cells of a 4-connected grid (the ``coords_xy`` that ``TopLoss`` takes).
+
+    Use it before building a :class:`smoother.losses.TopLoss` on Visium spots or on any square or hexagonal
+    lattice of positions; ``sm.tl.deconvolve(top_loss=...)`` calls it for you.
 
     Parameters
     ----------
@@ -335,6 +338,18 @@ def coords_to_grid(
     ------
     ValueError
         When two spots fall on the same cell (coordinates are not on one lattice) or the input is malformed.
+
+    Examples
+    --------
+    Visium array coordinates are hex offsets (``row + col`` of one parity); each row keeps its neighbours:
+
+    >>> import numpy as np
+    >>> from smoother.utils import coords_to_grid
+    >>> rows, cols = np.meshgrid(np.arange(4), np.arange(8), indexing="ij")
+    >>> on = (rows + cols) % 2 == 0
+    >>> grid = coords_to_grid(np.column_stack([rows[on], cols[on]]))
+    >>> grid.shape, grid.max(axis=0).tolist()
+    ((16, 2), [3, 3])
     """
     arr = as_float_array(coords, "coords", expected="a numeric array of shape (n_spots, 2)")
     if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 1:
