@@ -406,7 +406,7 @@ def to_markdown(res: dict) -> str:
             lines.append(
                 f"| {r['lambda']:g} | {r['solver']} | {r['setup_cpu_s']} | {r['solve_cpu_s']} | "
                 f"{r['iterations'] if r['iterations'] is not None else '-'} | "
-                f"{r['kappa_bound'] if r['kappa_bound'] is None else round(r['kappa_bound'], 1)} | "
+                f"{'-' if r['kappa_bound'] is None else round(r['kappa_bound'], 1)} | "
                 f"{r['residual']:.1e} | {r['max_rel_diff_to_cholesky']:.1e} |"
             )
     return "\n".join(lines) + "\n"
