@@ -138,3 +138,12 @@ def test_triangular_inverse_by_halves_matches_dense(rng):
     for n in (1, 5, 48, 49, 150):
         L = np.tril(rng.normal(size=(n, n))) + np.diag(np.full(n, 3.0 + n**0.5))
         np.testing.assert_allclose(_tri_inv(L), np.linalg.inv(L), rtol=1e-10, atol=1e-14)
+
+
+def test_ldl_inv_diag_above_the_supernodal_threshold_equals_the_scalar_recurrences(rng, monkeypatch):
+    A = precision(_graphs(rng)[1], "icar", 0.9)
+    scalar = LDLFactor(A).inv_diag()
+    monkeypatch.setattr(LDLFactor, "supernodal_min", 10)
+    F = LDLFactor(A)
+    np.testing.assert_allclose(F.inv_diag(), scalar, rtol=1e-10)
+    np.testing.assert_allclose(scalar, np.diag(np.linalg.inv(A.toarray())), rtol=1e-9)
