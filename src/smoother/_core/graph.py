@@ -54,11 +54,11 @@ def _check_spread(coords: np.ndarray) -> np.ndarray:
 
 def _knn_indices(coords: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and distances of the ``k`` nearest *other* spots of every spot, shape ``(n, k)``."""
-    from sklearn.neighbors import NearestNeighbors
+    from scipy.spatial import cKDTree
 
     n = coords.shape[0]
-    nn = NearestNeighbors(n_neighbors=k + 1).fit(coords)
-    dist, idx = nn.kneighbors(coords)
+    dist, idx = cKDTree(coords).query(coords, k=k + 1)
+    dist, idx = np.asarray(dist).reshape(n, k + 1), np.asarray(idx).reshape(n, k + 1)
     is_self = idx == np.arange(n)[:, None]
     # duplicated coordinates can push the spot itself out of its own list: then drop the farthest instead
     no_self = ~is_self.any(axis=1)
@@ -143,18 +143,16 @@ def radius_graph(
     connectivities, distances
         CSR ``(n_spots, n_spots)`` matrices, as in :func:`knn_graph`.
     """
-    from sklearn.neighbors import NearestNeighbors
+    from scipy.spatial import cKDTree
 
     coords = _check_spread(check_coords(coords))
     radius = check_real(radius, "radius", low=0.0, low_open=True, example="1.5")
     bandwidth = check_real(bandwidth, "bandwidth", low=0.0, low_open=True, allow_none=True, example="1.0")
     n = coords.shape[0]
-    nn = NearestNeighbors(radius=float(radius)).fit(coords)
-    dist_list, idx_list = nn.radius_neighbors(coords, return_distance=True)
-    counts = np.fromiter(map(len, idx_list), dtype=np.int64, count=n)
-    rows = np.repeat(np.arange(n), counts)
-    cols = np.concatenate(idx_list).astype(np.int64) if n else np.zeros(0, np.int64)
-    d = np.concatenate(dist_list).astype(np.float64) if n else np.zeros(0)
+    tree = cKDTree(coords)
+    pairs = tree.sparse_distance_matrix(tree, float(radius), output_type="ndarray")  # every pair, zeros included
+    rows, cols = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
+    d = pairs["v"].astype(np.float64)
     off = rows != cols
     rows, cols, d = rows[off], cols[off], d[off]
     if bandwidth is None:
