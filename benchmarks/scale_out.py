@@ -298,6 +298,12 @@ def run_one(
     return rec
 
 
+def _bins(rec: dict) -> str:
+    """Number of bins, with the bin size when it is not 2 um."""
+    um = rec.get("bin_um", 2)
+    return f"{rec['bins']:,}" + ("" if um == 2 else f" ({um} um)")
+
+
 def _wc(rec: dict) -> str:
     """``wall (cpu)`` of a step record."""
     return f"{rec['time_s']} ({rec['cpu_s']} CPU)" if "cpu_s" in rec else f"{rec['time_s']}"
@@ -338,7 +344,7 @@ def to_markdown(res: dict) -> str:
         if "smooth" in r and "smooth_solver" in r:
             sm_t += f" [{r['smooth_solver']}]"
         lines.append(
-            f"| {r['bins']:,} | {r['genes']:,} | {r['nnz_X']:,} | {r['simulate_to_zarr']['time_s']} | "
+            f"| {_bins(r)} | {r['genes']:,} | {r['nnz_X']:,} | {r['simulate_to_zarr']['time_s']} | "
             f"{r['graph']['time_s']} | {sm_t} ({est_smooth}) | {sm_m} | {sp_t} ({e['t_spca_s']}) | {sp_m} | "
             f"{e['nnz_L']:.3g} | {e['factor_gflop']} | {e['solve_gflop']} | {e['bytes_read_gb']} | "
             f"{r.get('smooth_written_gb', '-')} | {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f} |"
@@ -378,7 +384,7 @@ def to_markdown(res: dict) -> str:
             if "factor" in r:
                 e = r["estimate"]
                 lines.append(
-                    f"| {r['bins']:,} | {r['genes']:,} | {_wc(r['precision'])} | {_wc(r['factor'])} "
+                    f"| {_bins(r)} | {r['genes']:,} | {_wc(r['precision'])} | {_wc(r['factor'])} "
                     f"({e['t_factor_s']}) | {_wc(r['solve_and_write'])} ({e['t_solve_s']}) |"
                 )
     c = res.get("cluster_check")
