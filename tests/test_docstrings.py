@@ -37,7 +37,6 @@ MODULES = [
 PENDING: set[str] = set()
 # Docstrings (in other engineers' files) that still name a private module; same rule as PENDING.
 PENDING_PRIVATE = {
-    "smoother.tl.deconvolve",
     "smoother.tl.smooth",
 }
 # Examples that need a download may skip it (and nothing else may).

@@ -495,10 +495,12 @@ def deconvolve(
     ``model_kwargs={'platform_effect': True}``, else 1) and :math:`z_{nk}` the share of the spot's counts
     from type :math:`k`. They minimize the negative log-likelihood (identity link: convex for Poisson; the NB
     dispersion per gene is estimated and the fit is a majorization-minimization to a stationary point) on the
-    informative genes of the reference (ranked by :func:`smoother._core.deconv_counts.select_genes`, recorded
-    in ``uns[key_added]['genes']``), plus :math:`\frac{\lambda}{N}\sum_k z_{:k}^T Q z_{:k}`. See
-    :mod:`smoother._core.deconv_counts` for the model, the solvers and the ``'auto'`` strength (its criterion
-    is recorded in ``uns[key_added]['lambda_auto']``). They need raw counts: non-integer or negative data are an error
+    informative genes of the reference (genes high in one type relative to the others, ranked by the
+    information they carry about the mixture; recorded in ``uns[key_added]['genes']``), plus
+    :math:`\frac{\lambda}{N}\sum_k z_{:k}^T Q z_{:k}`, solved by Newton (``lambda_spatial=0``) or sequential
+    quadratic programming steps to a relative KKT residual ``tol``. ``'auto'`` scores the candidate strengths by
+    the deviance of held-out genes (its criterion is recorded in ``uns[key_added]['lambda_auto']``).
+    They need raw counts: non-integer or negative data are an error
     (pass ``layer='counts'`` when ``X`` holds normalized data, or use ``model='nnls'`` for normalized data).
 
     **Classic models** (``'nnls'``, ``'lr'``, ``'dwls'``, ``'nusvr'``, ``'lognorm'``; the published objectives
@@ -540,8 +542,8 @@ def deconvolve(
         negative log-likelihood of held-out genes; classic models: 5-fold cross-validation over genes); a choice at
         the largest candidate is warned about. The two families scale :math:`\lambda` differently.
     prior, rho, standardize
-        Spatial prior and its parameters (see :func:`smoother._core.precision.precision`); built by the same
-        code as in every ``sm.tl`` function (:func:`smoother._anndata.get_prior_operator`).
+        Spatial prior and its parameters, built from ``obsp[connectivity_key]`` by the same code as in every
+        ``sm.tl`` function (see :func:`smoother.tl.smooth`).
     connectivity_key
         Spatial graph in ``adata.obsp`` (read only when the spatial prior is used).
     layer
@@ -562,8 +564,9 @@ def deconvolve(
     model_kwargs
         Count models: ``platform_effect`` (bool; estimate :math:`r_g`), ``n_genes`` (number of informative genes),
         ``dispersion`` (``'nb'``: ``'auto'`` or a fixed :math:`\phi \ge 0`, variance :math:`\mu + \phi\mu^2`);
-        unset, the measured defaults of :func:`smoother._core.deconv_counts.fit_counts` and
-        :func:`~smoother._core.deconv_counts.default_n_genes` apply. Classic models: ``C``, ``nu``,
+        unset, measured defaults apply (no platform effect; ``n_genes`` = all shared genes up to
+        ``max(30 K, 300, 3e6 / n_spots)`` of the most informative ones; dispersion ``'auto'``).
+        Classic models: ``C``, ``nu``,
         ``loss_mode`` (nu-SVR), ``max_weights`` (DWLS), ``epsilon`` (log-normal).
     top_loss, lambda_top_loss
         Classic models: topological loss module on the ``(n_types, n_spots)`` coefficients (e.g.
@@ -585,7 +588,7 @@ def deconvolve(
         The classic models give no uncertainty (a clear error).
     auto_grid
         Candidate values for ``lambda_spatial='auto'`` (0 is always added). Default: count models
-        :data:`smoother._core.deconv_counts.COARSE_AUTO_GRID`; classic models 13 values on a log grid scaled
+        ``(0, 1e-4, 1e-3, 1e-2, 0.1, 1)``, refined around the best; classic models 13 values on a log grid scaled
         to the data.
     random_state
         Seed (gene folds and spot window of ``'auto'``, subsamples, Lanczos start).
