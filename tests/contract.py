@@ -112,13 +112,14 @@ def no_work():
     import scipy.sparse.linalg as spla
     import torch
 
-    from smoother._core import linalg
+    from smoother._core import iterative, linalg, selinv
 
     def boom(*_args, **_kwargs):
         raise WorkStarted("work started before the arguments were checked")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(linalg.SPDFactor, "__init__", boom)
+        for cls in (linalg.SPDFactor, selinv.LDLFactor, selinv.SupernodalFactor, iterative.CGSolver):
+            mp.setattr(cls, "__init__", boom)  # ChebyshevSolver inherits CGSolver's
         for name in ("splu", "spsolve", "cg", "minres", "eigsh", "lobpcg"):
             mp.setattr(spla, name, boom)
         for opt in (torch.optim.Adam, torch.optim.SGD, torch.optim.AdamW, torch.optim.LBFGS):

@@ -153,7 +153,7 @@ def impute(
           are those of ``fixed_obs=True``.
 
         With ``center=True`` the gene's mean is estimated too (a flat prior on it); its uncertainty is added to
-        :math:`d`. The diagonal is exact (selected inversion of a sparse factor, never a dense inverse) up to 2
+        :math:`d`. The diagonal is exact (selected inversion of a sparse factor, never a dense inverse) up to 10
         million spots and estimated beyond with its measured error (``uns[key_added]['uncertainty']``). The
         intervals are calibrated when the data follow the prior (a Gaussian field, plus noise for
         ``fixed_obs=False``); on fields the prior does not describe (sharp layers) they can miss (see
