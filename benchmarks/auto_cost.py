@@ -206,9 +206,10 @@ def write(recs: list[dict]) -> None:
         "whole peaks. `auto (old)`: the factorization search of efe4061 (18 grid values + Brent, 500 genes).",
         "",
         "`search CPU s`: CPU seconds inside the lambda search alone (`core.gcv`; not recorded in the first runs), "
-        "and `1 + search/fixed`, the ratio without the run-to-run noise of the two fits. Modes of one case may come from "
-        "separate invocations (the `auto (old)` rows, the dask case: one repeat) at other loads of this shared "
-        "machine (column `load`: 1-min load average before each run): compare CPU seconds, not wall seconds.",
+        "and `1 + search/fixed`, the ratio without the run-to-run noise of the two fits. Modes of one case "
+        "may come from separate invocations (the `auto (old)` rows, the dask case: one repeat) at other loads "
+        "of this shared machine (column `load`: 1-min load average before each run): compare CPU seconds, "
+        "not wall seconds.",
         "",
         "| case | fixed CPU s | fixed extra GiB | mode | CPU s | CPU ratio | search CPU s | 1 + search/fixed "
         "| wall ratio | extra GiB | peak ratio | lambda | load |",
