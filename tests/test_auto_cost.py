@@ -158,3 +158,25 @@ def test_weighted_gene_sample_estimates_the_mean_over_all_genes():
         assert abs(np.log10(res.lam / full.lam)) <= 0.375
     with pytest.raises(ValueError, match="gene_weights"):
         core.gcv(Y, op, gene_weights=np.ones(3))
+
+
+def test_recorded_noise_variance_is_weighted_back_to_all_genes():
+    """With genes sampled in proportion to their variance, uns[key]['gcv']['sigma2_mean'] is the weighted (Hajek)
+    mean, an estimate of the mean over ALL genes; the plain mean over the sample leans to the noisy genes."""
+    import smoother as sm
+
+    est = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        a = sm.datasets.simulate_field(n_spots=900, n_genes=400, random_state=seed)
+        Y = np.asarray(a.X, dtype=float)
+        Y = (Y - Y.mean(0)) / Y.std(0) * 0.3
+        sd = np.where(np.arange(400) < 200, 0.1, 1.0)  # half the genes 100x less noisy than the other half
+        a.X = Y + rng.standard_normal(Y.shape) * sd
+        sm.pp.spatial_graph(a)
+        sm.tl.smooth(a, random_state=seed)
+        rec = a.uns["smoothed"]["gcv"]
+        assert rec["n_genes"] < 400  # the criterion saw a sample
+        est.append(rec["sigma2_mean"])
+    truth = float(np.mean(sd**2))  # 0.505; the unweighted sample mean lands near 0.9
+    assert abs(np.mean(est) - truth) < 0.25 * truth

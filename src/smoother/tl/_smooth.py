@@ -1,6 +1,6 @@
 r"""Exact spatial smoothing on AnnData.
 
-The math lives in :mod:`smoother._core.smooth`; this module reads and validates the AnnData fields, calls the
+The math lives in the core solvers (``_core.smooth``); this module reads and validates the AnnData fields, calls the
 solver, and writes the results.
 """
 
@@ -152,7 +152,8 @@ def smooth(
     adata
         AnnData with a spatial graph in ``adata.obsp[connectivity_key]``.
     prior
-        ``'icar'`` (default), ``'car'``, ``'sar'``, ``'isar'`` or ``'sma'`` (see :mod:`smoother._core.precision`).
+        ``'icar'`` (default), ``'car'``, ``'sar'``, ``'isar'`` or ``'sma'`` (precision formulas in the
+        documentation's math page).
         ``'icar'`` at ``rho = 1`` (the graph Laplacian) is fine here: :math:`I + \lambda Q` is positive
         definite. ``'sma'`` is solved sparsely through :math:`Q = (B B^T)^{-1}`, :math:`B = I + \rho W`.
     rho
@@ -166,10 +167,13 @@ def smooth(
         :math:`\sum_{ij} w_{ij}(y_i - y_j)^2 / 2\sum_{ij} w_{ij}`, which does not depend on the prior) and
         :math:`\lambda` minimizes the unbiased risk estimate
         :math:`\sum_g \lVert y_g - \hat x_g\rVert^2 + 2\hat\sigma_g^2 \mathrm{tr}(S_\lambda)`, which avoids
-        GCV's under-smoothing (see :func:`smoother._core.smooth.gcv`). Traces are exact up to 2,000 spots and
-        Hutchinson estimates (32 probes) from the same factorization beyond. One value for the dataset (up to
-        500 random genes enter the criterion), or one per gene with ``per_gene=True``. :math:`\lambda = 0` (no
-        smoothing) is always a candidate, so ``'auto'`` is never worse than no smoothing by its own criterion; a
+        GCV's under-smoothing. Nothing is factorized for the search: the residuals and traces of every grid value
+        come from one Lanczos run on :math:`Q` per gene and per random probe (exact eigendecomposition up to 500
+        spots), recorded as ``uns[key_added]['gcv']['trace_method']``. One value for the dataset (about one gene in
+        20, 16 to 500 genes, drawn in proportion to their variance and weighted back to a mean over all genes,
+        enter the criterion), or one per gene with ``per_gene=True`` (then one factorization per grid value).
+        :math:`\lambda = 0` (no smoothing) is always a candidate, so ``'auto'`` is never worse than no smoothing
+        by its own criterion; a
         choice at the largest grid value warns and says what to change (a wider ``gcv_grid``; for ``'sar'`` on a
         graph whose rows do not sum to 1, ``prior='isar'`` or a row-normalized graph). On the DLPFC benchmark
         (``benchmarks/smooth_defaults.py``) the defaults beat naive neighbour averaging; a fixed ``1.0`` (the
@@ -206,7 +210,7 @@ def smooth(
         :math:`\sigma_g^2 = \mathrm{RSS}_g / (n - \mathrm{tr}\, H)` is estimated per gene from the residuals, so
         the sd of gene ``g`` at spot ``i`` is :math:`\sigma_g \sqrt{d_i}` (``sm.get.posterior_sd``,
         ``sm.get.interval``, ``sm.pl.uncertainty``). The diagonal is exact (selected inversion of the factor) up to
-        2 million spots. The intervals are calibrated when the data follow the prior (a Gaussian field plus
+        10 million spots. The intervals are calibrated when the data follow the prior (a Gaussian field plus
         noise); at sharp boundaries the smoothed value is biased towards the neighbours and intervals there can
         miss. Not available with ``nonneg=True`` (a truncated posterior) or ``per_gene=True`` (one factor per gene).
     dtype
@@ -386,7 +390,8 @@ def smooth(
             _warn_edge(float(res.lam), res.grid, prior, W, edge=res.edge)
         gcv_rec = _gcv_record(res)
         if res.sigma2 is not None and not per_gene:
-            gcv_rec["sigma2_mean"] = float(np.mean(res.sigma2))
+            w = res.gene_weights  # normalized Hajek weights of a sampled gene set (None: every gene counts once)
+            gcv_rec["sigma2_mean"] = float(np.mean(res.sigma2) if w is None else np.asarray(res.sigma2) @ w)
         if per_gene:
             X = res.X
             if nonneg:
