@@ -46,10 +46,12 @@ _LAZY = {
     "ContrastiveSpatialLoss": ("smoother.losses", "ContrastiveSpatialLoss"),
     "TopLoss": ("smoother.losses", "TopLoss"),
     "SpatialWeightMatrix": ("smoother.weights", "SpatialWeightMatrix"),
+    "write_zarr": ("smoother._io", "write_zarr"),
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs; not executed
     from . import datasets, get, losses, models, pl, pp, tl, utils, weights
+    from ._io import write_zarr
     from .losses import ContrastiveSpatialLoss, SpatialLoss, TopLoss
     from .weights import SpatialWeightMatrix
 
@@ -97,4 +99,5 @@ __all__ = [
     "tl",
     "utils",
     "weights",
+    "write_zarr",
 ]

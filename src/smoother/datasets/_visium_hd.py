@@ -18,6 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._constants import SIMULATION, SPATIAL_KEY
+from .._io import write_zarr
 from .._settings import log_finish, log_start
 from .._validation import check_int, check_real
 from ._fields import check_seed
@@ -266,7 +267,7 @@ def visium_hd(
     if store is not None:
         with warnings.catch_warnings():  # anndata's notice that zarr v3 will become its default format
             warnings.filterwarnings("ignore", message="Writing zarr v2", category=UserWarning)
-            adata.write_zarr(store)
+            write_zarr(adata, store)  # all or nothing: an interrupted simulation leaves no partial store
         adata = read_zarr_lazy(store, chunk_rows=rows_per_chunk * side)
     log_finish(start)
     return adata
