@@ -585,7 +585,10 @@ def deconvolve(
         the spatial term, inverted on the active set — coefficients at 0 are held there — by selected inversion,
         never an ``nK x nK`` inverse; proportions by the delta method). Written to ``obsm[f'{key_added}_se']``,
         with ``obsm[f'{key_added}_at_zero']`` flagging estimates on the boundary (their interval is one-sided).
-        The classic models give no uncertainty (a clear error).
+        Quadratic models (``'lr'``, ``'nnls'``, ``'dwls'``; exact fit, no topological loss): the same Laplace
+        approximation with the least-squares loss read as a Gaussian likelihood, its variance estimated from the
+        residuals (recorded as ``uns[key_added]['noise_var']``). ``'nusvr'``, ``'lognorm'``, the torch and cvxpy
+        backends and topological losses give no uncertainty (a clear error).
     auto_grid
         Candidate values for ``lambda_spatial='auto'`` (0 is always added). Default: count models
         ``(0, 1e-4, 1e-3, 1e-2, 0.1, 1)``, refined around the best; classic models 13 values on a log grid scaled
@@ -654,10 +657,11 @@ def deconvolve(
     rho = check_rho(rho, prior)
     standardize = check_bool(standardize, "standardize")
     uncertainty = check_bool(uncertainty, "uncertainty")
-    if uncertainty and not counts:
+    if uncertainty and not counts and mdl not in core.QUADRATIC_MODELS:
         msg = (
-            f"`uncertainty=True` is available for the count models (model='nb' or 'poisson'); model={mdl!r} gives no "
-            "uncertainty. Pass uncertainty=False or use a count model."
+            f"`uncertainty=True` is available for the count models ('nb', 'poisson') and the quadratic models ('lr', "
+            f"'nnls', 'dwls'); model={mdl!r} is fitted by gradient descent and gives no uncertainty. Pass "
+            "uncertainty=False or use one of those models."
         )
         raise ValueError(msg)
     if bias is not None:
@@ -695,6 +699,13 @@ def deconvolve(
         raise ValueError(msg)
     if use_top and backend == "cvxpy":
         msg = "The topological loss needs backend='auto' or 'torch', not 'cvxpy'."
+        raise ValueError(msg)
+    if uncertainty and not counts and (use_top or backend != "auto"):
+        what = "a topological loss (not quadratic)" if use_top else f"backend={backend!r}"
+        msg = (
+            f"`uncertainty=True` needs the exact quadratic fit (backend='auto', no topological loss); {what} gives "
+            "no uncertainty. Pass uncertainty=False, or drop that option."
+        )
         raise ValueError(msg)
     if backend == "cvxpy" and mdl == "lognorm":
         msg = "model='lognorm' is not convex and has no cvxpy backend; use backend='auto'."
@@ -810,6 +821,8 @@ def deconvolve(
             Xsig, Y, Q, lam, mdl, bias, backend, device, mkw, top_module, lam_top_eff, grid, random_state, tol,
             max_iter, lr, max_epochs,
         )  # fmt: skip
+        if uncertainty:
+            fit["se"], fit["at_zero"], fit["noise_var"] = _quadratic_se(fit, Xsig, Y, Q, mdl, bias, mkw)
     if fit["n_empty"]:
         warnings.warn(
             f"{fit['n_empty']} spot(s) have no {'counts on the genes used' if counts else 'positive coefficient'}; "
@@ -832,6 +845,8 @@ def deconvolve(
         uns["reference"] = ref_info
     if fit["auto"] is not None:
         uns["lambda_auto"] = fit["auto"]
+    if "noise_var" in fit:
+        uns["noise_var"] = float(fit["noise_var"])
     var = {f"{key_added}_gene_effect": None, f"{key_added}_dispersion": None}
     if counts:
         pos = adata.var_names.get_indexer(used_names)
@@ -890,6 +905,7 @@ def _run_classic(
     )
     props, n_empty = core.coef_to_props(res.coef)
     return {
+        "coef": np.asarray(res.coef, dtype=np.float64),
         "genes": None,  # every shared gene
         "props": props,
         "abundance": np.clip(res.coef, 0.0, None),
@@ -990,6 +1006,38 @@ def _count_se(fit: dict, S, Q) -> tuple[np.ndarray, np.ndarray]:
     sbar = float(np.mean(res.library_size)) if np.mean(res.library_size) > 0 else 1.0
     cov = laplace_block_cov(H, Q if lam > 0 else None, lam * sbar, active)
     return proportion_se(z, cov), ~active
+
+
+def _quadratic_se(fit: dict, X, Y, Q, mdl: str, bias: bool, mkw: dict) -> tuple[np.ndarray, np.ndarray, float]:
+    r"""Laplace standard errors of the proportions of a quadratic-model fit, the boundary flags, and sigma^2.
+
+    The least-squares loss is the Gaussian likelihood :math:`y_{ng} \sim N(x_g^T z_n + b_n, \sigma^2 / w_{ng})`
+    (``w`` the DWLS weights, else 1) and the spatial term its prior, so the negative log-posterior is
+    :math:`GN F(Z) / (2\sigma^2)` and its Hessian :math:`\sigma^{-2}[\mathrm{blockdiag}(H_n) + (\lambda G/K)
+    Q \otimes I_K]` (:math:`H_n` with the free intercept profiled out). :math:`\sigma^2` is the weighted residual
+    sum of squares over :math:`GN` minus the free coefficients (and intercepts). The inverse is taken on the free
+    coefficients (active set), per-spot blocks only (selected inversion), then the delta method to proportions.
+    """
+    from .._core.uncertainty import laplace_block_cov, proportion_se
+
+    data = core.quadratic_data(
+        X, Y, bias=bias, weights="dwls" if mdl == "dwls" else None, max_weights=mkw.get("max_weights", 8.0)
+    )
+    z = fit["coef"]
+    n, K = z.shape
+    G = X.shape[0]
+    if mdl == "lr":
+        active = np.ones_like(z, dtype=bool)
+    else:
+        scale = max(float(np.max(z)) if z.size else 0.0, 1e-300)
+        active = z > 1e-8 * scale
+    wrss = max(float(fit["objective"]["model"]) / data.scale, 0.0)
+    dof = max(G * n - int(active.sum()) - (n if bias else 0), 1)
+    sigma2 = wrss / dof
+    H = data.H if data.per_spot else np.broadcast_to(data.H, (n, K, K))
+    lam = float(fit["lambda"])
+    cov = laplace_block_cov(H, Q if lam > 0 else None, lam * G / (2.0 * K), active)
+    return proportion_se(z, sigma2 * cov), ~active, sigma2
 
 
 # ----------------------------------------------------------------------------------------------------------------
