@@ -425,7 +425,7 @@ class SpatialWeightMatrix:
     >>> swm.calc_weights_knn(adata.obsm["spatial"], k=4, verbose=False)
     >>> swm.scale_by_expr(adata.X.T, verbose=False)  # the classic API is num_gene x num_spot
     >>> swm
-    SpatialWeightMatrix(num_spot=100, nnz=362, method=knn, scaled_by=expression)
+    SpatialWeightMatrix(num_spot=100, nnz=364, method=knn, scaled_by=expression)
     >>> Q = swm.get_inv_cov("icar", rho=0.99)
     >>> tuple(Q.shape), Q.layout
     ((100, 100), torch.sparse_coo)
