@@ -362,27 +362,6 @@ def joint_ml_lambda(
         return 1.0, np.array([1.0]), np.array([0.0])
     Q = _sym(Q)
     null = _n_null(Q)
-    evals: dict[float, float] = {}
+    from .uncertainty import maximize_log_lambda
 
-    def f(log_lam: float) -> float:
-        lam = float(np.exp(log_lam))
-        if lam not in evals:
-            evals[lam] = joint_loglik(Ys, Q, observed, lam, null_dim=null)
-        return evals[lam]
-
-    grid = np.linspace(np.log(lo), np.log(hi), n_grid)
-    vals = np.array([f(x) for x in grid])
-    i = int(np.argmax(vals))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, n_grid - 1)]
-    gr = (np.sqrt(5.0) - 1.0) / 2.0
-    c, d = b - gr * (b - a), a + gr * (b - a)
-    for _ in range(n_refine):
-        if f(c) >= f(d):
-            b, d = d, c
-            c = b - gr * (b - a)
-        else:
-            a, c = c, d
-            d = a + gr * (b - a)
-    lams = np.array(sorted(evals))
-    ll = np.array([evals[x] for x in lams])
-    return float(lams[int(np.argmax(ll))]), lams, ll
+    return maximize_log_lambda(lambda lam: joint_loglik(Ys, Q, observed, lam, null_dim=null), lo, hi, n_grid, n_refine)

@@ -482,12 +482,21 @@ def ml_lambda(
     null = _null_dim(op, graph)
     if Ys.shape[1] == 0:
         return 1.0, np.array([1.0]), np.array([0.0])
+    return maximize_log_lambda(lambda lam: marginal_loglik(Ys, op, lam, null_dim=null), lo, hi, n_grid, n_refine)
+
+
+def maximize_log_lambda(
+    loglik, lo: float, hi: float, n_grid: int, n_refine: int
+) -> tuple[float, np.ndarray, np.ndarray]:
+    r"""Maximize ``loglik(lam)`` over :math:`\lambda \in [lo, hi]`: a log-spaced grid of ``n_grid`` points, then
+    ``n_refine`` golden-section steps in :math:`\log\lambda` around the best grid point (each value evaluated once).
+    Returns ``(lam, lambdas, loglik)`` over every evaluated point, sorted."""
     evals: dict[float, float] = {}
 
     def f(log_lam: float) -> float:
         lam = float(np.exp(log_lam))
         if lam not in evals:
-            evals[lam] = marginal_loglik(Ys, op, lam, null_dim=null)
+            evals[lam] = float(loglik(lam))
         return evals[lam]
 
     grid = np.linspace(np.log(lo), np.log(hi), n_grid)
