@@ -41,6 +41,23 @@ def test_smooth_blocks_equal_the_dense_solve(problem, sparse_chunks):
     np.testing.assert_allclose(X.compute(), ref, atol=1e-5)
 
 
+def test_csr_chunks_are_cut_into_gene_blocks_from_csc_with_the_same_values(problem):
+    from smoother._core.blockwise import column_blocks, default_genes_per_block
+
+    _, Y = problem
+    Yd = da.from_array(sp.csr_matrix(Y), chunks=(150, 23), asarray=False)
+    Yc = column_blocks(Yd, 5)
+    assert Yc.chunks[0] == (Y.shape[0],) and Yc.chunks[1] == (5, 5, 5, 5, 3)
+    parts = dask.compute(*[Yc.blocks[0, j] for j in range(5)], scheduler="sync")
+    assert all(sp.issparse(b) and b.format == "csc" for b in parts)  # cut from CSC chunks: O(kept entries) per cut
+    np.testing.assert_array_equal(sp.hstack(parts).toarray(), Y)
+    assert column_blocks(Yc, 5) is Yc  # already gene blocks
+    # factor blocks: as many genes as 256 MiB of float64 hold, between 16 and 64
+    assert default_genes_per_block(10**5, "cholesky") == 64
+    assert default_genes_per_block(10**6, "cholesky") == 33
+    assert default_genes_per_block(10**7, "cholesky") == 16
+
+
 def test_factor_is_built_once_per_process_and_reused(problem, monkeypatch):
     from smoother._core import linalg
 

@@ -147,3 +147,23 @@ def test_ldl_inv_diag_above_the_supernodal_threshold_equals_the_scalar_recurrenc
     F = LDLFactor(A)
     np.testing.assert_allclose(F.inv_diag(), scalar, rtol=1e-10)
     np.testing.assert_allclose(scalar, np.diag(np.linalg.inv(A.toarray())), rtol=1e-9)
+
+
+def test_spd_factor_uses_the_supernodal_backend_from_its_threshold_and_solves_alike(rng, monkeypatch):
+    from smoother._core import linalg
+
+    A = precision(_graphs(rng)[2], "icar", 0.9) + 0.5 * sp.identity(_graphs(rng)[2].shape[0])
+    n = A.shape[0]
+    B = rng.normal(size=(n, 3))
+    ref = np.linalg.solve(A.toarray(), B)
+    small = linalg.SPDFactor(A)
+    assert small.backend == "cholmod"
+    monkeypatch.setattr(linalg, "SUPERNODAL_MIN_SPOTS", n)  # at the threshold: supernodal
+    big = linalg.SPDFactor(A)
+    assert big.backend == "supernodal"
+    for F in (small, big, linalg.SPDFactor(A, backend="supernodal")):
+        np.testing.assert_allclose(F.solve(B), ref, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(F.solve(B[:, 1]), ref[:, 1], rtol=1e-9, atol=1e-12)
+        assert F.solve(np.zeros((n, 0))).shape == (n, 0)
+    with pytest.raises(NotPositiveDefiniteError):
+        linalg.SPDFactor(sp.diags([1.0, -1.0, 2.0]), backend="supernodal")

@@ -296,6 +296,214 @@ class CountDeconvResult:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# compiled kernels (numba, on first use): one pass over a chunk's (n, G) arrays instead of ~20 numpy temporaries
+# --------------------------------------------------------------------------------------------------------------
+def _k_nb(Y, V, LT, LV, s, theta, hess, exact, f, Qw, Wf, Wx):  # pragma: no cover - compiled by numba
+    """NB terms of a chunk: f (objective per spot), Qw (d f / d v per gene), Wf / Wx (Fisher / exact weights).
+
+    ``V`` > 0 (floored by the caller), ``LT = log(theta + s V)`` and ``LV = log V`` (numpy's vectorized log is
+    several times faster than a scalar log in this loop).
+    """
+    n, G = Y.shape
+    for i in range(n):
+        si = s[i]
+        s2 = si * si
+        fl = 1e-8 / G * max(si, 1.0)
+        acc = 0.0
+        for g in range(G):
+            y = Y[i, g]
+            v = V[i, g]
+            th = theta[g]
+            mu = si * v
+            itm = 1.0 / (th + mu)
+            acc += (y + th) * LT[i, g] - y * LV[i, g]
+            r = y / v
+            a = (y + th) * itm * si
+            Qw[i, g] = a - r
+            if hess:
+                Wf[i, g] = s2 * th * itm / max(mu, fl)
+                if exact:
+                    Wx[i, g] = r / v - a * si * itm
+        f[i] = acc
+
+
+def _k_poisson(Y, V, LV, hess, ylogv, R, Wf):  # pragma: no cover - compiled by numba
+    """Poisson terms of a chunk (``V`` > 0, ``LV = log V``): sum_g y log v per spot, y / v and y / v^2."""
+    n, G = Y.shape
+    for i in range(n):
+        acc = 0.0
+        for g in range(G):
+            y = Y[i, g]
+            v = V[i, g]
+            acc += y * LV[i, g]
+            r = y / v
+            R[i, g] = r
+            if hess:
+                Wf[i, g] = r / v
+        ylogv[i] = acc
+
+
+def _k_value(Y, LT, LV, theta, nb, f):  # pragma: no cover - compiled by numba
+    """Objective per spot without the Poisson sum-of-means term (added by the caller): NB or -sum y log v."""
+    n, G = Y.shape
+    for i in range(n):
+        acc = 0.0
+        if nb:
+            for g in range(G):
+                y = Y[i, g]
+                acc += (y + theta[g]) * LT[i, g] - y * LV[i, g]
+        else:
+            for g in range(G):
+                acc -= Y[i, g] * LV[i, g]
+        f[i] = acc
+
+
+def _k_unpack(flat, iu0, iu1, H):  # pragma: no cover - compiled by numba
+    """Symmetric (n, K, K) float64 blocks from their upper triangles (n, K (K + 1) / 2)."""
+    n, m = flat.shape
+    for i in range(n):
+        for p in range(m):
+            x = np.float64(flat[i, p])
+            H[i, iu0[p], iu1[p]] = x
+            H[i, iu1[p], iu0[p]] = x
+
+
+def _k_blockmv(H, Z, out):  # pragma: no cover - compiled by numba
+    """out[n] = H[n] @ Z[n] for every spot."""
+    n, K = Z.shape
+    for i in range(n):
+        for a in range(K):
+            acc = 0.0
+            for b in range(K):
+                acc += H[i, a, b] * Z[i, b]
+            out[i, a] = acc
+
+
+def _k_qp_grad(H, indptr, indices, data, qs, Z, wC, w, c, out):  # pragma: no cover - compiled by numba
+    """out = w H[n] Z[n] + c qs * (Q Z)[n] - wC[n] for every spot (the QP's gradient; Q in CSR)."""
+    n, K = Z.shape
+    tmp = np.empty(K)
+    for i in range(n):
+        for a in range(K):
+            tmp[a] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            q = data[p]
+            for a in range(K):
+                tmp[a] += q * Z[j, a]
+        for a in range(K):
+            acc = 0.0
+            for b in range(K):
+                acc += H[i, a, b] * Z[i, b]
+            out[i, a] = w * acc + c * qs[a] * tmp[a] - wC[i, a]
+
+
+def _k_fista(H, indptr, indices, data, qs, Yp, Z, wC, step, w, c, Zn):  # pragma: no cover - compiled by numba
+    """One projected gradient step Zn = max(Yp - step * grad(Yp), 0); returns sum((Yp - Zn) (Zn - Z))."""
+    n, K = Z.shape
+    tmp = np.empty(K)
+    dot = 0.0
+    for i in range(n):
+        for a in range(K):
+            tmp[a] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            q = data[p]
+            for a in range(K):
+                tmp[a] += q * Yp[j, a]
+        for a in range(K):
+            acc = 0.0
+            for b in range(K):
+                acc += H[i, a, b] * Yp[i, b]
+            y = Yp[i, a]
+            z = y - step[i, a] * (w * acc + c * qs[a] * tmp[a] - wC[i, a])
+            if not z > 0.0:
+                z = 0.0
+            Zn[i, a] = z
+            dot += (y - z) * (z - Z[i, a])
+    return dot
+
+
+def _k_momentum(Zn, Z, beta, Yp):  # pragma: no cover - compiled by numba
+    """Yp = Zn + beta (Zn - Z)."""
+    n, K = Z.shape
+    for i in range(n):
+        for a in range(K):
+            Yp[i, a] = Zn[i, a] + beta * (Zn[i, a] - Z[i, a])
+
+
+def _k_pd(H, tr, ok):  # pragma: no cover - compiled by numba
+    """ok[n]: every LDL^T pivot of block n exceeds 1e-8 tr[n] (blocks with a non-finite entry fail)."""
+    n, K, _ = H.shape
+    A = np.empty((K, K))
+    for i in range(n):
+        good = True
+        for a in range(K):
+            for b in range(K):
+                x = H[i, a, b]
+                if not np.isfinite(x):
+                    good = False
+                A[a, b] = x
+        thr = 1e-8 * tr[i]
+        if good:
+            for j in range(K):
+                d = A[j, j]
+                if not d > thr:
+                    good = False
+                    break
+                for p in range(j + 1, K):
+                    c = A[p, j] / d
+                    for q in range(j + 1, K):
+                        A[p, q] -= c * A[q, j]
+        ok[i] = good
+
+
+def _k_ylogy_mu(indptr, indices, data, s, Z, B):  # pragma: no cover - compiled by numba
+    """sum over the stored counts y > 0 of y log(y / mu), mu = s_n z_n . b_g (the deviance's sparse part)."""
+    n = len(indptr) - 1
+    K = Z.shape[1]
+    tot = 0.0
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            y = data[p]
+            if y > 0.0:
+                g = indices[p]
+                v = 0.0
+                for k in range(K):
+                    v += Z[i, k] * B[g, k]
+                tot += y * np.log(y / (s[i] * v))
+    return tot
+
+
+_KERNEL_FUNCS = (
+    _k_nb,
+    _k_poisson,
+    _k_value,
+    _k_unpack,
+    _k_blockmv,
+    _k_qp_grad,
+    _k_fista,
+    _k_momentum,
+    _k_pd,
+    _k_ylogy_mu,
+)
+_KERNELS: dict = {}
+
+
+def _kernel(name: str):
+    """The numba-compiled kernel ``name`` (compiled on first use, cached on disk when possible)."""
+    if not _KERNELS:
+        import numba
+
+        for fn in _KERNEL_FUNCS:
+            try:  # an unwritable cache location must not break the computation
+                _KERNELS[fn.__name__] = numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+            except Exception:  # noqa: BLE001  (numba raises various errors when it cannot cache)
+                _KERNELS[fn.__name__] = numba.njit(cache=False, nogil=True, error_model="numpy")(fn)
+    return _KERNELS[name]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the problem on the chosen genes
 # --------------------------------------------------------------------------------------------------------------
 class _Counts:
@@ -328,8 +536,7 @@ class _Counts:
         """``sum_g Wt[n, g] b_g b_g^T`` for every row of ``Wt``, ``(n, K, K)`` float64."""
         flat = np.asarray(Wt, dtype=np.float32) @ self.P
         H = np.empty((Wt.shape[0], self.K, self.K))
-        H[:, self.iu[0], self.iu[1]] = flat
-        H[:, self.iu[1], self.iu[0]] = flat
+        _kernel("_k_unpack")(flat, self.iu[0], self.iu[1], H)
         return H
 
     def rows(self, start: int, stop: int, idx: np.ndarray | None = None) -> np.ndarray:
@@ -360,64 +567,64 @@ class _Counts:
         Curvature: the exact Hessian for Poisson, the Fisher information
         :math:`\sum_g s^2 b_g b_g^T / (\mu + \mu^2/\theta)` for NB (positive definite; the NB Hessian is not).
         Values and gradients in float64; the curvature weights in float32 (they only steer the Newton steps).
+        The per-gene terms are computed in one compiled pass over the chunk (:func:`_k_nb`, :func:`_k_poisson`).
         """
-        V, bad = self._rates(Yc, Zc)
-        R = Yc / V  # y / v
-        ylogv = np.einsum("ng,ng->n", Yc, np.log(V))
+        Yc = np.ascontiguousarray(Yc, dtype=np.float64)
+        sc = np.ascontiguousarray(sc, dtype=np.float64)
+        V, LT, LV, bad = self._logs(Yc, sc, Zc)
+        n, G = V.shape
         glin = sc[:, None] * self.colsum[None, :]
+        Wf = np.empty((n, G) if hess else (0, 0), dtype=np.float32)
         H = None
         if self.likelihood == "poisson":
+            ylogv = np.empty(n)
+            R = np.empty((n, G))
+            _kernel("_k_poisson")(Yc, V, LV, hess, ylogv, R, Wf)
             f = sc * (Zc @ self.colsum) - ylogv
             g = glin - R @ self.B
             if hess:
-                R /= V  # y / v^2
-                H = self.gram(R)
+                H = self.gram(Wf)
         else:
-            th = self.theta
-            tm = V * sc[:, None]  # mu
+            f = np.empty(n)
+            Qw = np.empty((n, G))
+            ex = hess and exact
+            Wx = np.empty((n, G) if ex else (0, 0), dtype=np.float32)
+            _kernel("_k_nb")(Yc, V, LT, LV, sc, self.theta, hess, ex, f, Qw, Wf, Wx)
+            g = Qw @ self.B
             if hess:
-                floor = np.float32(1e-8 / self.G) * np.maximum(sc, 1.0).astype(np.float32)[:, None]
-                mu_f = np.maximum(tm.astype(np.float32), floor)
-            tm += th  # theta + mu
-            Yth = Yc + th
-            f = np.einsum("ng,ng->n", Yth, np.log(tm)) - ylogv
-            Yth /= tm  # (y + theta) / (theta + mu): d/dmu of (y + theta) log(theta + mu)
-            Yth *= sc[:, None]
-            q = Yth - R
-            g = q @ self.B
-            if hess:
-                s2 = (sc * sc).astype(np.float32)[:, None]
-                th32 = th.astype(np.float32)
-                # Fisher information weights s^2 theta / (mu (theta + mu))
-                H = self.gram(s2 * th32 / (mu_f * (th32 + mu_f)))
+                H = self.gram(Wf)  # Fisher information weights s^2 theta / (mu (theta + mu))
                 # exact Hessian weights y / v^2 - s^2 (y + theta) / (theta + mu)^2 (callers use it where PD)
-                if exact:
-                    Wx = (R / V).astype(np.float32)
-                    Wx -= (Yth * sc[:, None] / tm).astype(np.float32)
-                    self.H_exact = self.gram(Wx)
-                else:
-                    self.H_exact = None
+                self.H_exact = self.gram(Wx) if ex else None
         if bad is not None:
             f[bad] = np.inf
         return f, g, H, glin
 
-    def _rates(self, Yc, Zc):
-        """``V = Z B^T`` floored at 1e-300, and the spots with a count where the model has mean 0 (None: none)."""
+    def _logs(self, Yc, sc, Zc):
+        """``V = Z B^T`` floored at 1e-300, ``log(theta + s V)`` (NB; else None), ``log V`` and the spots with a
+        count where the model has mean 0 (their objective is +inf; None: no such spot)."""
         V = Zc @ self.B.T
-        if V.size and V.min() > 0:  # the usual case: no masks needed
-            return V, None
-        bad = ((Yc > 0) & ~(V > 0)).any(axis=1)  # objective +inf there
-        return np.maximum(V, 1e-300), bad
+        bad = None
+        if V.size and not V.min() > 0:  # rare: masks needed
+            bad = ((Yc > 0) & ~(V > 0)).any(axis=1)
+            bad = bad if bad.any() else None
+            np.maximum(V, 1e-300, out=V)
+        LV = np.log(V)
+        LT = None
+        if self.likelihood != "poisson":
+            LT = V * sc[:, None]
+            LT += self.theta
+            np.log(LT, out=LT)
+        return V, LT, LV, bad
 
     def value(self, Yc, sc, Zc) -> np.ndarray:
-        V, bad = self._rates(Yc, Zc)
-        ylogv = np.einsum("ng,ng->n", Yc, np.log(V))
-        if self.likelihood == "poisson":
-            f = sc * (Zc @ self.colsum) - ylogv
-        else:
-            V *= sc[:, None]
-            V += self.theta
-            f = np.einsum("ng,ng->n", Yc + self.theta, np.log(V)) - ylogv
+        Yc = np.ascontiguousarray(Yc, dtype=np.float64)
+        sc = np.ascontiguousarray(sc, dtype=np.float64)
+        V, LT, LV, bad = self._logs(Yc, sc, Zc)
+        f = np.empty(V.shape[0])
+        nb = self.likelihood != "poisson"
+        _kernel("_k_value")(Yc, LT if nb else LV, LV, self.theta if nb else np.zeros(self.G), nb, f)
+        if not nb:
+            f += sc * (Zc @ self.colsum)
         if bad is not None:
             f[bad] = np.inf
         return f
@@ -451,24 +658,21 @@ class _Counts:
 
 def _pd_blocks(H: np.ndarray, tr: np.ndarray) -> np.ndarray:
     """Which ``K x K`` blocks of ``H`` are safely positive definite: every pivot of their LDL^T factorization
-    exceeds ``1e-8 tr`` (vectorized over the blocks; ``O(n K^3)``, several times cheaper than ``eigvalsh``).
+    exceeds ``1e-8 tr`` (compiled loop over the blocks, :func:`_k_pd`; ``O(n K^3)``, cheaper than ``eigvalsh``).
 
     A pivot is a diagonal entry of a Schur complement, so it is at least the smallest eigenvalue: every block
     whose smallest eigenvalue exceeds ``1e-8 tr`` passes.
     """
-    A = np.array(H, dtype=np.float64)
-    K = A.shape[1]
-    thr = 1e-8 * tr
-    ok = np.isfinite(A).all(axis=(1, 2))
-    A[~ok] = 0.0
-    for j in range(K):
-        d = A[:, j, j]
-        ok &= d > thr
-        dinv = np.divide(1.0, d, out=np.zeros_like(d), where=ok)
-        if j + 1 < K:
-            col = A[:, j + 1 :, j]
-            A[:, j + 1 :, j + 1 :] -= (col * dinv[:, None])[:, :, None] * col[:, None, :]
+    ok = np.empty(H.shape[0], dtype=np.bool_)
+    _kernel("_k_pd")(np.asarray(H, dtype=np.float64), np.asarray(tr, dtype=np.float64), ok)
     return ok
+
+
+def _blockmv(H: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """``H[n] @ Z[n]`` for every spot (``(n, K, K)`` blocks times ``(n, K)``)."""
+    out = np.empty(Z.shape)
+    _kernel("_k_blockmv")(H, np.ascontiguousarray(Z, dtype=np.float64), out)
+    return out
 
 
 def _proj_grad(Z: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -645,14 +849,15 @@ def _solve_block_qp(Hr, Cq, Z0, spatial: SpatialTerm, w: float, tol: float, max_
     Q = spatial.Qs[0] if len(spatial.Qs) == 1 else None
 
     def hess(Z):
-        h = w * np.einsum("nij,nj->ni", Hr, Z)
+        h = _blockmv(Hr, Z)
+        h *= w
         h += c * spatial.mul(Z)
         return h
 
     d = w * np.einsum("nii->ni", Hr) + c * spatial.diag()
     d = np.maximum(d, max(1e-300, 1e-8 * float(d.max())) if d.size else 1.0)
     isd = 1.0 / np.sqrt(d)
-    rows = w * np.einsum("nij,nj->ni", np.abs(Hr), isd) * isd
+    rows = w * _blockmv(np.abs(Hr), isd) * isd
     if Q is not None:
         aq = abs(Q) if sp.issparse(Q) else np.abs(Q)
         rows += c * (aq @ isd) * isd * np.abs(spatial.s)
@@ -664,6 +869,8 @@ def _solve_block_qp(Hr, Cq, Z0, spatial: SpatialTerm, w: float, tol: float, max_
     wC = w * Cq
     scale = max(float(np.linalg.norm(wC)), 1e-300)
     Z = np.maximum(Z0, 0.0)
+    if Q is not None and sp.issparse(Q) and Z.flags.c_contiguous:
+        return _fista_compiled(Hr, sp.csr_matrix(Q), spatial.s, Z, wC, step, w, c, scale, tol, max_iter)
     Yp = Z.copy()
     t = 1.0
     res = np.inf
@@ -681,6 +888,37 @@ def _solve_block_qp(Hr, Cq, Z0, spatial: SpatialTerm, w: float, tol: float, max_
         Z = Zn
         if it % 5 == 0:
             res = kkt_residual(Z, hess(Z) - wC, True) / scale
+            if res <= tol:
+                break
+    return Z, it, res
+
+
+def _fista_compiled(Hr, Q, qs, Z, wC, step, w, c, scale, tol, max_iter):
+    """The FISTA loop of :func:`_solve_block_qp` with one sparse ``Q``, each iteration one compiled pass."""
+    Hr = np.ascontiguousarray(Hr, dtype=np.float64)
+    args = (Q.indptr, Q.indices, np.asarray(Q.data, dtype=np.float64), np.ascontiguousarray(qs, dtype=np.float64))
+    step = np.ascontiguousarray(step, dtype=np.float64)
+    wC = np.ascontiguousarray(wC, dtype=np.float64)
+    k_step, k_mom, k_grad = _kernel("_k_fista"), _kernel("_k_momentum"), _kernel("_k_qp_grad")
+    Yp = Z.copy()
+    Zn = np.empty_like(Z)
+    gr = np.empty_like(Z)
+    t = 1.0
+    res = np.inf
+    it = 0
+    for it in range(1, max_iter + 1):
+        dot = k_step(Hr, *args, Yp, Z, wC, step, w, c, Zn)
+        if dot > 0:  # gradient-based adaptive restart (O'Donoghue & Candes 2015)
+            t = 1.0
+            Yp[...] = Zn
+        else:
+            tn = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+            k_mom(Zn, Z, (t - 1.0) / tn, Yp)
+            t = tn
+        Z, Zn = Zn, Z
+        if it % 5 == 0:
+            k_grad(Hr, *args, Z, wC, w, c, gr)
+            res = kkt_residual(Z, gr, True) / scale
             if res <= tol:
                 break
     return Z, it, res
@@ -717,7 +955,7 @@ def _fit_spatial(
             return Z, it - 1, True, res
         tr = np.maximum(np.einsum("nii->n", H), 1e-300)
         H += (1e-10 * tr)[:, None, None] * np.eye(prob.K)
-        Cq = np.einsum("nij,nj->ni", H, Z) - g
+        Cq = _blockmv(H, Z) - g
         Zq, _, _ = _solve_block_qp(H, Cq, Z, spatial, w, tol=max(0.1 * tol, min(1e-2, QP_FORCING * res)))
         del H, Cq  # (N, K, K): freed before the trial point's blocks are built
         D = Zq - Z
@@ -1104,16 +1342,12 @@ def _deviance(prob: _Counts, Z: np.ndarray, Ytest=None, s_test=None) -> float:
     s = prob.s if s_test is None else s_test
     if sp.issparse(Ysrc):
         Y = sp.csr_matrix(Ysrc)
-        rows = np.repeat(np.arange(Y.shape[0]), np.diff(Y.indptr))
         y = np.asarray(Y.data, dtype=np.float64)
         tot = 2.0 * float(np.sum(s * (Z @ prob.colsum))) - 2.0 * float(y.sum())
-        for a in range(0, len(y), 1 << 22):
-            r, c, ya = rows[a : a + (1 << 22)], Y.indices[a : a + (1 << 22)], y[a : a + (1 << 22)]
-            mu = s[r] * np.einsum("ik,ik->i", Z[r], prob.B[c])
-            pos = ya > 0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                tot += 2.0 * float(np.sum(np.where(pos, ya * np.log(ya / mu), 0.0)))
-        return tot
+        Zc = np.ascontiguousarray(Z, dtype=np.float64)
+        sc = np.ascontiguousarray(s, dtype=np.float64)
+        Bc = np.ascontiguousarray(prob.B, dtype=np.float64)
+        return tot + 2.0 * float(_kernel("_k_ylogy_mu")(Y.indptr, Y.indices, y, sc, Zc, Bc))
     tot = 0.0
     for a in range(0, prob.N, prob.chunk):
         b = min(prob.N, a + prob.chunk)

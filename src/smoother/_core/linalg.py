@@ -99,6 +99,14 @@ class NotPositiveDefiniteError(ValueError):
     """Raised when a matrix that must be symmetric positive definite is not."""
 
 
+#: From this many spots on, :class:`SPDFactor` (``backend='auto'``) uses the supernodal factor. Measured on this
+#: machine (4-neighbour grid, I + Q with ICAR rho 0.99, one thread): at 659,344 spots it factors in 4.4 s against
+#: CHOLMOD's (cholespy) 17.3 s and solves 16 genes in 0.44 s against 0.72 s, at 10^6 spots 17 s against 61 s
+#: (peak memory 1.26 against 1.11 GB); at 10^5 spots (kNN graphs of 10 neighbours) both take ~1.8 s, and below
+#: CHOLMOD is faster.
+SUPERNODAL_MIN_SPOTS = 200_000
+
+
 class SPDFactor:
     """Cholesky factorization of a sparse SPD matrix ``A``, reused for many right-hand sides.
 
@@ -107,7 +115,9 @@ class SPDFactor:
     A
         Sparse symmetric positive definite matrix, shape ``(n, n)``.
     backend
-        ``'cholmod'`` (cholespy), ``'superlu'`` (scipy) or ``'auto'`` (cholmod when installed).
+        ``'cholmod'`` (cholespy), ``'supernodal'`` (:class:`~smoother._core.selinv.SupernodalFactor`: nested
+        dissection and dense BLAS blocks), ``'superlu'`` (scipy) or ``'auto'``: the supernodal factor from
+        :data:`SUPERNODAL_MIN_SPOTS` spots on, cholmod below (superlu when cholespy is missing).
 
     Raises
     ------
@@ -125,14 +135,21 @@ class SPDFactor:
             self.backend = "empty"
             return
         if backend == "auto":
-            try:
-                import cholespy  # noqa: F401
+            if self.n >= SUPERNODAL_MIN_SPOTS:
+                backend = "supernodal"
+            else:
+                try:
+                    import cholespy  # noqa: F401
 
-                backend = "cholmod"
-            except ImportError:  # pragma: no cover - cholespy is a declared dependency
-                backend = "superlu"
+                    backend = "cholmod"
+                except ImportError:  # pragma: no cover - cholespy is a declared dependency
+                    backend = "superlu"
         self.backend = backend
-        if backend == "cholmod":
+        if backend == "supernodal":
+            from .selinv import SupernodalFactor
+
+            self._snf = SupernodalFactor(A)
+        elif backend == "cholmod":
             from cholespy import CholeskySolverD, MatrixType
 
             # cholespy takes numpy arrays directly (no torch import on the exact paths)
@@ -155,7 +172,7 @@ class SPDFactor:
                 msg = "Matrix is not positive definite!"
                 raise NotPositiveDefiniteError(msg)
         else:
-            msg = f"Unknown backend `{backend!r}`: expected 'auto', 'cholmod' or 'superlu'."
+            msg = f"Unknown backend `{backend!r}`: expected 'auto', 'cholmod', 'supernodal' or 'superlu'."
             raise ValueError(msg)
 
     @property
@@ -175,6 +192,8 @@ class SPDFactor:
             return self._lu.solve(B)
         if B.ndim == 2 and B.shape[1] == 0:
             return B.copy()
+        if self.backend == "supernodal":
+            return self._snf.solve(B)
         b = np.ascontiguousarray(B)
         x = np.zeros_like(b)
         self._solver.solve(b, x)
