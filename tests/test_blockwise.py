@@ -123,3 +123,30 @@ def test_iterative_blocks_equal_the_dense_solve_and_build_one_solver(problem, so
     assert info["method"] == solver and info["solves"] == 6 and info["columns"] == 23
     assert 0 < info["residual_max"] <= 1e-9
     clear_cache()
+
+
+@pytest.mark.slow
+def test_solver_choice_on_a_cluster_uses_the_workers_memory_limit(problem, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from smoother._core import blockwise
+    from smoother._core.linalg import factor_nnz_estimate
+    from smoother.tl import _smooth
+
+    Q, _ = problem
+
+    class Op:
+        pass
+
+    op = Op()
+    op.Q = Q
+    need = 18 * factor_nnz_estimate(sp.identity(Q.shape[0]) + Q)
+    assert blockwise.worker_memory() is None  # no client
+    assert _smooth._resolve_solver("auto", op, 1.0, False, lazy=True) == "cholesky"  # this process: plenty
+    limit = int(need)  # the factor takes the whole limit: more than half of it
+    with (
+        distributed.LocalCluster(n_workers=1, processes=False, memory_limit=limit, dashboard_address=None) as lc,
+        distributed.Client(lc),
+    ):
+        assert blockwise.worker_memory() == limit
+        assert _smooth._resolve_solver("auto", op, 1.0, False, lazy=True) == "chebyshev"
+        assert _smooth._resolve_solver("auto", op, 1.0, False, lazy=False) == "cholesky"  # in memory: this process

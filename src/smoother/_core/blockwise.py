@@ -50,6 +50,29 @@ def is_dask(x: Any) -> bool:
     return isinstance(x, da.Array)
 
 
+def worker_memory() -> int | None:
+    """The smallest memory limit (bytes) among the workers of the active :class:`distributed.Client`, ``None``
+    without a client (or when no worker states a limit).
+
+    Solvers are built on the workers (:func:`cached_solver`), so whether a Cholesky factor fits is a question
+    about a worker's memory, not the client's.
+    """
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_client
+
+    try:
+        client = get_client()
+    except ValueError:  # no client
+        return None
+    workers = client.scheduler_info().get("workers", {})
+    limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+    limits = [m for m in limits if m > 0]
+    return min(limits) if limits else None
+
+
 def cached_solver(token: str, A: sp.spmatrix, solver: str = "cholesky", tol: float | None = None):
     """The solver of ``A`` (:func:`~smoother._core.linalg.spd_solver`: ``'cholesky'``, ``'cg'``, ...), built once per
     process and kept under ``(token, solver, tol)``."""

@@ -226,10 +226,11 @@ def smooth(
         Jacobi-preconditioned Chebyshev iteration on that Gershgorin interval: as many iterations as Jacobi-CG with
         a third of its memory traffic, for diagonally dominant systems such as ICAR/CAR); or ``'auto'`` (default):
         the factor unless its estimated size (:math:`\mathrm{nnz}(L) \approx \tfrac{31}{8} n \log_2 n` on a
-        planar graph, 18 bytes each at the peak) exceeds half the available memory — at 10^7 spots on a 24 GiB
-        machine — then ``'chebyshev'`` when the bound is at most 400, else ``'cg'``. The iterative solvers keep
-        only the matrix and a few ``n x genes`` blocks. ``nonneg``, ``uncertainty``, ``per_gene`` and the search
-        of ``lambda_spatial='auto'`` always use the factor.
+        planar graph, 18 bytes each at the peak) exceeds half the available memory (on dask input with a
+        :class:`distributed.Client`: half the smallest worker's memory limit, since each worker builds its own) —
+        at 10^7 spots on a 24 GiB machine — then ``'chebyshev'`` when the bound is at most 400, else ``'cg'``.
+        The iterative solvers keep only the matrix and a few ``n x genes`` blocks. ``nonneg``, ``uncertainty``,
+        ``per_gene`` and the search of ``lambda_spatial='auto'`` always use the factor.
     tol
         Relative residual tolerance of the iterative solvers: every gene's solution satisfies
         :math:`\lVert r\rVert_2 \le \mathrm{tol}\, \lVert b\rVert_2` for its true residual (else
@@ -441,17 +442,21 @@ def _system(op, lam: float) -> sp.csr_matrix:
     return (sp.identity(n, format="csr") + lam * op.Q).tocsr()
 
 
-def _resolve_solver(solver: str, op, lam: float, needs_factor: bool) -> str:
-    """``'cholesky'`` or ``'cg'``: as asked, else the factor unless its estimate does not fit (see ``solver``)."""
-    from .._core.linalg import choose_solver
+def _resolve_solver(solver: str, op, lam: float, needs_factor: bool, *, lazy: bool = False) -> str:
+    """``'cholesky'`` or an iterative method: as asked, else the factor unless its estimate does not fit in this
+    process's memory or (``lazy``, with a :class:`distributed.Client`) in the smallest worker's memory limit."""
+    from .._core.blockwise import worker_memory
+    from .._core.linalg import available_memory, choose_solver
 
     if solver != "auto":
         return solver
     if needs_factor or op.Q is None or lam == 0:
         return "cholesky"
-    method = choose_solver(_system(op, lam))
+    limit = worker_memory() if lazy else None
+    memory, where = (available_memory(), "memory") if limit is None else (limit, "a worker's memory limit")
+    method = choose_solver(_system(op, lam), memory=memory)
     if method in _ITERATIVE:
-        logger.info("    the Cholesky factor would not fit in memory: solving iteratively (%s)", method)
+        logger.info("    the Cholesky factor would not fit in %s: solving iteratively (%s)", where, method)
     return method
 
 
@@ -566,7 +571,9 @@ def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, solver
         # the search factors I + lambda Q for every lambda of its grid: where that factor does not fit, it runs on a
         # connected window of spots (breadth-first from a random spot) and its part of the graph
         spots = None
-        if solver in _ITERATIVE or (solver == "auto" and _resolve_solver("auto", op, 1.0, False) != "cholesky"):
+        if solver in _ITERATIVE or (
+            solver == "auto" and _resolve_solver("auto", op, 1.0, False, lazy=True) != "cholesky"
+        ):
             spots = auto_window(W, AUTO_MAX_SPOTS, random_state)
         Ws, ops = (W, op) if spots is None else (W[spots][:, spots].tocsr(), None)
         if ops is None:
@@ -593,7 +600,7 @@ def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, solver
         lam_used = float(lam)
     means = column_means(Yd) if center else None
     A = _system(op, lam_used)
-    method = _resolve_solver(solver, op, lam_used, False)
+    method = _resolve_solver(solver, op, lam_used, False, lazy=True)
     token = "smooth-" + dask.base.tokenize(A.data, A.indices, A.indptr)
     iterative = method in _ITERATIVE
     X = smooth_blocks(Yd, A, token=token, means=means, dtype=dt, solver=method, tol=tol if iterative else None)
