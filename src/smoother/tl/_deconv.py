@@ -750,8 +750,12 @@ def deconvolve(
         msg = f"lambda_spatial='auto' needs at least {2 * _N_FOLDS} shared genes, found {n_shared}; pass a number."
         raise ValueError(msg)
     gene_names = var_names[shared_mask].astype(str)
-    Y = Y[:, np.flatnonzero(shared_mask)]
-    Y = sp.csr_matrix(Y, dtype=np.float64) if sp.issparse(Y) else np.asarray(Y, dtype=np.float64)
+    if not shared_mask.all():
+        Y = Y[:, np.flatnonzero(shared_mask)]
+    if counts:  # the count models convert only the genes they use to floats (10^6 spots: GBs of copies saved)
+        Y = sp.csr_matrix(Y) if sp.issparse(Y) else np.asarray(Y)
+    else:
+        Y = sp.csr_matrix(Y, dtype=np.float64) if sp.issparse(Y) else np.asarray(Y, dtype=np.float64)
     Xsig = sig.loc[gene_names].to_numpy()
     if mdl in _NONNEG_MODELS and Y.shape[0] and Y.min() < 0:
         msg = (
