@@ -58,6 +58,43 @@ def test_csr_chunks_are_cut_into_gene_blocks_from_csc_with_the_same_values(probl
     assert default_genes_per_block(10**7, "cholesky") == 16
 
 
+def test_every_input_chunk_is_read_once_for_all_gene_blocks(problem, monkeypatch):
+    from smoother._core import blockwise, conditional
+
+    Q, Y = problem
+    n = Q.shape[0]
+    A = (sp.identity(n) + Q).tocsr()
+    reads = []
+
+    def read(b):
+        reads.append(1)
+        return b
+
+    Yd = da.from_array(sp.csr_matrix(Y), chunks=(150, 23), asarray=False).map_blocks(
+        read, dtype=Y.dtype, meta=sp.csr_matrix((0, 0), dtype=Y.dtype)
+    )
+    n_chunks = Yd.numblocks[0]
+    X = smooth_blocks(Yd, A, token="once", genes_per_block=4)  # 6 gene blocks
+    ref = X.compute(scheduler="threads")
+    assert len(reads) == n_chunks  # not once per gene block
+    reads.clear()
+    rows = np.arange(n)
+    F = conditional.lazy_fill(
+        Yd,
+        A,
+        sp.identity(n, format="csr"),
+        sys_rows=rows,
+        copy_rows=None,
+        n_out=n,
+        center=False,
+        dtype=np.float32,
+        genes_per_block=4,
+    )
+    np.testing.assert_allclose(F.compute(scheduler="threads"), ref, rtol=1e-5, atol=1e-5)
+    assert len(reads) == n_chunks
+    blockwise.clear_cache()
+
+
 def test_factor_is_built_once_per_process_and_reused(problem, monkeypatch):
     from smoother._core import linalg
 

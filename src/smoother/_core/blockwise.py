@@ -226,20 +226,27 @@ def smooth_blocks(
         bounds = np.cumsum((0, *Yc.chunks[1]))
         shifts = [means[bounds[i] : bounds[i + 1]] for i in range(len(Yc.chunks[1]))]
 
-    blocks = []
-    for j in range(len(Yc.chunks[1])):
-        part = dask.delayed(_solve_block, pure=True)(
-            Yc.blocks[0, j],
-            A_key,
-            token,
-            None if shifts is None else shifts[j],
-            np.dtype(dtype),
-            scale_key,
-            solver,
-            tol,
-        )
-        blocks.append(da.from_delayed(part, shape=(Yc.shape[0], Yc.chunks[1][j]), dtype=np.dtype(dtype)))
-    return da.concatenate(blocks, axis=1)
+    # one map_blocks over the gene blocks (not a delayed call per block: each of those would carry, and compute,
+    # its own fused copy of the reading of every input chunk)
+    return da.map_blocks(
+        _solve_gene_block,
+        Yc,
+        A_key,
+        token,
+        shifts,
+        np.dtype(dtype),
+        scale_key,
+        solver,
+        tol,
+        dtype=np.dtype(dtype),
+        chunks=Yc.chunks,
+        meta=np.empty((0, 0), dtype=np.dtype(dtype)),
+    )
+
+
+def _solve_gene_block(Yb, A, token, shifts, dtype, diag_scale, solver, tol, block_id=None):
+    shift = None if shifts is None else shifts[block_id[1]]
+    return _solve_block(Yb, A, token, shift, dtype, diag_scale, solver, tol)
 
 
 def _row_bounds(chunks) -> np.ndarray:

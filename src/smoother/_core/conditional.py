@@ -281,15 +281,24 @@ def lazy_fill(
     rows = np.asarray(sys_rows, dtype=np.int64)
     copy_rows = None if copy_rows is None else np.asarray(copy_rows, dtype=np.int64)
     dt = np.dtype(dtype)
-    blocks = []
-    for j in range(len(Yc.chunks[1])):
-        part = dask.delayed(_fill_block, pure=True)(
-            Yc.blocks[0, j], M_key, R_key, token, center, rows, copy_rows, n_out, dt
-        )
-        blocks.append(da.from_delayed(part, shape=(n_out, Yc.chunks[1][j]), dtype=dt))
-    if not blocks:
+    if Yc.shape[1] == 0:
         return da.zeros((n_out, 0), dtype=dt)
-    return da.concatenate(blocks, axis=1)
+    # one map_blocks over the gene blocks, so every input chunk is read once for all of them
+    return da.map_blocks(
+        _fill_block,
+        Yc,
+        M_key,
+        R_key,
+        token,
+        center,
+        rows,
+        copy_rows,
+        n_out,
+        dt,
+        dtype=dt,
+        chunks=((n_out,), Yc.chunks[1]),
+        meta=np.empty((0, 0), dtype=dt),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
