@@ -359,6 +359,27 @@ def _k_value(Y, LT, LV, theta, nb, f):  # pragma: no cover - compiled by numba
         f[i] = acc
 
 
+def _k_rates(Z, BT, s, theta, nb, V, T):  # pragma: no cover - compiled by numba
+    """V = Z B^T and (nb) T = theta + s V, row by row; returns min(V) (``inf`` when empty)."""
+    n, K = Z.shape
+    G = BT.shape[1]
+    vmin = np.inf
+    for i in range(n):
+        for g in range(G):
+            V[i, g] = 0.0
+        for k in range(K):
+            z = Z[i, k]
+            for g in range(G):
+                V[i, g] += z * BT[k, g]
+        for g in range(G):
+            vmin = min(vmin, V[i, g])
+        if nb:
+            si = s[i]
+            for g in range(G):
+                T[i, g] = theta[g] + si * V[i, g]
+    return vmin
+
+
 def _k_unpack(flat, iu0, iu1, H):  # pragma: no cover - compiled by numba
     """Symmetric (n, K, K) blocks from their upper triangles (n, K (K + 1) / 2)."""
     n, m = flat.shape
@@ -370,56 +391,65 @@ def _k_unpack(flat, iu0, iu1, H):  # pragma: no cover - compiled by numba
 
 
 def _k_blockmv(H, Z, out):  # pragma: no cover - compiled by numba
-    """out[n] = H[n] @ Z[n] for every spot."""
+    """out[n] = H[n] @ Z[n] for every spot (symmetric blocks: summed over rows, which vectorizes)."""
     n, K = Z.shape
     for i in range(n):
         for a in range(K):
-            acc = 0.0
-            for b in range(K):
-                acc += H[i, a, b] * Z[i, b]
-            out[i, a] = acc
+            out[i, a] = 0.0
+        for b in range(K):
+            zb = Z[i, b]
+            for a in range(K):
+                out[i, a] += H[i, b, a] * zb
 
 
 def _k_qp_grad(H, indptr, indices, data, qs, Z, wC, w, c, out):  # pragma: no cover - compiled by numba
-    """out = w H[n] Z[n] + c qs * (Q Z)[n] - wC[n] for every spot (the QP's gradient; Q in CSR)."""
+    """out = w H[n] Z[n] + c qs * (Q Z)[n] - wC[n] for every spot (the QP's gradient; Q in CSR, H symmetric)."""
     n, K = Z.shape
     tmp = np.empty(K)
+    hz = np.empty(K)
     for i in range(n):
         for a in range(K):
             tmp[a] = 0.0
+            hz[a] = 0.0
         for p in range(indptr[i], indptr[i + 1]):
             j = indices[p]
             q = data[p]
             for a in range(K):
                 tmp[a] += q * Z[j, a]
+        for b in range(K):
+            zb = Z[i, b]
+            for a in range(K):
+                hz[a] += H[i, b, a] * zb
         for a in range(K):
-            acc = 0.0
-            for b in range(K):
-                acc += H[i, a, b] * Z[i, b]
-            out[i, a] = w * acc + c * qs[a] * tmp[a] - wC[i, a]
+            out[i, a] = w * hz[a] + c * qs[a] * tmp[a] - wC[i, a]
 
 
 def _k_fista(H, indptr, indices, data, qs, Yp, Z, wC, step, w, c, Zn):  # pragma: no cover - compiled by numba
-    """One projected gradient step Zn = max(Yp - step * grad(Yp), 0); returns sum((Yp - Zn) (Zn - Z))."""
+    """One projected gradient step Zn = max(Yp - step * grad(Yp), 0); returns sum((Yp - Zn) (Zn - Z)).
+
+    The blocks are symmetric: ``H[n] y`` is summed over rows (contiguous, vectorizes).
+    """
     n, K = Z.shape
     tmp = np.empty(K)
+    hy = np.empty(K)
     dot = 0.0
     for i in range(n):
         for a in range(K):
             tmp[a] = 0.0
+            hy[a] = 0.0
         for p in range(indptr[i], indptr[i + 1]):
             j = indices[p]
             q = data[p]
             for a in range(K):
                 tmp[a] += q * Yp[j, a]
+        for b in range(K):
+            yb = Yp[i, b]
+            for a in range(K):
+                hy[a] += H[i, b, a] * yb
         for a in range(K):
-            acc = 0.0
-            for b in range(K):
-                acc += H[i, a, b] * Yp[i, b]
             y = Yp[i, a]
-            z = y - step[i, a] * (w * acc + c * qs[a] * tmp[a] - wC[i, a])
-            if not z > 0.0:
-                z = 0.0
+            z = y - step[i, a] * (w * hy[a] + c * qs[a] * tmp[a] - wC[i, a])
+            z = max(z, 0.0)
             Zn[i, a] = z
             dot += (y - z) * (z - Z[i, a])
     return dot
@@ -431,6 +461,14 @@ def _k_momentum(Zn, Z, beta, Yp):  # pragma: no cover - compiled by numba
     for i in range(n):
         for a in range(K):
             Yp[i, a] = Zn[i, a] + beta * (Zn[i, a] - Z[i, a])
+
+
+def _k_dense_rows(indptr, indices, data, ids, out):  # pragma: no cover - compiled by numba
+    """out[r] = dense row ids[r] of a CSR matrix (out zero-filled by the caller; duplicates are summed)."""
+    for r in range(len(ids)):
+        i = ids[r]
+        for p in range(indptr[i], indptr[i + 1]):
+            out[r, indices[p]] += data[p]
 
 
 def _k_pd(H, tr, ok):  # pragma: no cover - compiled by numba
@@ -477,6 +515,7 @@ def _k_ylogy_mu(indptr, indices, data, s, Z, B):  # pragma: no cover - compiled 
 
 
 _KERNEL_FUNCS = (
+    _k_rates,
     _k_nb,
     _k_poisson,
     _k_value,
@@ -486,6 +525,7 @@ _KERNEL_FUNCS = (
     _k_fista,
     _k_momentum,
     _k_pd,
+    _k_dense_rows,
     _k_ylogy_mu,
 )
 _KERNELS: dict = {}
@@ -527,6 +567,7 @@ class _Counts:
     def set_r(self, r: np.ndarray) -> None:
         self.r = r
         self.B = S_r = self.S * r[:, None]
+        self.BT = np.ascontiguousarray(S_r.T)
         self.colsum = S_r.sum(axis=0)  # (K,) sum_g b_gk
         K = self.K
         # products b_gi b_gj for i <= j (float32: the Hessian only steers Newton steps; the KKT test is float64)
@@ -550,9 +591,13 @@ class _Counts:
             self._dense = np.asarray(self.Y.toarray(), dtype=np.float64)
         if self._dense is not None:
             return self._dense[start:stop] if idx is None else self._dense[idx]
+        if sp.issparse(self.Y):
+            ids = np.arange(start, stop) if idx is None else np.asarray(idx, dtype=np.int64)
+            out = np.zeros((len(ids), self.G))
+            Y = self.Y
+            _kernel("_k_dense_rows")(Y.indptr, Y.indices, Y.data, ids, out)
+            return out
         blk = self.Y[start:stop] if idx is None else self.Y[idx]
-        if sp.issparse(blk):
-            blk = blk.toarray()
         return np.asarray(blk, dtype=np.float64)
 
     def weights(self, Yc: np.ndarray, sc: np.ndarray, Va: np.ndarray) -> np.ndarray | None:
@@ -604,19 +649,29 @@ class _Counts:
     def _logs(self, Yc, sc, Zc):
         """``V = Z B^T`` floored at 1e-300, ``log(theta + s V)`` (NB; else None), ``log V`` and the spots with a
         count where the model has mean 0 (their objective is +inf; None: no such spot)."""
-        V = Zc @ self.B.T
+        n = Zc.shape[0]
+        nb = self.likelihood != "poisson"
+        V = np.empty((n, self.G))
+        LT = np.empty((n, self.G) if nb else (0, 0))
+        Zc = np.ascontiguousarray(Zc, dtype=np.float64)
+        vmin = _kernel("_k_rates")(Zc, self.BT, sc, self.theta_or_zero, nb, V, LT)
         bad = None
-        if V.size and not V.min() > 0:  # rare: masks needed
+        if V.size and not vmin > 0:  # rare: masks needed
             bad = ((Yc > 0) & ~(V > 0)).any(axis=1)
             bad = bad if bad.any() else None
             np.maximum(V, 1e-300, out=V)
+            if nb:
+                np.add(self.theta, sc[:, None] * V, out=LT)
         LV = np.log(V)
-        LT = None
-        if self.likelihood != "poisson":
-            LT = V * sc[:, None]
-            LT += self.theta
+        if nb:
             np.log(LT, out=LT)
+        else:
+            LT = None
         return V, LT, LV, bad
+
+    @property
+    def theta_or_zero(self) -> np.ndarray:
+        return np.zeros(self.G) if self.theta is None else np.ascontiguousarray(self.theta, dtype=np.float64)
 
     def value(self, Yc, sc, Zc) -> np.ndarray:
         Yc = np.ascontiguousarray(Yc, dtype=np.float64)
@@ -671,7 +726,7 @@ def _pd_blocks(H: np.ndarray, tr: np.ndarray) -> np.ndarray:
 
 
 def _blockmv(H: np.ndarray, Z: np.ndarray) -> np.ndarray:
-    """``H[n] @ Z[n]`` for every spot (``(n, K, K)`` blocks times ``(n, K)``)."""
+    """``H[n] @ Z[n]`` for every spot (``(n, K, K)`` symmetric blocks times ``(n, K)``)."""
     out = np.empty(Z.shape)
     _kernel("_k_blockmv")(H, np.ascontiguousarray(Z, dtype=np.float64), out)
     return out
