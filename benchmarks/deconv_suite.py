@@ -352,6 +352,35 @@ def _problem(size: str, generator: str, seed: int):
     )
 
 
+def _inputs(size: str, gen: str, seed: int, cache: str | None, tmp: Path):
+    """The problem's input directory, the true proportions, the generator's record and the shape."""
+    import anndata as ad
+    import pandas as pd
+
+    d = Path(cache) / f"{gen}_{size}_{seed}" if cache else tmp
+    if cache and (d / "truth.pkl").exists():
+        truth = pd.read_pickle(d / "truth.pkl")
+        sp_ = ad.read_h5ad(d / "spatial.h5ad", backed="r")
+        ref = ad.read_h5ad(d / "reference.h5ad", backed="r")
+        out = (d, truth, _plain(sp_.uns["generator"]), [sp_.n_obs, sp_.n_vars, ref.n_obs])
+        sp_.file.close()
+        ref.file.close()
+        return out
+    spatial, reference = _problem(size, gen, seed)
+    truth = spatial.obsm.pop("props_truth")
+    d.mkdir(parents=True, exist_ok=True)
+    spatial.write_h5ad(d / "spatial.h5ad")
+    reference.write_h5ad(d / "reference.h5ad")
+    if cache:
+        truth.to_pickle(d / "truth.pkl")
+    return d, truth, _plain(spatial.uns["generator"]), [spatial.n_obs, spatial.n_vars, reference.n_obs]
+
+
+def _plain(d) -> dict:
+    """A generator record with plain Python values (an h5ad read returns numpy scalars and arrays)."""
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in dict(d).items()}
+
+
 def _source_state() -> str:
     """The commit of the checkout and whether ``src/`` has uncommitted changes (smoother runs from the work tree)."""
     try:
@@ -547,6 +576,12 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="deconv_suite", help="results stem in benchmarks/results")
     ap.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs")
+    ap.add_argument(
+        "--cache",
+        default=None,
+        help="directory of built problems (<generator>_<size>_<seed>/{spatial,reference}.h5ad + truth.pkl): "
+        "reused when present, written when not (10^6 spots take ~6 min to build)",
+    )
     ap.add_argument("--merge", nargs="*", metavar="STEM", help="merge other results files into --out and exit")
     ap.add_argument("--worker", nargs=4, metavar=("KIND", "KWARGS", "INDIR", "OUTDIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -577,15 +612,9 @@ def main():
         for gen in gens:
             problem = f"{gen} @ {'DLPFC' if size == 'dlpfc' else f'lattice {int(size):,}'}"
             t = time.perf_counter()
-            spatial, reference = _problem(size, gen, args.seed)
-            truth = spatial.obsm.pop("props_truth")
-            gen_info = dict(spatial.uns["generator"])
-            with tempfile.TemporaryDirectory() as d:
-                spatial.write_h5ad(Path(d) / "spatial.h5ad")
-                reference.write_h5ad(Path(d) / "reference.h5ad")
-                shape = [spatial.n_obs, spatial.n_vars, reference.n_obs]
-                del spatial, reference
-                print(f"{problem}: {shape} built in {time.perf_counter() - t:.1f} s", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                d, truth, gen_info, shape = _inputs(size, gen, args.seed, args.cache, Path(tmp))
+                print(f"{problem}: {shape} built or read in {time.perf_counter() - t:.1f} s", flush=True)
                 for m in methods:
                     load = _load()
                     r = run_method(m, Path(d), args.timeout, args.threads)
