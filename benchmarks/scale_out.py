@@ -206,6 +206,16 @@ def residual_check(adata, W, out: Path, lam: float, n_genes: int = 3) -> dict:
     return {"genes": n_genes, "max_rel_residual_float32": max(res)}
 
 
+def _codec_kwargs(codec: str) -> dict:
+    """``dask.array.to_zarr`` keywords for the output codec: zarr's default (zstd level 3) or Blosc-LZ4 with byte
+    shuffle, which on smoothed float32 values compresses better (1.25 vs 1.18) at ~40% of the CPU time."""
+    if codec == "zstd":
+        return {}
+    from zarr.codecs import BloscCodec
+
+    return {"zarr_array_kwargs": {"compressors": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")}}
+
+
 def smooth_supports_dask() -> bool:
     from smoother.tl import _smooth
 
@@ -222,6 +232,8 @@ def run_one(
     spca_standardize: bool = True,
     bin_um: int = 2,
     solver: str = "auto",
+    codec: str = "zstd",
+    lam: float | str = LAMBDA,
 ) -> dict:
     import dask.array as da
     import zarr
@@ -253,15 +265,18 @@ def run_one(
     if "smooth" in steps:
         out = tmp / f"smoothed_{n_target}_{g}.zarr"
         rec["smooth_via"] = "sm.tl.smooth (dask-backed AnnData)"
+        rec["codec"] = codec
+        rec["lambda_spatial"] = lam
 
         def run_smooth():
-            sm.tl.smooth(adata, prior="icar", rho=RHO, lambda_spatial=LAMBDA, solver=solver)
-            da.to_zarr(adata.layers["smoothed"], str(out))
+            sm.tl.smooth(adata, prior="icar", rho=RHO, lambda_spatial=lam, solver=solver)
+            da.to_zarr(adata.layers["smoothed"], str(out), **_codec_kwargs(codec))
 
         blockwise.clear_cache()
         step(rec, "smooth", run_smooth)
         u = adata.uns["smoothed"]
         rec["smooth_solver"] = u["params"]["solver"]
+        rec["lambda_used"] = float(u["lambda"])
         rec["smooth_tol"] = u["params"]["tol"]
         if "solver" in u:  # iterative: what the blocks solved in this process (threaded scheduler) achieved
             infos = [i for i in blockwise.solver_info(u["solver"]["token"]) if i["method"] == rec["smooth_solver"]]
@@ -296,6 +311,11 @@ def run_one(
     rec["load_after"] = os.getloadavg()
     shutil.rmtree(store, ignore_errors=True)
     return rec
+
+
+def _row_key(rec: dict) -> tuple:
+    """Rows are replaced per (bins, genes, whether lambda was 'auto')."""
+    return rec["bins_target"], rec["genes"], rec.get("lambda_spatial") == "auto"
 
 
 def _bins(rec: dict) -> str:
@@ -342,7 +362,9 @@ def to_markdown(res: dict) -> str:
         iterative = r.get("smooth_solver") in ("cg", "chebyshev")
         est_smooth = e["t_cheb_s"] if iterative else round(e["t_factor_s"] + e["t_solve_s"], 1)
         if "smooth" in r and "smooth_solver" in r:
-            sm_t += f" [{r['smooth_solver']}]"
+            sm_t += f" [{r['smooth_solver']}"
+            sm_t += f", lambda 'auto' -> {r['lambda_used']:.3g}" if r.get("lambda_spatial") == "auto" else ""
+            sm_t += f", {r['codec']}]" if "codec" in r else "]"
         lines.append(
             f"| {_bins(r)} | {r['genes']:,} | {r['nnz_X']:,} | {r['simulate_to_zarr']['time_s']} | "
             f"{r['graph']['time_s']} | {sm_t} ({est_smooth}) | {sm_m} | {sp_t} ({e['t_spca_s']}) | {sp_m} | "
@@ -555,6 +577,10 @@ def main(argv=None):
         "--solver", default="auto", choices=["auto", "cholesky", "cg", "chebyshev"], help="sm.tl.smooth(solver=)"
     )
     p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument(
+        "--codec", default="blosc-lz4", choices=["blosc-lz4", "zstd"], help="codec of the smoothed output store"
+    )
+    p.add_argument("--lambda", dest="lam", default=str(LAMBDA), help="smoothing lambda_spatial (a number or 'auto')")
     p.add_argument("--cluster-check", nargs=2, type=float, metavar=("BINS", "GENES"), default=None)
     p.add_argument(
         "--spca-unstandardized",
@@ -579,7 +605,7 @@ def main(argv=None):
     name = "scale_out" + (f"_{args.tag}" if args.tag else "")
     path_json = OUT / f"{name}.json"
     old = json.loads(path_json.read_text()) if path_json.exists() else {"rows": []}
-    rows = {(r["bins_target"], r["genes"]): r for r in old.get("rows", [])}
+    rows = {_row_key(r): r for r in old.get("rows", [])}
     tmp = Path(tempfile.mkdtemp(prefix="scale_out_", dir=args.tmp))
     warmup(tmp)
     if args.cluster_check:
@@ -602,8 +628,10 @@ def main(argv=None):
                     not args.spca_unstandardized,
                     bin_um=args.bin_um,
                     solver=args.solver,
+                    codec=args.codec,
+                    lam=args.lam if args.lam == "auto" else float(args.lam),
                 )
-                rows[(rec["bins_target"], g)] = rec
+                rows[_row_key(rec)] = rec
                 write(path_json, machine, rows, checks)
         write(path_json, machine, rows, checks)
     finally:
