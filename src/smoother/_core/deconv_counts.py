@@ -53,11 +53,15 @@ Solvers
   (Bertsekas' :math:`\varepsilon`-active set, exact Poisson Hessian :math:`\sum_g y\, b_g b_g^T / v_g^2`,
   Armijo search along the projection arc), chunk by chunk, stopping each spot when its projected gradient is
   below ``tol`` relative to the gradient of its :math:`\sum_g \mu` term. Cost per iteration
-  :math:`O(n\,|\mathcal G|\,K^2)` in BLAS calls on dense row chunks; no ``n x G`` copy of sparse data.
+  :math:`O(n\,|\mathcal G|\,K^2)` on dense row chunks; no ``n x G`` copy of sparse data. Per chunk, the
+  per-gene terms (value, gradient weights, Fisher and exact curvature weights) are one compiled pass
+  (numba, :func:`_k_nb`) on numpy's vectorized logarithms, and the ``K x K`` blocks one float32 BLAS
+  product with the pairwise products of the signature columns (:meth:`_Counts.gram`).
 - :math:`\lambda > 0`: sequential quadratic programming. The likelihood is replaced by its second-order
   expansion (per-spot ``K x K`` blocks), the resulting quadratic with the exact spatial term and
-  :math:`Z \ge 0` is solved by FISTA (Jacobi scaling, Gershgorin step, KKT stopping: :func:`_solve_block_qp`),
-  and a backtracking search on :math:`F` accepts the step. Stops on the KKT residual of :math:`F` itself.
+  :math:`Z \ge 0` is solved by FISTA (Jacobi scaling, Gershgorin step, KKT stopping: :func:`_solve_block_qp`;
+  each iteration one compiled pass over the spots, the blocks kept in float32), and a backtracking search on
+  :math:`F` accepts the step. Stops on the KKT residual of :math:`F` itself (float64).
 - Platform effect: block-coordinate descent, alternating the :math:`Z` problem above with the exact
   minimization over :math:`r` for fixed :math:`Z` (closed form up to the Lagrange multiplier of the
   normalization, found by a 1-D Newton search). Each block step decreases :math:`F`; with more than
@@ -1337,6 +1341,7 @@ def fit_counts(
     lam = float(lam)
     # ---- stage 3: the final fit over all spots
     spatial = SpatialTerm(Q if lam > 0 else None, lam * K, 1.0, K, N)
+    final: dict = {}
     if spatial.active:
         # start: the stage-1 shares when every spot has them (SQP steps with the exact blocks converge from there
         # in as few iterations as from the lambda = 0 NB optimum, which cost more than it saved), else the
@@ -1345,14 +1350,14 @@ def fit_counts(
         # took the same 4 iterations and the proportions moved by < 1e-5)
         if not fitted:
             Z = _fit_independent(prob, Z, max(tol, START_TOL), max_iter)[0]
-        Z, it2, conv_z, res = _fit_spatial(prob, Z, spatial, tol, max_iter)
+        Z, it2, conv_z, res = _fit_spatial(prob, Z, spatial, tol, max_iter, state=final)
     else:
         Z, it2, conv_z = _fit_independent(prob, Z, tol, max_iter)
         res = None
     n_iter += it2
-    # ---- report
+    # ---- report (the data term at the returned Z from the SQP's last pass when it converged: one pass less)
     w = 1.0 / (N * prob.sbar)
-    f, g, _, glin = _global_grad(prob, Z, hess=False)
+    f, g, _, glin = final.pop("cache", None) or _global_grad(prob, Z, hess=False)
     gfull = w * g + (2.0 * spatial.coef * spatial.mul(Z) if spatial.active else 0.0)
     res = kkt_residual(Z, gfull, True) / max(float(np.linalg.norm(w * glin)), 1e-300)
     # the NLL from the same pass (f is the per-spot value of _Counts.nll without its log-library term)
