@@ -58,6 +58,28 @@ def test_csr_chunks_are_cut_into_gene_blocks_from_csc_with_the_same_values(probl
     assert default_genes_per_block(10**7, "cholesky") == 16
 
 
+@pytest.mark.parametrize("sparse_chunks", [False, True])
+def test_blocks_solved_in_the_supernodal_order_equal_the_dense_solve(problem, sparse_chunks, monkeypatch):
+    from smoother._core import linalg
+
+    monkeypatch.setattr(linalg, "SUPERNODAL_MIN_SPOTS", 10)  # the supernodal factor for this small problem
+    Q, Y = problem
+    n = Q.shape[0]
+    A = (sp.identity(n) + 0.8 * Q).tocsr()
+    rng = np.random.default_rng(1)
+    scale = rng.uniform(0.5, 2.0, n)
+    m = Y.mean(0)
+    src = sp.csr_matrix(Y) if sparse_chunks else Y
+    Yd = da.from_array(src, chunks=(150, 23), asarray=False)
+    clear_cache()
+    X = smooth_blocks(Yd, A, token=f"sn-{sparse_chunks}", genes_per_block=5, means=m, diag_scale=scale)
+    out = X.compute(scheduler="threads")
+    assert cached_factor(f"sn-{sparse_chunks}", A).backend == "supernodal" and out.dtype == np.float32
+    ref = np.linalg.solve(A.toarray(), scale[:, None] * (Y - m)) + m
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    clear_cache()
+
+
 def test_every_input_chunk_is_read_once_for_all_gene_blocks(problem, monkeypatch):
     from smoother._core import blockwise, conditional
 

@@ -176,6 +176,12 @@ class SPDFactor:
             raise ValueError(msg)
 
     @property
+    def supernodal(self):
+        """The :class:`~smoother._core.selinv.SupernodalFactor` behind this factor (``None`` for other backends):
+        solves can then stay in its order (:meth:`~smoother._core.selinv.SupernodalFactor.solve_permuted`)."""
+        return getattr(self, "_snf", None)
+
+    @property
     def info(self) -> dict:
         """``{'method': 'cholesky', 'backend': ...}`` (the same record as :attr:`CGSolver.info` has)."""
         return {"method": "cholesky", "backend": self.backend}

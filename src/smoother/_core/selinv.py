@@ -848,6 +848,21 @@ def _supernodal_solve(start, Rp, Ri, Bp, X, B):
         B[f : f + ns] = np.ascontiguousarray(blk[:ns, :].T) @ xj
 
 
+@njit(cache=True, nogil=True)
+def _unpermute_rows(Y, iperm, shift, out):  # pragma: no cover - compiled
+    n, k = out.shape
+    for i in range(n):
+        r = iperm[i]
+        for c in range(k):
+            out[i, c] = Y[r, c] + shift[c]
+
+
+def unpermute_rows(Y: np.ndarray, iperm: np.ndarray, shift: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = Y[iperm[i]] + shift`` in one pass (cast to ``out``'s dtype): a result in a factor's order back in
+    the original order."""
+    _unpermute_rows(Y, iperm, shift, out)
+
+
 class SupernodalFactor:
     r"""Supernodal :math:`P A P^T = L L^T` of a sparse SPD ``A`` (nested dissection, postordered, multifrontal).
 
@@ -934,6 +949,18 @@ class SupernodalFactor:
             _supernodal_solve(self.start, self.Rp, self.Ri, self.Bp, self._X, Bp)
         out = np.take(Bp, self.iperm, axis=0)
         return out[:, 0] if vec else out
+
+    def solve_permuted(self, Bp: np.ndarray) -> None:
+        """In place ``Bp <- (P A P^T)^{-1} Bp`` for a C-contiguous float64 ``(n, k)`` right-hand side already in the
+        factor's order (``Bp[i] = B[perm[i]]``); the solution stays in that order (``x[perm[i]] = Bp[i]``)."""
+        if self._inverted:
+            msg = "solve() after inv_diag(): the factor was overwritten by the inverse."
+            raise RuntimeError(msg)
+        if Bp.dtype != np.float64 or Bp.ndim != 2 or Bp.shape[0] != self.n or not Bp.flags.c_contiguous:
+            msg = f"Expected a C-contiguous float64 array of {self.n} rows, found {Bp.dtype} {Bp.shape}."
+            raise ValueError(msg)
+        if Bp.shape[1] > 0 and self.n > 0:
+            _supernodal_solve(self.start, self.Rp, self.Ri, self.Bp, self._X, Bp)
 
     def inv_diag(self) -> np.ndarray:
         """Exact ``diag(A^{-1})`` in the original order, shape ``(n,)`` (supernodal selected inversion).
