@@ -363,24 +363,16 @@ def _k_value(Y, LT, LV, theta, nb, f):  # pragma: no cover - compiled by numba
         f[i] = acc
 
 
-def _k_rates(Z, BT, s, theta, nb, V, T):  # pragma: no cover - compiled by numba
-    """V = Z B^T and (nb) T = theta + s V, row by row; returns min(V) (``inf`` when empty)."""
-    n, K = Z.shape
-    G = BT.shape[1]
+def _k_rates(V, s, theta, T):  # pragma: no cover - compiled by numba
+    """T = theta + s V row by row (the NB log argument); returns min(V) (``inf`` when empty)."""
+    n, G = V.shape
     vmin = np.inf
     for i in range(n):
+        si = s[i]
         for g in range(G):
-            V[i, g] = 0.0
-        for k in range(K):
-            z = Z[i, k]
-            for g in range(G):
-                V[i, g] += z * BT[k, g]
-        for g in range(G):
-            vmin = min(vmin, V[i, g])
-        if nb:
-            si = s[i]
-            for g in range(G):
-                T[i, g] = theta[g] + si * V[i, g]
+            v = V[i, g]
+            vmin = min(vmin, v)
+            T[i, g] = theta[g] + si * v
     return vmin
 
 
@@ -406,9 +398,10 @@ def _k_blockmv(H, Z, out):  # pragma: no cover - compiled by numba
                 out[i, a] += H[i, b, a] * zb
 
 
-def _k_qp_grad(H, indptr, indices, data, qs, Z, wC, w, c, out):  # pragma: no cover - compiled by numba
-    """out = w H[n] Z[n] + c qs * (Q Z)[n] - wC[n] for every spot (the QP's gradient; Q in CSR, H symmetric)."""
+def _k_qp_kkt(H, indptr, indices, data, qs, Z, wC, w, c):  # pragma: no cover - compiled by numba
+    """Squared norm of the projected QP gradient w H[n] Z[n] + c qs * (Q Z)[n] - wC[n] (Q in CSR, H symmetric)."""
     n, K = Z.shape
+    ss = 0.0
     tmp = np.empty(K)
     hz = np.empty(K)
     for i in range(n):
@@ -425,7 +418,11 @@ def _k_qp_grad(H, indptr, indices, data, qs, Z, wC, w, c, out):  # pragma: no co
             for a in range(K):
                 hz[a] += H[i, b, a] * zb
         for a in range(K):
-            out[i, a] = w * hz[a] + c * qs[a] * tmp[a] - wC[i, a]
+            gr = w * hz[a] + c * qs[a] * tmp[a] - wC[i, a]
+            if not Z[i, a] > 0.0:
+                gr = min(gr, 0.0)
+            ss += gr * gr
+    return ss
 
 
 def _k_fista(H, indptr, indices, data, qs, Yp, Z, wC, step, w, c, Zn):  # pragma: no cover - compiled by numba
@@ -525,7 +522,7 @@ _KERNEL_FUNCS = (
     _k_value,
     _k_unpack,
     _k_blockmv,
-    _k_qp_grad,
+    _k_qp_kkt,
     _k_fista,
     _k_momentum,
     _k_pd,
@@ -571,7 +568,6 @@ class _Counts:
     def set_r(self, r: np.ndarray) -> None:
         self.r = r
         self.B = S_r = self.S * r[:, None]
-        self.BT = np.ascontiguousarray(S_r.T)
         self.colsum = S_r.sum(axis=0)  # (K,) sum_g b_gk
         K = self.K
         # products b_gi b_gj for i <= j (float32: the Hessian only steers Newton steps; the KKT test is float64)
@@ -653,12 +649,13 @@ class _Counts:
     def _logs(self, Yc, sc, Zc):
         """``V = Z B^T`` floored at 1e-300, ``log(theta + s V)`` (NB; else None), ``log V`` and the spots with a
         count where the model has mean 0 (their objective is +inf; None: no such spot)."""
-        n = Zc.shape[0]
         nb = self.likelihood != "poisson"
-        V = np.empty((n, self.G))
-        LT = np.empty((n, self.G) if nb else (0, 0))
-        Zc = np.ascontiguousarray(Zc, dtype=np.float64)
-        vmin = _kernel("_k_rates")(Zc, self.BT, sc, self.theta_or_zero, nb, V, LT)
+        V = Zc @ self.B.T  # BLAS (a compiled K-term loop was twice slower)
+        if nb:
+            LT = np.empty(V.shape)
+            vmin = _kernel("_k_rates")(V, sc, self.theta, LT)
+        else:
+            vmin = V.min() if V.size else np.inf
         bad = None
         if V.size and not vmin > 0:  # rare: masks needed
             bad = ((Yc > 0) & ~(V > 0)).any(axis=1)
@@ -672,10 +669,6 @@ class _Counts:
         else:
             LT = None
         return V, LT, LV, bad
-
-    @property
-    def theta_or_zero(self) -> np.ndarray:
-        return np.zeros(self.G) if self.theta is None else np.ascontiguousarray(self.theta, dtype=np.float64)
 
     def value(self, Yc, sc, Zc) -> np.ndarray:
         Yc = np.ascontiguousarray(Yc, dtype=np.float64)
@@ -965,10 +958,9 @@ def _fista_compiled(Hr, Q, qs, Z, wC, step, w, c, scale, tol, max_iter):
     args = (Q.indptr, Q.indices, np.asarray(Q.data, dtype=np.float64), np.ascontiguousarray(qs, dtype=np.float64))
     step = np.ascontiguousarray(step, dtype=np.float64)
     wC = np.ascontiguousarray(wC, dtype=np.float64)
-    k_step, k_mom, k_grad = _kernel("_k_fista"), _kernel("_k_momentum"), _kernel("_k_qp_grad")
+    k_step, k_mom, k_kkt = _kernel("_k_fista"), _kernel("_k_momentum"), _kernel("_k_qp_kkt")
     Yp = Z.copy()
     Zn = np.empty_like(Z)
-    gr = np.empty_like(Z)
     t = 1.0
     res = np.inf
     it = 0
@@ -983,8 +975,7 @@ def _fista_compiled(Hr, Q, qs, Z, wC, step, w, c, scale, tol, max_iter):
             t = tn
         Z, Zn = Zn, Z
         if it % 5 == 0:
-            k_grad(Hr, *args, Z, wC, w, c, gr)
-            res = kkt_residual(Z, gr, True) / scale
+            res = float(np.sqrt(k_kkt(Hr, *args, Z, wC, w, c))) / scale  # kkt_residual of the QP
             if res <= tol:
                 break
     return Z, it, res
