@@ -50,6 +50,9 @@ Usage (the whole DLPFC comparison, results merged into ``benchmarks/results/deco
     .venv/bin/python benchmarks/deconv_suite.py
     .venv/bin/python benchmarks/deconv_suite.py --methods smoother smoother_auto --generators cell_sum
     .venv/bin/python benchmarks/deconv_suite.py --sizes 10000 1000000 --timeout 3600
+    # the 10^6 speed row (FlashDeconv peaks at ~20 GB); --cache keeps the built problem for the next run
+    .venv/bin/python benchmarks/deconv_suite.py --sizes 1000000 --scale-methods smoother flashdeconv \
+        --timeout 3000 --cache /tmp/deconvcache
 
 Rows of an earlier run that this run does not redo are kept (each row records when it ran and the load then);
 ``--fresh`` starts a new file.
