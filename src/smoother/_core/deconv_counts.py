@@ -472,6 +472,67 @@ def _k_dense_rows(indptr, indices, data, ids, out):  # pragma: no cover - compil
             out[r, indices[p]] += data[p]
 
 
+def _k_newton_dir(H, Hx, use_x, free, dH, tr, g, d):  # pragma: no cover - compiled by numba
+    """Projected Newton directions d[n] = -M[n]^{-1} g[n], one LDL^T solve per spot.
+
+    ``M`` is the block with the rows / columns of the bound variables replaced by their diagonal ``dH`` and
+    ``1e-10 tr`` added to the free diagonal; built from the exact block ``Hx`` where ``use_x`` and every LDL^T
+    pivot exceeds ``1e-8 tr`` (positive definite with margin, as :func:`_pd_blocks`), else from ``H``.
+    """
+    n, K = g.shape
+    M = np.empty((K, K))
+    L = np.empty(K)
+    y = np.empty(K)
+    for i in range(n):
+        thr = 1e-8 * tr[i]
+        for attempt in range(2):
+            exact = attempt == 0
+            if exact and not use_x[i]:
+                continue
+            good = True
+            for a in range(K):
+                for b in range(K):
+                    if free[i, a] and free[i, b]:
+                        x = Hx[i, a, b] if exact else H[i, a, b]
+                    else:
+                        x = 0.0
+                    if exact and not np.isfinite(x):
+                        good = False
+                    M[a, b] = x
+                M[a, a] += 1e-10 * tr[i] if free[i, a] else dH[i, a]
+            if not good:
+                continue
+            for j in range(K):
+                dj = M[j, j]
+                if exact and not dj > thr:
+                    good = False
+                    break
+                for p in range(j + 1, K):
+                    L[p] = M[p, j] / dj
+                for p in range(j + 1, K):
+                    for q in range(j + 1, p + 1):
+                        M[p, q] -= L[p] * M[q, j]
+                for p in range(j + 1, K):
+                    M[p, j] = L[p]
+            if not good:
+                continue
+            for p in range(K):  # L y = -g, then D, then L^T
+                acc = -g[i, p]
+                for q in range(p):
+                    acc -= M[p, q] * y[q]
+                y[p] = acc
+            for p in range(K):
+                y[p] /= M[p, p]
+            for p in range(K - 1, -1, -1):
+                acc = y[p]
+                for q in range(p + 1, K):
+                    acc -= M[q, p] * y[q]
+                y[p] = acc
+            for p in range(K):
+                d[i, p] = y[p]
+            break
+
+
 def _k_pd(H, tr, ok):  # pragma: no cover - compiled by numba
     """ok[n]: every LDL^T pivot of block n exceeds 1e-8 tr[n] (blocks with a non-finite entry fail)."""
     n, K, _ = H.shape
@@ -526,6 +587,7 @@ _KERNEL_FUNCS = (
     _k_fista,
     _k_momentum,
     _k_pd,
+    _k_newton_dir,
     _k_dense_rows,
     _k_ylogy_mu,
 )
@@ -742,7 +804,6 @@ def _newton_chunk(prob: _Counts, Yc, sc, Z, tol, max_iter):
     n, K = Z.shape
     active = np.ones(n, dtype=bool)
     it = 0
-    eye = np.eye(K)
     done = np.zeros(n, dtype=bool)
     stalled = 0
     # cache of (f, g, H, H_exact, glin) per spot, valid where `have` (evaluated at the current Z)
@@ -790,14 +851,11 @@ def _newton_chunk(prob: _Counts, Yc, sc, Z, tol, max_iter):
         eps = np.minimum(1e-3 * np.maximum(Za.sum(axis=1), 1e-300), wproj)
         bound = (Za <= eps[:, None]) & (g > 0)
         free = ~bound
-        ff = free[:, :, None] & free[:, None, :]
-        Hm = H * ff + eye * np.where(free, 1e-10 * tr[:, None], dH)[:, None, :]
-        if cHx is not None and cex[idx].any():  # NB: the exact Hessian where it is positive definite
-            ex = np.flatnonzero(cex[idx])
-            Ho = cHx[idx[ex]] * ff[ex] + eye * np.where(free[ex], 1e-10 * tr[ex, None], dH[ex])[:, None, :]
-            pdm = _pd_blocks(Ho, tr[ex])
-            Hm[ex[pdm]] = Ho[pdm]
-        d = -np.linalg.solve(Hm, g[:, :, None])[:, :, 0]
+        # NB: the exact Hessian where it is positive definite (LDL^T pivots > 1e-8 tr), else the Fisher blocks
+        use_x = cex[idx] if cHx is not None else np.zeros(len(idx), dtype=bool)
+        Hx = cHx[idx] if cHx is not None and use_x.any() else np.empty((0, K, K))
+        d = np.empty_like(g)
+        _kernel("_k_newton_dir")(H, Hx, use_x, free, dH, tr, np.ascontiguousarray(g), d)
         # a Newton decrement below the rounding of f: nothing left to gain at this precision
         tiny = -np.einsum("nk,nk->n", g, d) <= 1e-20 * np.maximum(np.abs(f), 1.0)
         if tiny.any():
