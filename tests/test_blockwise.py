@@ -117,6 +117,28 @@ def test_every_input_chunk_is_read_once_for_all_gene_blocks(problem, monkeypatch
     blockwise.clear_cache()
 
 
+def test_products_and_statistics_read_every_input_chunk_once(problem):
+    from smoother._core.blockwise import spatial_stats
+
+    Q, Y = problem
+    reads = []
+
+    def read(b):
+        reads.append(1)
+        return b
+
+    Yd = da.from_array(Y, chunks=(150, 23)).map_blocks(read, dtype=Y.dtype, meta=np.empty((0, 0), dtype=Y.dtype))
+    n_chunks = Yd.numblocks[0]
+    G = gram(Yd, Q, 0.3)
+    assert len(reads) == n_chunks  # each chunk feeds its own block and its neighbours' products: read once
+    Xc = Y.astype(np.float64)
+    np.testing.assert_allclose(G, Xc.T @ (Xc - 0.3 * (Q @ Xc)), rtol=1e-6, atol=1e-6)
+    reads.clear()
+    st = spatial_stats(Yd, Q)
+    assert len(reads) == n_chunks
+    np.testing.assert_allclose(st["xtqx"], Xc.T @ (Q @ Xc), rtol=1e-8, atol=1e-6)
+
+
 def test_factor_is_built_once_per_process_and_reused(problem, monkeypatch):
     from smoother._core import linalg
 

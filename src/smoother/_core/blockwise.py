@@ -307,6 +307,7 @@ def sparse_matmul(Q: sp.spmatrix, X):
     Q = sp.csr_matrix(Q, dtype=np.float64)
     rb = _row_bounds(X.chunks[0])
     nb = len(X.chunks[0])
+    Xd = X.to_delayed()  # one graph for every block: a block used by several tasks is read once
     out_blocks = []
     for b in range(nb):
         Qb = Q[rb[b] : rb[b + 1]]
@@ -319,7 +320,7 @@ def sparse_matmul(Q: sp.spmatrix, X):
                 if not ((cols >= lo) & (cols < hi)).any():
                     continue
                 Qbc = dask.delayed(Qb[:, lo:hi].tocsr(), pure=True)
-                parts.append(dask.delayed(_matmul_part, pure=True)(Qbc, X.blocks[c, jc]))
+                parts.append(dask.delayed(_matmul_part, pure=True)(Qbc, Xd[c, jc]))
             shape = (rb[b + 1] - rb[b], X.chunks[1][jc])
             if parts:
                 total = dask.delayed(_sum_parts, pure=True)(*parts)
@@ -353,10 +354,8 @@ def gram(X, Q: sp.spmatrix, lam: float, *, means: np.ndarray | None = None) -> n
         q1 = np.asarray(sp.csr_matrix(Q) @ np.ones(X.shape[0])).ravel()
         QX = QX - da.from_array(q1[:, None], chunks=(X.chunks[0], 1)) * means[None, :]
     rb = _row_bounds(X.chunks[0])
-    parts = [
-        dask.delayed(_gram_part, pure=True)(X.blocks[b, 0], QX.blocks[b, 0], float(lam), means)
-        for b in range(len(rb) - 1)
-    ]
+    Xd, QXd = X.to_delayed(), QX.to_delayed()
+    parts = [dask.delayed(_gram_part, pure=True)(Xd[b, 0], QXd[b, 0], float(lam), means) for b in range(len(rb) - 1)]
     total = dask.delayed(_sum_parts, pure=True)(*parts)
     return np.asarray(total.compute())
 
@@ -414,16 +413,13 @@ def spatial_stats(X, Q: sp.spmatrix, *, fan_in: int = 4) -> dict[str, np.ndarray
     rb = _row_bounds(X.chunks[0])
     nb = len(rb) - 1
     owner = np.repeat(np.arange(nb), np.diff(rb))
+    Xd = X.to_delayed()[:, 0]  # one graph for every block: each block is read once, not once per task using it
     parts = []
     for b in range(nb):
         Qb = Q[rb[b] : rb[b + 1]]
         used = np.unique(owner[Qb.indices]) if Qb.nnz else np.zeros(0, dtype=int)
         Qbcs = [Qb[:, rb[c] : rb[c + 1]].tocsr() for c in used]
-        parts.append(
-            dask.delayed(_stats_part, pure=True)(
-                X.blocks[b, 0], q1[rb[b] : rb[b + 1]], Qbcs, *[X.blocks[c, 0] for c in used]
-            )
-        )
+        parts.append(dask.delayed(_stats_part, pure=True)(Xd[b], q1[rb[b] : rb[b + 1]], Qbcs, *[Xd[c] for c in used]))
     while len(parts) > 1:
         parts = [
             dask.delayed(_add_stats, pure=True)(*parts[i : i + fan_in]) if len(parts[i : i + fan_in]) > 1 else parts[i]
