@@ -229,8 +229,9 @@ def smooth(
         planar graph, 18 bytes each at the peak) exceeds half the available memory (on dask input with a
         :class:`distributed.Client`: half the smallest worker's memory limit, since each worker builds its own) —
         at 10^7 spots on a 24 GiB machine — then ``'chebyshev'`` when the bound is at most 400, else ``'cg'``.
-        The iterative solvers keep only the matrix and a few ``n x genes`` blocks. ``nonneg``, ``uncertainty``,
-        ``per_gene`` and the search of ``lambda_spatial='auto'`` always use the factor.
+        The iterative solvers keep only the matrix and a few ``n x genes`` blocks. ``nonneg``, ``uncertainty`` and
+        ``per_gene`` always use the factor; the search of ``lambda_spatial='auto'`` factors nothing (one Lanczos
+        run on :math:`Q`, see ``lambda_spatial``).
     tol
         Relative residual tolerance of the iterative solvers: every gene's solution satisfies
         :math:`\lVert r\rVert_2 \le \mathrm{tol}\, \lVert b\rVert_2` for its true residual (else
@@ -568,8 +569,8 @@ def _smooth_dask(adata, params: dict, *, lam, gcv_grid, dt, random_state, solver
     if lam == "auto":
         rng = np.random.default_rng(random_state)
         cols = np.sort(rng.choice(g, size=min(g, 500), replace=False)) if g else np.zeros(0, dtype=int)
-        # the search factors I + lambda Q for every lambda of its grid: where that factor does not fit, it runs on a
-        # connected window of spots (breadth-first from a random spot) and its part of the graph
+        # where the factor does not fit (~10^7 spots), the search runs on a connected window of spots
+        # (breadth-first from a random spot) and its part of the graph: its subsample of genes is loaded into memory
         spots = None
         if solver in _ITERATIVE or (
             solver == "auto" and _resolve_solver("auto", op, 1.0, False, lazy=True) != "cholesky"
